@@ -1,0 +1,228 @@
+//! Broker connections and confirmed publishing.
+//!
+//! A message counts as sent only once the broker confirmed it (lapin's
+//! `publisher_confirms` example): jobs are published with `mandatory`, so a
+//! routing key that reaches no queue comes back as an error instead of
+//! vanishing; events are not (a fleet with no subscriber yet is normal).
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Confirmation;
+use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::error::{Classify, Disposition};
+use crate::secret::SecretUrl;
+
+/// Delivery mode 2: the broker writes the message to disk.
+pub const PERSISTENT: u8 = 2;
+/// Content type of jobs.
+pub const CONTENT_TYPE_JOB: &str = "application/x-certfleet-job";
+
+/// A broker failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// Could not connect.
+    #[error("cannot connect to the broker at {url}: {source}")]
+    Connect {
+        /// URL without password.
+        url: String,
+        /// Cause.
+        #[source]
+        source: lapin::Error,
+    },
+    /// A channel operation failed.
+    #[error("broker: {0}")]
+    Channel(#[from] lapin::Error),
+    /// A mandatory message matched no queue.
+    #[error("no queue is bound for routing key {routing_key:?} on {exchange}; start a worker (which declares its queue) or check CERTFLEET_WORKER_BINDINGS")]
+    Unroutable {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+    },
+    /// The broker refused the message (nack).
+    #[error("the broker refused the message for {routing_key:?} on {exchange} (nack)")]
+    Nacked {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+    },
+}
+
+impl Classify for BrokerError {
+    fn disposition(&self) -> Disposition {
+        match self {
+            BrokerError::Connect { .. } | BrokerError::Channel(_) => Disposition::Stop,
+            BrokerError::Unroutable { .. } | BrokerError::Nacked { .. } => {
+                Disposition::Retry { after: None }
+            }
+        }
+    }
+}
+
+/// Connects, naming the connection (shown in the RabbitMQ UI).
+///
+/// # Errors
+/// [`BrokerError::Connect`].
+pub async fn connect(url: &SecretUrl, connection_name: &str) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(connection_name.as_bytes().to_vec()));
+    Connection::connect(url.expose(), props)
+        .await
+        .map_err(|source| BrokerError::Connect {
+            url: url.redacted(),
+            source,
+        })
+}
+
+/// `certfleet-worker@<hostname>` and the like.
+pub fn connection_name(program: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    format!("{program}@{host}")
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    /// Exchange.
+    pub exchange: &'a str,
+    /// Routing key.
+    pub routing_key: &'a str,
+    /// Body.
+    pub body: &'a [u8],
+    /// Content type.
+    pub content_type: &'a str,
+    /// Message id (the job id).
+    pub message_id: Option<&'a str>,
+    /// Headers.
+    pub headers: Option<FieldTable>,
+    /// Return the message if no queue matches.
+    pub mandatory: bool,
+}
+
+impl Outgoing<'_> {
+    fn properties(&self) -> BasicProperties {
+        let mut p = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type(ShortString::from(self.content_type));
+        if let Some(id) = self.message_id {
+            p = p.with_message_id(ShortString::from(id));
+        }
+        if let Some(h) = &self.headers {
+            p = p.with_headers(h.clone());
+        }
+        p
+    }
+}
+
+/// A channel in confirm mode.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("channel", &self.channel.id()).finish()
+    }
+}
+
+fn check(confirmation: Confirmation, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+        }),
+        Confirmation::Nack(_) => Err(BrokerError::Nacked {
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+        }),
+    }
+}
+
+impl Publisher {
+    /// Opens a channel on `conn` and turns on publisher confirms.
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn new(conn: &Connection) -> Result<Self, BrokerError> {
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self { channel })
+    }
+
+    /// The underlying channel (for declarations).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes one message and waits for its confirm.
+    ///
+    /// # Errors
+    /// Broker errors, unroutable (mandatory) or refused messages.
+    pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), BrokerError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                msg.exchange.into(),
+                msg.routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: msg.mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                msg.body,
+                msg.properties(),
+            )
+            .await?;
+        check(confirm.await?, msg.exchange, msg.routing_key)
+    }
+
+    /// Publishes many messages, pipelined, then waits for every confirm.
+    /// Returns one result per message, in order: a caller can report which
+    /// ones were accepted.
+    ///
+    /// # Errors
+    /// A broker error before anything could be sent.
+    pub async fn publish_many(
+        &self,
+        msgs: &[Outgoing<'_>],
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        let mut pending = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    msg.exchange.into(),
+                    msg.routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: msg.mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    msg.body,
+                    msg.properties(),
+                )
+                .await;
+            pending.push(confirm);
+        }
+        let mut results = Vec::with_capacity(msgs.len());
+        for (msg, confirm) in msgs.iter().zip(pending) {
+            let result = match confirm {
+                Ok(c) => match c.await {
+                    Ok(conf) => check(conf, msg.exchange, msg.routing_key),
+                    Err(e) => Err(BrokerError::Channel(e)),
+                },
+                Err(e) => Err(BrokerError::Channel(e)),
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+}

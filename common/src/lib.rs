@@ -1,0 +1,52 @@
+//! What the certfleet producer (`certfleet`) and the workers
+//! (`certfleet-worker`) must agree on.
+//!
+//! # Layout
+//! - [`job`]: the job envelope and its bincode wire format.
+//! - [`event`]: the JSON events workers publish.
+//! - [`topology`]: exchange, queue and header names, retry delays, and the
+//!   functions that declare them.
+//! - [`amqp`]: broker connections and confirmed publishing.
+//! - [`storage`]: the S3 key layout, pointers and bundles, and the store.
+//! - [`redis_keys`] and [`state`]: Redis keys, the expiry index, dedup
+//!   markers and job status records.
+//! - [`domain`]: domain and certificate name validation.
+//! - [`renewal`]: when a certificate is due.
+//! - [`config`]: flags → environment → TOML, validated once.
+//! - [`seal`] and [`secret`]: encryption at rest and values never printed.
+//! - [`error`]: what a failure means for the job ([`Disposition`]).
+
+#![warn(missing_docs)]
+
+pub mod amqp;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod event;
+pub mod job;
+pub mod redis_keys;
+pub mod renewal;
+pub mod seal;
+pub mod secret;
+pub mod state;
+pub mod storage;
+pub mod topology;
+
+pub use config::{Config, ConfigError};
+pub use domain::{CertName, DomainError};
+pub use error::{Classify, Disposition};
+pub use event::{Event, EventKind};
+pub use job::{ChallengeType, Envelope, Job, JobKind, KeyType};
+pub use secret::{Secret, SecretUrl};
+pub use storage::{Bundle, Pointer, Store};
+
+/// Exit code for bad usage or bad input (BSD `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code when the work failed.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}

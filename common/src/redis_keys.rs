@@ -1,0 +1,113 @@
+//! Every Redis key certfleet uses, built in one place.
+//!
+//! All keys start with the configured prefix (`certfleet:` by default), so
+//! several fleets, or parallel tests, can share one Redis. Redis holds only
+//! coordination state and caches: leases, orders in flight, challenge
+//! responses, the expiry index, dedup markers, job status. Losing it delays
+//! work; S3 stays the source of truth.
+
+use crate::domain::CertName;
+
+/// Key builder.
+#[derive(Debug, Clone)]
+pub struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A name's lease: `<worker>:<fence>`, with a TTL.
+    pub fn lease(&self, name: &CertName) -> String {
+        format!("{}lease:{name}", self.prefix)
+    }
+
+    /// A name's fencing counter (only grows).
+    pub fn fence(&self, name: &CertName) -> String {
+        format!("{}fence:{name}", self.prefix)
+    }
+
+    /// A name's order in flight (URL and sealed key), so a redelivered job
+    /// resumes the order instead of opening another.
+    pub fn order(&self, name: &CertName) -> String {
+        format!("{}order:{name}", self.prefix)
+    }
+
+    /// An http-01 key authorization by token.
+    pub fn http01(&self, token: &str) -> String {
+        format!("{}http01:{token}", self.prefix)
+    }
+
+    /// The expiry index: sorted set of names scored by renewal time (Unix s).
+    pub fn expiry(&self) -> String {
+        format!("{}expiry", self.prefix)
+    }
+
+    /// Hash of name → challenge type, beside the expiry index, so a due-scan
+    /// routes renew jobs without reading every pointer.
+    pub fn expiry_meta(&self) -> String {
+        format!("{}expiry:meta", self.prefix)
+    }
+
+    /// Set once the expiry index has been built from storage; its absence
+    /// next to an empty index means Redis lost its data.
+    pub fn expiry_built(&self) -> String {
+        format!("{}expiry:built", self.prefix)
+    }
+
+    /// A name's dedup marker: the id of its queued or running job.
+    pub fn pending(&self, name: &CertName) -> String {
+        format!("{}pending:{name}", self.prefix)
+    }
+
+    /// A job's status record (JSON).
+    pub fn job(&self, job_id: &uuid::Uuid) -> String {
+        format!("{}job:{job_id}", self.prefix)
+    }
+
+    /// Set once a job's event was confirmed by the broker.
+    pub fn done(&self, job_id: &uuid::Uuid) -> String {
+        format!("{}done:{job_id}", self.prefix)
+    }
+
+    /// Lock taken while creating the fleet's ACME account for a directory.
+    pub fn account_lock(&self, directory_hash: &str) -> String {
+        format!("{}lock:account:{directory_hash}", self.prefix)
+    }
+
+    /// Lease of the renewal scheduler (one instance acts at a time).
+    pub fn scheduler(&self) -> String {
+        format!("{}lock:scheduler", self.prefix)
+    }
+
+    /// A sliding-window rate counter (sorted set of timestamps).
+    pub fn rate(&self, what: &str, subject: &str) -> String {
+        format!("{}rate:{what}:{subject}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed() -> Result<(), crate::domain::DomainError> {
+        let k = RedisKeys::new("t1:");
+        let n = CertName::parse("a.example.com")?;
+        assert_eq!(k.lease(&n), "t1:lease:a.example.com");
+        assert_eq!(k.http01("tok"), "t1:http01:tok");
+        assert_eq!(k.expiry(), "t1:expiry");
+        assert_eq!(k.rate("orders", "acct"), "t1:rate:orders:acct");
+        Ok(())
+    }
+}

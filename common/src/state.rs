@@ -1,0 +1,426 @@
+//! Shared coordination state in Redis that both binaries touch: the expiry
+//! index, dedup markers and job status records.
+//!
+//! The lease and order records belong to the worker alone and live there.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::{Pool, Runtime};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::RedisConfig;
+use crate::domain::CertName;
+use crate::error::{Classify, Disposition};
+use crate::job::{ChallengeType, JobKind};
+use crate::redis_keys::RedisKeys;
+
+/// How long job status records and done markers live: long enough for
+/// `certfleet status` after a week-long incident, short enough not to grow.
+pub const STATUS_TTL: Duration = Duration::from_secs(14 * 86_400);
+/// How long a dedup marker lives if nobody clears it (a job lost its way):
+/// longer than a job can spend in the retry queues with default settings.
+pub const PENDING_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Redis could not be reached or refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// No connection from the pool.
+    #[error("redis unavailable: {0}")]
+    Pool(String),
+    /// A command failed.
+    #[error("redis: {0}")]
+    Command(#[from] redis::RedisError),
+    /// A record that does not parse.
+    #[error("redis key {key} holds invalid data: {detail}")]
+    Corrupt {
+        /// Key.
+        key: String,
+        /// Cause.
+        detail: String,
+    },
+}
+
+impl Classify for StateError {
+    fn disposition(&self) -> Disposition {
+        match self {
+            StateError::Corrupt { .. } => Disposition::Fail,
+            _ => Disposition::Retry { after: None },
+        }
+    }
+}
+
+/// Builds a connection pool. Opens no connection.
+///
+/// # Errors
+/// An unusable URL (already validated by the configuration).
+pub fn pool(cfg: &RedisConfig, max_size: usize) -> Result<Pool, StateError> {
+    let mut c = deadpool_redis::Config::from_url(cfg.url.expose());
+    let mut pc = deadpool_redis::PoolConfig::new(max_size.max(4));
+    pc.timeouts.wait = Some(Duration::from_secs(5));
+    pc.timeouts.create = Some(Duration::from_secs(3));
+    pc.timeouts.recycle = Some(Duration::from_secs(2));
+    c.pool = Some(pc);
+    c.create_pool(Some(Runtime::Tokio1))
+        .map_err(|e| StateError::Pool(e.to_string()))
+}
+
+/// Shared Redis state.
+#[derive(Clone)]
+pub struct State {
+    pool: Pool,
+    keys: RedisKeys,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("keys", &self.keys).finish()
+    }
+}
+
+/// One entry of a due-scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueEntry {
+    /// Certificate name.
+    pub name: CertName,
+    /// Renewal time, Unix seconds.
+    pub renew_at: i64,
+    /// Challenge type its renew job routes to.
+    pub challenge: ChallengeType,
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted by the broker.
+    Queued,
+    /// A worker is on it.
+    Running,
+    /// Waiting in a delay queue.
+    Retrying,
+    /// Certificate stored.
+    Done,
+    /// Ended without a certificate (see the dead-letter queue).
+    Failed,
+}
+
+/// A job's status record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job.
+    pub job_id: Uuid,
+    /// Its certificate name.
+    pub name: CertName,
+    /// Its kind.
+    pub kind: JobKind,
+    /// Where it stands.
+    pub state: JobState,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Last news (error text, serial, …).
+    pub detail: String,
+    /// When this record was written.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+async fn conn(pool: &Pool) -> Result<deadpool_redis::Connection, StateError> {
+    pool.get().await.map_err(|e| StateError::Pool(e.to_string()))
+}
+
+impl State {
+    /// State for a configuration: a pool of up to `max_size` connections.
+    ///
+    /// # Errors
+    /// An unusable URL.
+    pub fn from_config(cfg: &crate::Config, max_size: usize) -> Result<Self, StateError> {
+        Ok(Self::new(pool(&cfg.redis, max_size)?, RedisKeys::new(cfg.redis.prefix.clone())))
+    }
+
+    /// State over a pool with the given key prefix.
+    pub fn new(pool: Pool, keys: RedisKeys) -> Self {
+        Self { pool, keys }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &RedisKeys {
+        &self.keys
+    }
+
+    /// A pooled connection.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn conn(&self) -> Result<deadpool_redis::Connection, StateError> {
+        conn(&self.pool).await
+    }
+
+    /// Checks that Redis answers.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn ping(&self) -> Result<(), StateError> {
+        let mut c = self.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut *c).await?;
+        Ok(())
+    }
+
+    /// Records (or moves) a name's renewal time in the expiry index.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn index_put(
+        &self,
+        name: &CertName,
+        renew_at: OffsetDateTime,
+        challenge: ChallengeType,
+    ) -> Result<(), StateError> {
+        let mut c = self.conn().await?;
+        let _: () = redis::pipe()
+            .zadd(self.keys.expiry(), name.as_str(), renew_at.unix_timestamp())
+            .hset(self.keys.expiry_meta(), name.as_str(), challenge.as_str())
+            .set_nx(self.keys.expiry_built(), OffsetDateTime::now_utc().unix_timestamp())
+            .query_async(&mut *c)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the whole index (after a rebuild from storage), and marks it
+    /// built.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn index_replace(
+        &self,
+        entries: &[(CertName, i64, ChallengeType)],
+    ) -> Result<(), StateError> {
+        let mut c = self.conn().await?;
+        let tmp = format!("{}:rebuild", self.keys.expiry());
+        let tmp_meta = format!("{}:rebuild", self.keys.expiry_meta());
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&tmp).del(&tmp_meta);
+        for chunk in entries.chunks(1000) {
+            let items: Vec<(i64, &str)> = chunk.iter().map(|(n, t, _)| (*t, n.as_str())).collect();
+            pipe.zadd_multiple(&tmp, &items);
+            let meta: Vec<(&str, &str)> =
+                chunk.iter().map(|(n, _, c)| (n.as_str(), c.as_str())).collect();
+            pipe.hset_multiple(&tmp_meta, &meta);
+        }
+        if entries.is_empty() {
+            pipe.del(self.keys.expiry()).del(self.keys.expiry_meta());
+        } else {
+            pipe.rename(&tmp, self.keys.expiry())
+                .rename(&tmp_meta, self.keys.expiry_meta());
+        }
+        pipe.set(self.keys.expiry_built(), OffsetDateTime::now_utc().unix_timestamp());
+        let _: () = pipe.query_async(&mut *c).await?;
+        Ok(())
+    }
+
+    /// Marks the index as built (after the first certificate is indexed).
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn index_mark_built(&self) -> Result<(), StateError> {
+        let mut c = self.conn().await?;
+        let _: () = c
+            .set_nx(self.keys.expiry_built(), OffsetDateTime::now_utc().unix_timestamp())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the index looks lost: empty and never built since Redis last
+    /// lost its data.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn index_lost(&self) -> Result<bool, StateError> {
+        let mut c = self.conn().await?;
+        let (len, built): (u64, bool) = redis::pipe()
+            .zcard(self.keys.expiry())
+            .exists(self.keys.expiry_built())
+            .query_async(&mut *c)
+            .await?;
+        Ok(len == 0 && !built)
+    }
+
+    /// Names whose renewal time is at or before `until`, soonest first,
+    /// with their renewal time (Unix s) and challenge type.
+    ///
+    /// # Errors
+    /// Redis unreachable or an invalid entry in the index.
+    pub async fn index_due(&self, until: OffsetDateTime) -> Result<Vec<DueEntry>, StateError> {
+        let mut c = self.conn().await?;
+        let raw: Vec<(String, i64)> = c
+            .zrangebyscore_withscores(self.keys.expiry(), "-inf", until.unix_timestamp())
+            .await?;
+        let mut challenges: Vec<Option<String>> = Vec::with_capacity(raw.len());
+        for chunk in raw.chunks(10_000) {
+            let names: Vec<&str> = chunk.iter().map(|(n, _)| n.as_str()).collect();
+            let got: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.keys.expiry_meta())
+                .arg(&names)
+                .query_async(&mut *c)
+                .await?;
+            challenges.extend(got);
+        }
+        let corrupt = |detail: String| StateError::Corrupt {
+            key: self.keys.expiry(),
+            detail,
+        };
+        raw.into_iter()
+            .zip(challenges)
+            .map(|((n, t), ch)| {
+                let name = CertName::parse(&n).map_err(|e| corrupt(e.to_string()))?;
+                let challenge = match ch {
+                    Some(c) => c.parse().map_err(corrupt)?,
+                    None => ChallengeType::Http01,
+                };
+                Ok(DueEntry {
+                    name,
+                    renew_at: t,
+                    challenge,
+                })
+            })
+            .collect()
+    }
+
+    /// Every indexed name with its renewal time.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn index_all(&self) -> Result<Vec<(String, i64)>, StateError> {
+        let mut c = self.conn().await?;
+        Ok(c.zrange_withscores(self.keys.expiry(), 0, -1).await?)
+    }
+
+    /// Removes a name from the index.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn index_remove(&self, name: &CertName) -> Result<(), StateError> {
+        let mut c = self.conn().await?;
+        let _: () = redis::pipe()
+            .zrem(self.keys.expiry(), name.as_str())
+            .hdel(self.keys.expiry_meta(), name.as_str())
+            .query_async(&mut *c)
+            .await?;
+        Ok(())
+    }
+
+    /// Claims a name for a job: true if no other job holds it.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn pending_claim(&self, name: &CertName, job_id: &Uuid) -> Result<bool, StateError> {
+        let mut c = self.conn().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.pending(name))
+            .arg(job_id.to_string())
+            .arg("NX")
+            .arg("PX")
+            .arg(PENDING_TTL.as_millis() as u64)
+            .query_async(&mut *c)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Claims many names at once (one round trip): `true` for each name this
+    /// call claimed, `false` where another job already holds it.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn pending_claim_many(
+        &self,
+        claims: &[(CertName, Uuid)],
+    ) -> Result<Vec<bool>, StateError> {
+        let mut c = self.conn().await?;
+        let mut out = Vec::with_capacity(claims.len());
+        for chunk in claims.chunks(5000) {
+            let mut pipe = redis::pipe();
+            for (name, job_id) in chunk {
+                pipe.cmd("SET")
+                    .arg(self.keys.pending(name))
+                    .arg(job_id.to_string())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(PENDING_TTL.as_millis() as u64);
+            }
+            let got: Vec<Option<String>> = pipe.query_async(&mut *c).await?;
+            out.extend(got.into_iter().map(|r| r.is_some()));
+        }
+        Ok(out)
+    }
+
+    /// The job holding a name's dedup marker, if any.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn pending_holder(&self, name: &CertName) -> Result<Option<String>, StateError> {
+        let mut c = self.conn().await?;
+        Ok(c.get(self.keys.pending(name)).await?)
+    }
+
+    /// Releases a name's dedup marker if `job_id` holds it.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn pending_release(&self, name: &CertName, job_id: &Uuid) -> Result<(), StateError> {
+        let mut c = self.conn().await?;
+        let _: i64 = redis::Script::new(COMPARE_AND_DELETE)
+            .key(self.keys.pending(name))
+            .arg(job_id.to_string())
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a job's status record.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn set_status(&self, status: &JobStatus) -> Result<(), StateError> {
+        let mut c = self.conn().await?;
+        let json = serde_json::to_string(status).map_err(|e| StateError::Corrupt {
+            key: self.keys.job(&status.job_id),
+            detail: e.to_string(),
+        })?;
+        let _: () = c
+            .set_ex(self.keys.job(&status.job_id), json, STATUS_TTL.as_secs())
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a job's status record.
+    ///
+    /// # Errors
+    /// Redis unreachable or a corrupt record.
+    pub async fn status(&self, job_id: &Uuid) -> Result<Option<JobStatus>, StateError> {
+        let mut c = self.conn().await?;
+        let raw: Option<String> = c.get(self.keys.job(job_id)).await?;
+        raw.map(|s| {
+            serde_json::from_str(&s).map_err(|e| StateError::Corrupt {
+                key: self.keys.job(job_id),
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Deletes KEYS[1] only if it still holds ARGV[1].
+pub const COMPARE_AND_DELETE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;

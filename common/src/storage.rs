@@ -1,0 +1,595 @@
+//! Object storage: the key layout and the typed reads and writes on it.
+//!
+//! ```text
+//! <prefix>certs/<name>/current.json                  the pointer: small, replaced on each new version
+//! <prefix>certs/<name>/versions/<version>.json       one immutable bundle per version
+//! <prefix>accounts/<directory hash>.json             the fleet's ACME account for one CA
+//! ```
+//!
+//! A new version is written in full under its own key (with `If-None-Match:
+//! *`, so it can never overwrite anything) before the pointer is replaced
+//! (with `If-Match` on the ETag that was read, and only if the pointer's
+//! fencing token is not newer than the writer's). A reader reads the pointer,
+//! then the bundle it names: certificate, chain and key always come from one
+//! object, so a reader never pairs a new certificate with an old key.
+//! S3 is the source of truth; the Redis expiry index can be rebuilt from it.
+//!
+//! Every key is built here and nowhere else (certmagic's `KeyBuilder`).
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::S3Config;
+use crate::domain::CertName;
+use crate::error::{Classify, Disposition};
+use crate::event::Location;
+use crate::job::KeyType;
+use crate::seal::{SealError, SealedKey, Sealer};
+use crate::secret::Secret;
+
+/// Schema tag of pointers.
+pub const POINTER_SCHEMA: &str = "certfleet.pointer.v1";
+/// Schema tag of bundles.
+pub const BUNDLE_SCHEMA: &str = "certfleet.bundle.v1";
+
+/// Builds every object key.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (empty, or ending in `/`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// Prefix of all certificates.
+    pub fn certs(&self) -> String {
+        format!("{}certs/", self.prefix)
+    }
+
+    /// The pointer of a name.
+    pub fn pointer(&self, name: &CertName) -> String {
+        format!("{}certs/{name}/current.json", self.prefix)
+    }
+
+    /// Prefix of a name's versions.
+    pub fn versions(&self, name: &CertName) -> String {
+        format!("{}certs/{name}/versions/", self.prefix)
+    }
+
+    /// The bundle of one version.
+    pub fn bundle(&self, name: &CertName, version: &str) -> String {
+        format!("{}certs/{name}/versions/{version}.json", self.prefix)
+    }
+
+    /// The account record for a CA directory.
+    pub fn account(&self, directory: &str) -> String {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, directory.as_bytes());
+        let hex: String = d.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}accounts/{hex}.json", self.prefix)
+    }
+
+    /// The name a pointer key belongs to, if it is one.
+    pub fn name_of_pointer(&self, key: &str) -> Option<CertName> {
+        let rest = key.strip_prefix(&self.certs())?;
+        let name = rest.strip_suffix("/current.json")?;
+        CertName::parse(name).ok()
+    }
+}
+
+/// A version id: sortable by time, unique by serial
+/// (`20261125T083000Z-3f1a9c0b2e7d4a5b`).
+pub fn version_id(at: OffsetDateTime, serial_hex: &str) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let serial: String = serial_hex.chars().take(32).collect();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{serial}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+/// The small object naming a certificate's current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pointer {
+    /// Always [`POINTER_SCHEMA`].
+    pub schema: String,
+    /// Certificate name.
+    pub name: CertName,
+    /// Current version id.
+    pub version: String,
+    /// Key of the current bundle.
+    pub bundle_key: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// Domains.
+    pub domains: Vec<String>,
+    /// Key type.
+    pub key_type: KeyType,
+    /// Validity start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// When to renew.
+    #[serde(with = "time::serde::rfc3339")]
+    pub renew_at: OffsetDateTime,
+    /// The job that stored this version.
+    pub job_id: Uuid,
+    /// Fencing token of the lease under which it was written.
+    pub fence: u64,
+    /// Earlier versions still kept, newest first.
+    #[serde(default)]
+    pub history: Vec<String>,
+    /// When the pointer was written.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// How its names are validated (renew jobs route by it).
+    #[serde(default = "default_challenge")]
+    pub challenge: crate::job::ChallengeType,
+    /// ARI certificate identifier (`base64url(AKI).base64url(serial)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_id: Option<String>,
+}
+
+fn default_challenge() -> crate::job::ChallengeType {
+    crate::job::ChallengeType::Http01
+}
+
+/// One stored version: certificate, chain and (sealed) key together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    /// Always [`BUNDLE_SCHEMA`].
+    pub schema: String,
+    /// Certificate name.
+    pub name: CertName,
+    /// Version id.
+    pub version: String,
+    /// The leaf certificate, PEM.
+    pub cert_pem: String,
+    /// The issuer chain, PEM (without the leaf).
+    pub chain_pem: String,
+    /// The private key.
+    pub key: SealedKey,
+}
+
+impl Bundle {
+    /// The associated data a bundle's key is sealed with.
+    pub fn seal_context(name: &CertName, version: &str) -> String {
+        format!("bundle:{name}:{version}")
+    }
+}
+
+/// What went wrong with storage.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The object does not exist.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// A conditional write lost: someone else wrote first.
+    #[error("{0} was changed by someone else (conditional write refused)")]
+    Conflict(String),
+    /// The service could not be reached or answered with an error.
+    #[error("object storage {op} {key}: {detail}")]
+    Unavailable {
+        /// Operation.
+        op: &'static str,
+        /// Key.
+        key: String,
+        /// Cause.
+        detail: String,
+    },
+    /// An object that does not parse.
+    #[error("{key} is not a valid {what}: {detail}")]
+    Corrupt {
+        /// Key.
+        key: String,
+        /// Expected content.
+        what: &'static str,
+        /// Cause.
+        detail: String,
+    },
+    /// A sealed key that does not open.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+impl Classify for StorageError {
+    fn disposition(&self) -> Disposition {
+        match self {
+            StorageError::Unavailable { .. } => Disposition::Retry { after: None },
+            StorageError::Conflict(_) => Disposition::Defer {
+                after: std::time::Duration::from_secs(10),
+            },
+            StorageError::NotFound(_) | StorageError::Corrupt { .. } | StorageError::Seal(_) => {
+                Disposition::Fail
+            }
+        }
+    }
+}
+
+/// An ETag, for conditional writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ETag(pub String);
+
+/// Statically configured credentials (tests; production uses the AWS chain).
+#[derive(Debug, Clone)]
+pub struct StaticCredentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: Secret<String>,
+}
+
+/// Typed access to the bucket.
+#[derive(Clone)]
+pub struct Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    keys: Keys,
+    sealer: Sealer,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("bucket", &self.bucket)
+            .field("keys", &self.keys)
+            .field("sealer", &self.sealer)
+            .finish()
+    }
+}
+
+fn sdk_error<E, R>(op: &'static str, key: &str, err: SdkError<E, R>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let status = match &err {
+        SdkError::ServiceError(e) => Some(format!("{:?}", e.raw())),
+        _ => None,
+    };
+    let code = err.code().map(str::to_string);
+    if code.as_deref() == Some("PreconditionFailed")
+        || status.as_deref().is_some_and(|s| s.contains("StatusCode(412)"))
+    {
+        return StorageError::Conflict(key.to_string());
+    }
+    if matches!(code.as_deref(), Some("NoSuchKey" | "NotFound"))
+        || status.as_deref().is_some_and(|s| s.contains("StatusCode(404)"))
+    {
+        return StorageError::NotFound(key.to_string());
+    }
+    let detail = match (code, err.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        _ => crate::error::chain(&err),
+    };
+    StorageError::Unavailable {
+        op,
+        key: key.to_string(),
+        detail,
+    }
+}
+
+impl Store {
+    /// Builds the S3 client (credentials from the AWS chain unless given).
+    /// Opens no connection.
+    pub async fn connect(
+        cfg: &S3Config,
+        credentials: Option<StaticCredentials>,
+        sealer: Sealer,
+    ) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(cfg.region.clone()));
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                c.access_key_id,
+                c.secret_access_key.expose().clone(),
+                None,
+                None,
+                "certfleet-static",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(cfg.path_style)
+            .retry_config(
+                aws_sdk_s3::config::retry::RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(std::time::Duration::from_millis(200)),
+            )
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(5))
+                    .operation_attempt_timeout(std::time::Duration::from_secs(20))
+                    .build(),
+            );
+        if let Some(endpoint) = &cfg.endpoint {
+            builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+        }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(builder.build()),
+            bucket: cfg.bucket.clone(),
+            keys: Keys::new(cfg.prefix.clone()),
+            sealer,
+        }
+    }
+
+    /// The store for a configuration (S3 settings, credentials, sealing key).
+    pub async fn from_config(cfg: &crate::Config) -> Self {
+        Self::connect(
+            &cfg.s3,
+            cfg.s3.credentials.clone(),
+            Sealer::new(cfg.storage.encryption_key.clone()),
+        )
+        .await
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The sealer for private keys.
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// The raw client, for tests and tools.
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// Creates the bucket if it does not exist (local stacks and tests).
+    ///
+    /// # Errors
+    /// The service refused for another reason than "already exists".
+    pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.code() {
+                Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists") => Ok(()),
+                _ => Err(sdk_error("create bucket", &self.bucket, e)),
+            },
+        }
+    }
+
+    /// Reads an object's bytes and ETag.
+    ///
+    /// # Errors
+    /// [`StorageError::NotFound`] or [`StorageError::Unavailable`].
+    pub async fn get_bytes(&self, key: &str) -> Result<(Vec<u8>, ETag), StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| sdk_error("get", key, e))?;
+        let etag = ETag(out.e_tag().unwrap_or_default().to_string());
+        let body = out.body.collect().await.map_err(|e| StorageError::Unavailable {
+            op: "get",
+            key: key.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok((body.into_bytes().to_vec(), etag))
+    }
+
+    /// Reads and parses a JSON object; `None` if it does not exist.
+    ///
+    /// # Errors
+    /// Unavailable, or not the expected JSON.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        what: &'static str,
+    ) -> Result<Option<(T, ETag)>, StorageError> {
+        match self.get_bytes(key).await {
+            Ok((bytes, etag)) => serde_json::from_slice(&bytes)
+                .map(|v| Some((v, etag)))
+                .map_err(|e| StorageError::Corrupt {
+                    key: key.to_string(),
+                    what,
+                    detail: e.to_string(),
+                }),
+            Err(StorageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a JSON object. `Condition::Absent` refuses to overwrite,
+    /// `Condition::Matches` only replaces the version that was read.
+    ///
+    /// # Errors
+    /// [`StorageError::Conflict`] when the condition fails, or unavailable.
+    pub async fn put_json<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        condition: Condition<'_>,
+    ) -> Result<ETag, StorageError> {
+        let body = serde_json::to_vec_pretty(value).map_err(|e| StorageError::Corrupt {
+            key: key.to_string(),
+            what: "JSON value",
+            detail: e.to_string(),
+        })?;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        req = match condition {
+            Condition::None => req,
+            Condition::Absent => req.if_none_match("*"),
+            Condition::Matches(etag) => req.if_match(etag.0.clone()),
+        };
+        let out = req.send().await.map_err(|e| sdk_error("put", key, e))?;
+        Ok(ETag(out.e_tag().unwrap_or_default().to_string()))
+    }
+
+    /// Deletes objects (missing ones are fine).
+    ///
+    /// # Errors
+    /// Unavailable.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| sdk_error("delete", key, e))?;
+        Ok(())
+    }
+
+    /// Lists keys under a prefix.
+    ///
+    /// # Errors
+    /// Unavailable.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("list", prefix, e))?;
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Every certificate name that has a pointer.
+    ///
+    /// # Errors
+    /// Unavailable.
+    pub async fn names(&self) -> Result<Vec<CertName>, StorageError> {
+        let mut names: Vec<CertName> = self
+            .list(&self.keys.certs())
+            .await?
+            .iter()
+            .filter_map(|k| self.keys.name_of_pointer(k))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// A name's pointer with its ETag; `None` if it has no certificate.
+    ///
+    /// # Errors
+    /// Unavailable or corrupt.
+    pub async fn pointer(&self, name: &CertName) -> Result<Option<(Pointer, ETag)>, StorageError> {
+        self.get_json(&self.keys.pointer(name), "certificate pointer").await
+    }
+
+    /// A bundle by key.
+    ///
+    /// # Errors
+    /// Missing, unavailable or corrupt.
+    pub async fn bundle(&self, key: &str) -> Result<Bundle, StorageError> {
+        self.get_json(key, "certificate bundle")
+            .await?
+            .map(|(b, _)| b)
+            .ok_or_else(|| StorageError::NotFound(key.to_string()))
+    }
+
+    /// The current bundle of a name with its pointer, read in that order.
+    ///
+    /// # Errors
+    /// Unavailable or corrupt.
+    pub async fn current(&self, name: &CertName) -> Result<Option<(Pointer, Bundle)>, StorageError> {
+        let Some((pointer, _)) = self.pointer(name).await? else {
+            return Ok(None);
+        };
+        let bundle = self.bundle(&pointer.bundle_key).await?;
+        Ok(Some((pointer, bundle)))
+    }
+
+    /// Opens a bundle's private key.
+    ///
+    /// # Errors
+    /// The key is sealed and cannot be opened here.
+    pub fn open_key(&self, bundle: &Bundle) -> Result<Secret<String>, StorageError> {
+        Ok(self
+            .sealer
+            .open(&bundle.key, &Bundle::seal_context(&bundle.name, &bundle.version))?)
+    }
+
+    /// Where a version lives, for events.
+    pub fn location(&self, name: &CertName, version: &str) -> Location {
+        Location {
+            bucket: self.bucket.clone(),
+            bundle_key: self.keys.bundle(name, version),
+            pointer_key: self.keys.pointer(name),
+        }
+    }
+}
+
+/// A write condition.
+#[derive(Debug, Clone, Copy)]
+pub enum Condition<'a> {
+    /// Unconditional.
+    None,
+    /// Only if the key does not exist (`If-None-Match: *`).
+    Absent,
+    /// Only if the object still has this ETag (`If-Match`).
+    Matches(&'a ETag),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_layout() -> Result<(), crate::domain::DomainError> {
+        let k = Keys::new("fleet/");
+        let n = CertName::parse("www.example.com")?;
+        assert_eq!(k.pointer(&n), "fleet/certs/www.example.com/current.json");
+        assert_eq!(k.bundle(&n, "v1"), "fleet/certs/www.example.com/versions/v1.json");
+        assert_eq!(k.name_of_pointer(&k.pointer(&n)), Some(n.clone()));
+        assert_eq!(k.name_of_pointer(&k.bundle(&n, "v1")), None);
+        assert!(k.account("https://ca/dir").starts_with("fleet/accounts/"));
+        assert_ne!(k.account("https://a/dir"), k.account("https://b/dir"));
+        Ok(())
+    }
+
+    #[test]
+    fn version_ids_sort_by_time() {
+        let a = version_id(time::macros::datetime!(2026-11-25 08:30:00 UTC), "ff");
+        let b = version_id(time::macros::datetime!(2026-12-01 00:00:00 UTC), "00");
+        assert_eq!(a, "20261125T083000Z-ff");
+        assert!(a < b);
+    }
+}

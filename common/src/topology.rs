@@ -1,0 +1,362 @@
+//! The AMQP topology: every exchange, queue and header name, their
+//! arguments, and the one function that declares them.
+//!
+//! ```text
+//! certfleet.jobs (topic) ──job.<kind>.<challenge>──► certfleet.work (quorum)
+//!      ▲                                                 │ nack past the delivery limit
+//!      │ TTL expires (dead-lettered, at-least-once)      ▼
+//! certfleet.retry.<delay> ◄── certfleet.retry     certfleet.dead-letter (fanout) ──► certfleet.dead
+//!      (quorum, TTL)          (headers: delay)        ▲ jobs that failed for good
+//!                                                     └── published by workers with reason headers
+//! certfleet.events (topic) ──cert.<event>.<name>──► certfleet.watch.<id> (one per webserver)
+//! ```
+//!
+//! Both binaries call the declare functions; declaring is idempotent as
+//! long as the arguments never change, so they are constants here.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::job::{ChallengeType, JobKind};
+
+/// Topic exchange for jobs.
+pub const JOBS_EXCHANGE: &str = "certfleet.jobs";
+/// Default work queue (durable, quorum).
+pub const WORK_QUEUE: &str = "certfleet.work";
+/// Default binding of the work queue: every job.
+pub const WORK_BINDING: &str = "job.#";
+/// Headers exchange in front of the delay queues.
+pub const RETRY_EXCHANGE: &str = "certfleet.retry";
+/// Fanout exchange in front of the dead-letter queue.
+pub const DEAD_EXCHANGE: &str = "certfleet.dead-letter";
+/// Where jobs that cannot be done are parked, with reason headers.
+pub const DEAD_QUEUE: &str = "certfleet.dead";
+/// Topic exchange for events (JSON).
+pub const EVENTS_EXCHANGE: &str = "certfleet.events";
+/// Prefix of each webserver's durable event queue.
+pub const WATCH_QUEUE_PREFIX: &str = "certfleet.watch.";
+
+/// Header on a retried job: which delay queue it goes through.
+pub const HDR_DELAY: &str = "x-certfleet-delay";
+/// Header: do not start this job before this time (Unix ms). A job that comes
+/// back from a delay queue early (its wait was longer than the longest delay)
+/// is delayed again without counting an attempt.
+pub const HDR_NOT_BEFORE: &str = "x-certfleet-not-before";
+/// Header on a dead job: why it is there.
+pub const HDR_REASON: &str = "x-certfleet-reason";
+/// Header on a dead job: `undecodable`, `permanent`, `exhausted`, `poison`.
+pub const HDR_ERROR_KIND: &str = "x-certfleet-error-kind";
+/// Header on a dead job: when it was parked (Unix ms).
+pub const HDR_FAILED_AT: &str = "x-certfleet-failed-at";
+/// Header on a dead job: the routing key to replay it with.
+pub const HDR_ROUTING_KEY: &str = "x-certfleet-routing-key";
+/// Header on a dead job: the job id, when the body could be decoded.
+pub const HDR_JOB_ID: &str = "x-certfleet-job-id";
+
+/// Redeliveries before RabbitMQ gives up on a message that keeps killing
+/// its consumer (a poison message) and dead-letters it. Generous, because a
+/// worker restart or a broker failover also counts as a delivery.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// Retry delays, in order: the nth retry of a job waits `RETRY_DELAYS[n-1]`
+/// (the last one repeats). Transient CA or network trouble usually clears
+/// within seconds (10 s); a CA or service outage takes minutes (1 m, 5 m);
+/// a longer incident should not be hammered (30 m, 2 h). The longest is kept
+/// well below a certificate's renewal margin, and 6 h covers Let's Encrypt's
+/// longest `Retry-After` windows for failed-validation limits.
+pub const RETRY_DELAYS: [(&str, Duration); 6] = [
+    ("10s", Duration::from_secs(10)),
+    ("1m", Duration::from_secs(60)),
+    ("5m", Duration::from_secs(300)),
+    ("30m", Duration::from_secs(1800)),
+    ("2h", Duration::from_secs(7200)),
+    ("6h", Duration::from_secs(21_600)),
+];
+
+/// The delay before retry number `retry` (1-based).
+pub fn backoff(retry: u32) -> Duration {
+    let i = (retry.max(1) as usize - 1).min(RETRY_DELAYS.len() - 1);
+    RETRY_DELAYS[i].1
+}
+
+/// The delay queue to wait `wait` in: the shortest one at least as long, or
+/// the longest (the job then comes back early and is delayed again, see
+/// [`HDR_NOT_BEFORE`]).
+pub fn delay_tier(wait: Duration) -> (&'static str, Duration) {
+    RETRY_DELAYS
+        .iter()
+        .copied()
+        .find(|(_, d)| *d >= wait)
+        .unwrap_or(RETRY_DELAYS[RETRY_DELAYS.len() - 1])
+}
+
+/// Name of the delay queue with the given label.
+pub fn retry_queue(label: &str) -> String {
+    format!("{RETRY_EXCHANGE}.{label}")
+}
+
+/// `job.<kind>.<challenge>`.
+pub fn job_routing_key(kind: JobKind, challenge: ChallengeType) -> String {
+    format!("job.{}.{}", kind.as_str(), challenge.as_str())
+}
+
+/// Name of a webserver's event queue.
+pub fn watch_queue(id: &str) -> String {
+    format!("{WATCH_QUEUE_PREFIX}{id}")
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+/// Declares the job exchanges, the delay queues and the dead-letter queue
+/// (everything but a work queue). Called by the producer before publishing
+/// and by every worker.
+///
+/// # Errors
+/// Any broker error (including a queue that exists with other arguments).
+pub async fn declare_jobs(channel: &Channel) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            JOBS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            RETRY_EXCHANGE.into(),
+            ExchangeKind::Headers,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            DEAD_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            DEAD_QUEUE.into(),
+            durable(),
+            table(&[("x-queue-type", text("quorum"))]),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            DEAD_QUEUE.into(),
+            DEAD_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for (label, delay) in RETRY_DELAYS {
+        let name = retry_queue(label);
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                durable(),
+                table(&[
+                    ("x-queue-type", text("quorum")),
+                    ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
+                    ("x-dead-letter-exchange", text(JOBS_EXCHANGE)),
+                    ("x-dead-letter-strategy", text("at-least-once")),
+                    ("x-overflow", text("reject-publish")),
+                ]),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                RETRY_EXCHANGE.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                table(&[("x-match", text("all")), (HDR_DELAY, text(label))]),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Declares a work queue and binds it to the job patterns it serves.
+///
+/// # Errors
+/// Any broker error.
+pub async fn declare_work_queue(
+    channel: &Channel,
+    queue: &str,
+    bindings: &[String],
+) -> lapin::Result<()> {
+    declare_jobs(channel).await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            durable(),
+            table(&[
+                ("x-queue-type", text("quorum")),
+                ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
+                ("x-dead-letter-exchange", text(DEAD_EXCHANGE)),
+                ("x-dead-letter-strategy", text("at-least-once")),
+                ("x-overflow", text("reject-publish")),
+            ]),
+        )
+        .await?;
+    for pattern in bindings {
+        channel
+            .queue_bind(
+                queue.into(),
+                JOBS_EXCHANGE.into(),
+                pattern.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Declares the events exchange.
+///
+/// # Errors
+/// Any broker error.
+pub async fn declare_events(channel: &Channel) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            EVENTS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Declares a webserver's durable event queue and binds its patterns.
+///
+/// # Errors
+/// Any broker error.
+pub async fn declare_watch_queue(
+    channel: &Channel,
+    queue: &str,
+    patterns: &[String],
+) -> lapin::Result<()> {
+    declare_events(channel).await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            durable(),
+            table(&[("x-queue-type", text("quorum"))]),
+        )
+        .await?;
+    for pattern in patterns {
+        channel
+            .queue_bind(
+                queue.into(),
+                EVENTS_EXCHANGE.into(),
+                pattern.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Reads a string header.
+pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    let value = headers?.inner().get(name)?;
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// Reads an integer header.
+pub fn header_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// Builds a header table from string and integer values.
+pub fn headers(strings: &[(&str, &str)], ints: &[(&str, i64)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in strings {
+        t.insert(ShortString::from(*k), text(v));
+    }
+    for (k, v) in ints {
+        t.insert(ShortString::from(*k), AMQPValue::LongLongInt(*v));
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_schedule() {
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(2), Duration::from_secs(60));
+        assert_eq!(backoff(100), Duration::from_secs(21_600));
+    }
+
+    #[test]
+    fn tiers() {
+        assert_eq!(delay_tier(Duration::from_secs(3)).0, "10s");
+        assert_eq!(delay_tier(Duration::from_secs(61)).0, "5m");
+        assert_eq!(delay_tier(Duration::from_secs(86_400)).0, "6h");
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(job_routing_key(JobKind::Renew, ChallengeType::Dns01), "job.renew.dns-01");
+        assert_eq!(retry_queue("10s"), "certfleet.retry.10s");
+        assert_eq!(watch_queue("web-1"), "certfleet.watch.web-1");
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let h = headers(&[(HDR_REASON, "bad")], &[(HDR_NOT_BEFORE, 42)]);
+        assert_eq!(header_str(Some(&h), HDR_REASON).as_deref(), Some("bad"));
+        assert_eq!(header_i64(Some(&h), HDR_NOT_BEFORE), Some(42));
+        assert_eq!(header_i64(Some(&h), HDR_REASON), None);
+    }
+}
