@@ -5,8 +5,8 @@
 //! routing key that reaches no queue comes back as an error instead of
 //! vanishing; events are not (a fleet with no subscriber yet is normal).
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
@@ -35,7 +35,9 @@ pub enum BrokerError {
     #[error("broker: {0}")]
     Channel(#[from] lapin::Error),
     /// A mandatory message matched no queue.
-    #[error("no queue is bound for routing key {routing_key:?} on {exchange}; start a worker (which declares its queue) or check CERTFLEET_WORKER_BINDINGS")]
+    #[error(
+        "no queue is bound for routing key {routing_key:?} on {exchange}; start a worker (which declares its queue) or check CERTFLEET_WORKER_BINDINGS"
+    )]
     Unroutable {
         /// Exchange.
         exchange: String,
@@ -130,7 +132,9 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("channel", &self.channel.id()).finish()
+        f.debug_struct("Publisher")
+            .field("channel", &self.channel.id())
+            .finish()
     }
 }
 
@@ -155,7 +159,9 @@ impl Publisher {
     /// Broker errors.
     pub async fn new(conn: &Connection) -> Result<Self, BrokerError> {
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self { channel })
     }
 

@@ -274,10 +274,12 @@ impl<'a> Sources<'a> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::File {
-            path: path.clone(),
-            reason: e.message().to_string(),
-        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: path.clone(),
+                reason: e.message().to_string(),
+            })?;
         for (key, value) in &table {
             if !keys::ALL.contains(&key.as_str()) {
                 return Err(ConfigError::File {
@@ -329,11 +331,13 @@ impl<'a> Sources<'a> {
         let Some((raw, origin)) = self.raw(key) else {
             return Ok(None);
         };
-        parse(&raw).map(Some).map_err(|reason| ConfigError::Invalid {
-            value: (!is_secret(key)).then_some(raw),
-            origin,
-            reason,
-        })
+        parse(&raw)
+            .map(Some)
+            .map_err(|reason| ConfigError::Invalid {
+                value: (!is_secret(key)).then_some(raw),
+                origin,
+                reason,
+            })
     }
 
     fn parse_or<T>(
@@ -530,7 +534,9 @@ impl Config {
             })?,
             credentials: match (
                 src.env.get("AWS_ACCESS_KEY_ID").filter(|v| !v.is_empty()),
-                src.env.get("AWS_SECRET_ACCESS_KEY").filter(|v| !v.is_empty()),
+                src.env
+                    .get("AWS_SECRET_ACCESS_KEY")
+                    .filter(|v| !v.is_empty()),
             ) {
                 (Some(id), Some(secret)) => Some(crate::storage::StaticCredentials {
                     access_key_id: id,
@@ -590,7 +596,11 @@ impl Config {
             Ok(d)
         })?;
         let worker = WorkerConfig {
-            http01_listen: src.parse_or(keys::HTTP01_LISTEN, DEFAULT_HTTP01_LISTEN, parse_listen)?,
+            http01_listen: src.parse_or(
+                keys::HTTP01_LISTEN,
+                DEFAULT_HTTP01_LISTEN,
+                parse_listen,
+            )?,
             metrics_listen: src.parse_or(
                 keys::METRICS_LISTEN,
                 DEFAULT_METRICS_LISTEN,
@@ -673,8 +683,7 @@ impl Config {
 fn parse_bucket(s: &str) -> Result<String, String> {
     let s = s.trim();
     let ok = (3..=63).contains(&s.len())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && !s.starts_with(['-', '.'])
         && !s.ends_with(['-', '.']);
@@ -687,10 +696,7 @@ fn parse_bucket(s: &str) -> Result<String, String> {
 
 fn parse_region(s: &str) -> Result<String, String> {
     let s = s.trim();
-    if !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
+    if !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         Ok(s.to_string())
     } else {
         Err("not a region name (e.g. us-east-1)".into())
@@ -733,7 +739,9 @@ fn parse_bindings(s: &str) -> Result<Vec<String>, String> {
     }
     for p in &patterns {
         if !p.starts_with("job.") && p != "#" {
-            return Err(format!("{p:?} does not match jobs (patterns start with job.)"));
+            return Err(format!(
+                "{p:?} does not match jobs (patterns start with job.)"
+            ));
         }
     }
     Ok(patterns)
@@ -761,14 +769,23 @@ mod tests {
 
     #[test]
     fn bad_value_names_variable_and_value() {
-        let err = load(&[("CERTFLEET_CONCURRENCY", "lots")]).map(|_| ()).unwrap_err();
+        let err = load(&[("CERTFLEET_CONCURRENCY", "lots")])
+            .map(|_| ())
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "CERTFLEET_CONCURRENCY=\"lots\": \"lots\" is not a whole number"
         );
-        let err = load(&[("CERTFLEET_SHUTDOWN_GRACE", "30")]).map(|_| ()).unwrap_err();
-        assert!(err.to_string().starts_with("CERTFLEET_SHUTDOWN_GRACE=\"30\""));
-        let err = load(&[("CERTFLEET_AMQP_URL", "http://x")]).map(|_| ()).unwrap_err();
+        let err = load(&[("CERTFLEET_SHUTDOWN_GRACE", "30")])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("CERTFLEET_SHUTDOWN_GRACE=\"30\"")
+        );
+        let err = load(&[("CERTFLEET_AMQP_URL", "http://x")])
+            .map(|_| ())
+            .unwrap_err();
         assert!(err.to_string().starts_with("CERTFLEET_AMQP_URL:"), "{err}");
     }
 
@@ -782,10 +799,7 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
-        let c = load(&[(
-            "CERTFLEET_AMQP_URL",
-            "amqp://u:topsecret@h:5672/%2f",
-        )]);
+        let c = load(&[("CERTFLEET_AMQP_URL", "amqp://u:topsecret@h:5672/%2f")]);
         let shown = format!("{:?}", c.expect("valid"));
         assert!(!shown.contains("topsecret"));
     }
@@ -794,7 +808,10 @@ mod tests {
     fn flag_beats_env_beats_file() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "concurrency = 3\nhistory = 7\ns3_path_style = true\n")?;
+        std::fs::write(
+            &path,
+            "concurrency = 3\nhistory = 7\ns3_path_style = true\n",
+        )?;
         let env: HashMap<&str, &str> = [("CERTFLEET_CONCURRENCY", "5")].into();
         let c = Config::load(&Sources::new(&env).file(Some(&path))?)?;
         assert_eq!(c.worker.concurrency.get(), 5);
@@ -815,8 +832,14 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "concurency = 3\n")?;
         let env: HashMap<&str, &str> = HashMap::new();
-        let err = Sources::new(&env).file(Some(&path)).map(|_| ()).unwrap_err();
-        assert!(err.to_string().contains("unknown key \"concurency\""), "{err}");
+        let err = Sources::new(&env)
+            .file(Some(&path))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown key \"concurency\""),
+            "{err}"
+        );
         std::fs::write(&path, "history = \"many\"\n")?;
         let err = Config::load(&Sources::new(&env).file(Some(&path))?)
             .map(|_| ())
@@ -837,7 +860,9 @@ mod tests {
 
     #[test]
     fn eab_needs_both_halves() {
-        let err = load(&[("CERTFLEET_ACME_EAB_KID", "kid")]).map(|_| ()).unwrap_err();
+        let err = load(&[("CERTFLEET_ACME_EAB_KID", "kid")])
+            .map(|_| ())
+            .unwrap_err();
         assert!(err.to_string().contains("CERTFLEET_ACME_EAB_HMAC_KEY"));
     }
 

@@ -92,23 +92,24 @@ pub fn normalize_domain(input: &str) -> Result<String, DomainError> {
     let ascii = if rest.is_ascii() {
         rest.to_ascii_lowercase()
     } else {
-        idna::domain_to_ascii_strict(rest).map_err(|_| DomainError::Idna(input.trim().to_string()))?
+        idna::domain_to_ascii_strict(rest)
+            .map_err(|_| DomainError::Idna(input.trim().to_string()))?
     };
     let labels: Vec<&str> = ascii.split('.').collect();
     for label in &labels {
         let reason = if label.is_empty() {
             Some("empty label (two dots in a row?)".to_string())
         } else if label.len() > MAX_LABEL_LEN {
-            Some(format!("label {label:?} is longer than {MAX_LABEL_LEN} characters"))
+            Some(format!(
+                "label {label:?} is longer than {MAX_LABEL_LEN} characters"
+            ))
         } else if label.starts_with('-') || label.ends_with('-') {
             Some(format!("label {label:?} starts or ends with '-'"))
-        } else if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
-            Some(format!("label {label:?} contains {c:?}"))
         } else {
-            None
+            label
+                .chars()
+                .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+                .map(|c| format!("label {label:?} contains {c:?}"))
         };
         if let Some(reason) = reason {
             return Err(DomainError::Label {
@@ -120,13 +121,20 @@ pub fn normalize_domain(input: &str) -> Result<String, DomainError> {
     if labels.len() < 2 {
         return Err(DomainError::NotQualified(input.trim().to_string()));
     }
-    if labels.last().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+    if labels
+        .last()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
         return Err(DomainError::Label {
             name: input.trim().to_string(),
             reason: "the last label is all digits".into(),
         });
     }
-    let full = if wildcard { format!("*.{ascii}") } else { ascii };
+    let full = if wildcard {
+        format!("*.{ascii}")
+    } else {
+        ascii
+    };
     if full.len() > MAX_NAME_LEN {
         return Err(DomainError::TooLong(input.trim().to_string()));
     }
@@ -184,10 +192,9 @@ impl CertName {
         if input.len() > MAX_CERT_NAME_LEN {
             return Err(err("longer than 200 characters"));
         }
-        if let Some(c) = input
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
-        {
+        if let Some(c) = input.chars().find(|c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+        }) {
             return Err(DomainError::CertName {
                 name: input.to_string(),
                 reason: format!("contains {c:?}; use a-z, 0-9, '.', '-' and '_'"),
@@ -243,9 +250,18 @@ mod tests {
 
     #[test]
     fn normalizes() {
-        assert_eq!(normalize_domain(" WWW.Example.COM. "), Ok("www.example.com".into()));
-        assert_eq!(normalize_domain("bücher.example"), Ok("xn--bcher-kva.example".into()));
-        assert_eq!(normalize_domain("*.example.com"), Ok("*.example.com".into()));
+        assert_eq!(
+            normalize_domain(" WWW.Example.COM. "),
+            Ok("www.example.com".into())
+        );
+        assert_eq!(
+            normalize_domain("bücher.example"),
+            Ok("xn--bcher-kva.example".into())
+        );
+        assert_eq!(
+            normalize_domain("*.example.com"),
+            Ok("*.example.com".into())
+        );
     }
 
     #[test]
@@ -253,13 +269,31 @@ mod tests {
         let long_label = format!("{}.com", "a".repeat(64));
         let long_name = format!("{}com", "abcdefghi.".repeat(26));
         for bad in [
-            "", ".", "a..b.com", "-a.com", "a-.com", "a_b.com", "localhost", "1.2.3.4",
-            "[::1]", "::1", "a.*.com", "*", "*.", "w*.example.com", "example.123",
-            long_label.as_str(), long_name.as_str(), "exa mple.com",
+            "",
+            ".",
+            "a..b.com",
+            "-a.com",
+            "a-.com",
+            "a_b.com",
+            "localhost",
+            "1.2.3.4",
+            "[::1]",
+            "::1",
+            "a.*.com",
+            "*",
+            "*.",
+            "w*.example.com",
+            "example.123",
+            long_label.as_str(),
+            long_name.as_str(),
+            "exa mple.com",
         ] {
             assert!(normalize_domain(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(matches!(normalize_domain("10.0.0.1"), Err(DomainError::IpLiteral(_))));
+        assert!(matches!(
+            normalize_domain("10.0.0.1"),
+            Err(DomainError::IpLiteral(_))
+        ));
     }
 
     #[test]
@@ -282,7 +316,9 @@ mod tests {
             Ok("_wildcard.example.com".into())
         );
         assert!(CertName::parse("web-1.example.com").is_ok());
-        for bad in ["", "a/b", "../x", ".a", "a.", "a..b", "A", "a b", "a*b", "a#b"] {
+        for bad in [
+            "", "a/b", "../x", ".a", "a.", "a..b", "A", "a b", "a*b", "a#b",
+        ] {
             assert!(CertName::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

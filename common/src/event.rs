@@ -157,7 +157,10 @@ mod tests {
         assert!(cert.not_after > cert.not_before);
         let again: serde_json::Value = serde_json::from_slice(&e.to_json()?)?;
         let fixture: serde_json::Value = serde_json::from_str(FIXTURE)?;
-        assert_eq!(again, fixture, "serialization drifted from the documented fixture");
+        assert_eq!(
+            again, fixture,
+            "serialization drifted from the documented fixture"
+        );
         Ok(())
     }
 

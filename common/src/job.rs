@@ -290,14 +290,23 @@ mod tests {
 
     #[test]
     fn garbage_and_future_versions_are_refused() -> Result<(), CodecError> {
-        assert!(matches!(Envelope::decode(b""), Err(CodecError::Malformed(_))));
-        assert!(matches!(Envelope::decode(b"\x01garbage"), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            Envelope::decode(b""),
+            Err(CodecError::Malformed(_))
+        ));
+        assert!(matches!(
+            Envelope::decode(b"\x01garbage"),
+            Err(CodecError::Malformed(_))
+        ));
         let mut bytes = sample().encode()?;
         bytes[0] = 2;
         assert_eq!(Envelope::decode(&bytes), Err(CodecError::UnknownVersion(2)));
         let mut bytes = sample().encode()?;
         bytes.push(0);
-        assert!(matches!(Envelope::decode(&bytes), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            Envelope::decode(&bytes),
+            Err(CodecError::Malformed(_))
+        ));
         Ok(())
     }
 
@@ -312,7 +321,10 @@ mod tests {
             .expect("name in bytes");
         let mut bad = bytes.clone();
         bad[pos] = b'/';
-        assert!(matches!(Envelope::decode(&bad), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            Envelope::decode(&bad),
+            Err(CodecError::Malformed(_))
+        ));
         Ok(())
     }
 

@@ -26,6 +26,7 @@ pub mod event;
 pub mod job;
 pub mod redis_keys;
 pub mod renewal;
+pub mod schedule;
 pub mod seal;
 pub mod secret;
 pub mod state;

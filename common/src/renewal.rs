@@ -34,7 +34,11 @@ pub fn renewal_time(
             return w.start;
         }
         let span = (w.end - w.start).as_seconds_f64();
-        let j = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+        let j = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         return w.start + Duration::seconds_f64(span * j);
     }
     let lifetime = not_after - not_before;
@@ -83,12 +87,18 @@ mod tests {
             end: datetime!(2026-02-03 00:00 UTC),
         };
         assert_eq!(renewal_time(nb, na, Some(w), 0.0), w.start);
-        assert_eq!(renewal_time(nb, na, Some(w), 0.5), datetime!(2026-02-02 00:00 UTC));
+        assert_eq!(
+            renewal_time(nb, na, Some(w), 0.5),
+            datetime!(2026-02-02 00:00 UTC)
+        );
         for j in [0.0, 0.1, 0.99, 5.0, -1.0, f64::NAN] {
             let t = renewal_time(nb, na, Some(w), j);
             assert!(t >= w.start && t <= w.end, "{j} gave {t}");
         }
-        let reversed = Window { start: w.end, end: w.start };
+        let reversed = Window {
+            start: w.end,
+            end: w.start,
+        };
         assert_eq!(renewal_time(nb, na, Some(reversed), 0.7), w.end);
     }
 

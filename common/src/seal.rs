@@ -48,10 +48,14 @@ impl std::fmt::Debug for SealedKey {
 #[non_exhaustive]
 pub enum SealError {
     /// Sealed, but no key is configured.
-    #[error("the private key is encrypted (key id {0}) but no encryption key is configured (CERTFLEET_ENCRYPTION_KEY)")]
+    #[error(
+        "the private key is encrypted (key id {0}) but no encryption key is configured (CERTFLEET_ENCRYPTION_KEY)"
+    )]
     NoKey(String),
     /// Sealed with another key.
-    #[error("the private key was encrypted with key id {stored}, the configured key is {configured}")]
+    #[error(
+        "the private key was encrypted with key id {stored}, the configured key is {configured}"
+    )]
     WrongKey {
         /// Key id in storage.
         stored: String,
@@ -112,8 +116,7 @@ impl Sealer {
                 pem: pem.to_string(),
             });
         };
-        let unbound =
-            UnboundKey::new(&AES_256_GCM, key.expose()).map_err(|_| SealError::Crypto)?;
+        let unbound = UnboundKey::new(&AES_256_GCM, key.expose()).map_err(|_| SealError::Crypto)?;
         let sealing = LessSafeKey::new(unbound);
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Crypto)?;
@@ -193,8 +196,14 @@ mod tests {
         assert_eq!(s.open(&sealed, "a/v1")?.expose(), PEM);
         assert_eq!(s.open(&sealed, "b/v1").err(), Some(SealError::Corrupt));
         let other = Sealer::new(Some(Secret::new([8u8; 32])));
-        assert!(matches!(other.open(&sealed, "a/v1"), Err(SealError::WrongKey { .. })));
-        assert!(matches!(Sealer::new(None).open(&sealed, "a/v1"), Err(SealError::NoKey(_))));
+        assert!(matches!(
+            other.open(&sealed, "a/v1"),
+            Err(SealError::WrongKey { .. })
+        ));
+        assert!(matches!(
+            Sealer::new(None).open(&sealed, "a/v1"),
+            Err(SealError::NoKey(_))
+        ));
         assert!(!format!("{sealed:?}").contains(ciphertext.as_str()));
         Ok(())
     }

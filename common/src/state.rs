@@ -129,7 +129,9 @@ pub struct JobStatus {
 }
 
 async fn conn(pool: &Pool) -> Result<deadpool_redis::Connection, StateError> {
-    pool.get().await.map_err(|e| StateError::Pool(e.to_string()))
+    pool.get()
+        .await
+        .map_err(|e| StateError::Pool(e.to_string()))
 }
 
 impl State {
@@ -138,7 +140,10 @@ impl State {
     /// # Errors
     /// An unusable URL.
     pub fn from_config(cfg: &crate::Config, max_size: usize) -> Result<Self, StateError> {
-        Ok(Self::new(pool(&cfg.redis, max_size)?, RedisKeys::new(cfg.redis.prefix.clone())))
+        Ok(Self::new(
+            pool(&cfg.redis, max_size)?,
+            RedisKeys::new(cfg.redis.prefix.clone()),
+        ))
     }
 
     /// State over a pool with the given key prefix.
@@ -188,7 +193,10 @@ impl State {
         let _: () = redis::pipe()
             .zadd(self.keys.expiry(), name.as_str(), renew_at.unix_timestamp())
             .hset(self.keys.expiry_meta(), name.as_str(), challenge.as_str())
-            .set_nx(self.keys.expiry_built(), OffsetDateTime::now_utc().unix_timestamp())
+            .set_nx(
+                self.keys.expiry_built(),
+                OffsetDateTime::now_utc().unix_timestamp(),
+            )
             .query_async(&mut *c)
             .await?;
         Ok(())
@@ -211,8 +219,10 @@ impl State {
         for chunk in entries.chunks(1000) {
             let items: Vec<(i64, &str)> = chunk.iter().map(|(n, t, _)| (*t, n.as_str())).collect();
             pipe.zadd_multiple(&tmp, &items);
-            let meta: Vec<(&str, &str)> =
-                chunk.iter().map(|(n, _, c)| (n.as_str(), c.as_str())).collect();
+            let meta: Vec<(&str, &str)> = chunk
+                .iter()
+                .map(|(n, _, c)| (n.as_str(), c.as_str()))
+                .collect();
             pipe.hset_multiple(&tmp_meta, &meta);
         }
         if entries.is_empty() {
@@ -221,7 +231,10 @@ impl State {
             pipe.rename(&tmp, self.keys.expiry())
                 .rename(&tmp_meta, self.keys.expiry_meta());
         }
-        pipe.set(self.keys.expiry_built(), OffsetDateTime::now_utc().unix_timestamp());
+        pipe.set(
+            self.keys.expiry_built(),
+            OffsetDateTime::now_utc().unix_timestamp(),
+        );
         let _: () = pipe.query_async(&mut *c).await?;
         Ok(())
     }
@@ -233,7 +246,10 @@ impl State {
     pub async fn index_mark_built(&self) -> Result<(), StateError> {
         let mut c = self.conn().await?;
         let _: () = c
-            .set_nx(self.keys.expiry_built(), OffsetDateTime::now_utc().unix_timestamp())
+            .set_nx(
+                self.keys.expiry_built(),
+                OffsetDateTime::now_utc().unix_timestamp(),
+            )
             .await?;
         Ok(())
     }

@@ -73,7 +73,10 @@ impl Keys {
     /// The account record for a CA directory.
     pub fn account(&self, directory: &str) -> String {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, directory.as_bytes());
-        let hex: String = d.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = d.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         format!("{}accounts/{hex}.json", self.prefix)
     }
 
@@ -265,12 +268,16 @@ where
     };
     let code = err.code().map(str::to_string);
     if code.as_deref() == Some("PreconditionFailed")
-        || status.as_deref().is_some_and(|s| s.contains("StatusCode(412)"))
+        || status
+            .as_deref()
+            .is_some_and(|s| s.contains("StatusCode(412)"))
     {
         return StorageError::Conflict(key.to_string());
     }
     if matches!(code.as_deref(), Some("NoSuchKey" | "NotFound"))
-        || status.as_deref().is_some_and(|s| s.contains("StatusCode(404)"))
+        || status
+            .as_deref()
+            .is_some_and(|s| s.contains("StatusCode(404)"))
     {
         return StorageError::NotFound(key.to_string());
     }
@@ -365,7 +372,13 @@ impl Store {
     /// # Errors
     /// The service refused for another reason than "already exists".
     pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => match e.code() {
                 Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists") => Ok(()),
@@ -388,11 +401,15 @@ impl Store {
             .await
             .map_err(|e| sdk_error("get", key, e))?;
         let etag = ETag(out.e_tag().unwrap_or_default().to_string());
-        let body = out.body.collect().await.map_err(|e| StorageError::Unavailable {
-            op: "get",
-            key: key.to_string(),
-            detail: e.to_string(),
-        })?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Unavailable {
+                op: "get",
+                key: key.to_string(),
+                detail: e.to_string(),
+            })?;
         Ok((body.into_bytes().to_vec(), etag))
     }
 
@@ -482,7 +499,11 @@ impl Store {
                 .send()
                 .await
                 .map_err(|e| sdk_error("list", prefix, e))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
             match out.next_continuation_token() {
                 Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
                 _ => break,
@@ -511,7 +532,8 @@ impl Store {
     /// # Errors
     /// Unavailable or corrupt.
     pub async fn pointer(&self, name: &CertName) -> Result<Option<(Pointer, ETag)>, StorageError> {
-        self.get_json(&self.keys.pointer(name), "certificate pointer").await
+        self.get_json(&self.keys.pointer(name), "certificate pointer")
+            .await
     }
 
     /// A bundle by key.
@@ -529,7 +551,10 @@ impl Store {
     ///
     /// # Errors
     /// Unavailable or corrupt.
-    pub async fn current(&self, name: &CertName) -> Result<Option<(Pointer, Bundle)>, StorageError> {
+    pub async fn current(
+        &self,
+        name: &CertName,
+    ) -> Result<Option<(Pointer, Bundle)>, StorageError> {
         let Some((pointer, _)) = self.pointer(name).await? else {
             return Ok(None);
         };
@@ -542,9 +567,10 @@ impl Store {
     /// # Errors
     /// The key is sealed and cannot be opened here.
     pub fn open_key(&self, bundle: &Bundle) -> Result<Secret<String>, StorageError> {
-        Ok(self
-            .sealer
-            .open(&bundle.key, &Bundle::seal_context(&bundle.name, &bundle.version))?)
+        Ok(self.sealer.open(
+            &bundle.key,
+            &Bundle::seal_context(&bundle.name, &bundle.version),
+        )?)
     }
 
     /// Where a version lives, for events.
@@ -577,7 +603,10 @@ mod tests {
         let k = Keys::new("fleet/");
         let n = CertName::parse("www.example.com")?;
         assert_eq!(k.pointer(&n), "fleet/certs/www.example.com/current.json");
-        assert_eq!(k.bundle(&n, "v1"), "fleet/certs/www.example.com/versions/v1.json");
+        assert_eq!(
+            k.bundle(&n, "v1"),
+            "fleet/certs/www.example.com/versions/v1.json"
+        );
         assert_eq!(k.name_of_pointer(&k.pointer(&n)), Some(n.clone()));
         assert_eq!(k.name_of_pointer(&k.bundle(&n, "v1")), None);
         assert!(k.account("https://ca/dir").starts_with("fleet/accounts/"));

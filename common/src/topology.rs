@@ -347,7 +347,10 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(job_routing_key(JobKind::Renew, ChallengeType::Dns01), "job.renew.dns-01");
+        assert_eq!(
+            job_routing_key(JobKind::Renew, ChallengeType::Dns01),
+            "job.renew.dns-01"
+        );
         assert_eq!(retry_queue("10s"), "certfleet.retry.10s");
         assert_eq!(watch_queue("web-1"), "certfleet.watch.web-1");
     }

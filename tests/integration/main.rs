@@ -1,1 +1,5 @@
+//! Integration tests against the real services of `scripts/stack.sh`.
+//! One binary, one module per area (ripgrep's layout).
 
+mod issue;
+mod services;

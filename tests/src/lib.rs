@@ -1,1 +1,599 @@
-//! placeholder
+//! Test harness: real RabbitMQ, Redis, S3 (moto) and Pebble, as started by
+//! `scripts/stack.sh`, shared by every test but isolated per test.
+//!
+//! Each [`TestEnv`] gets its own RabbitMQ vhost, Redis key prefix, S3 key
+//! prefix, and loopback address for its workers' http-01 responders. Its
+//! domains resolve (through pebble-challtestsrv's DNS, which Pebble uses) to
+//! that address, so Pebble's real http-01 validation reaches this test's
+//! workers and no other test's. Tests therefore run in parallel.
+//!
+//! The stack's addresses come from the environment `scripts/stack.sh env`
+//! prints, with the same defaults as the script.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use certfleet_common::config::Sources;
+use certfleet_common::state::State;
+use certfleet_common::storage::Store;
+use certfleet_common::{Config, Envelope, Event, amqp, topology};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+pub mod pki;
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Where the shared stack listens.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// AMQP URL without vhost, e.g. `amqp://guest:guest@127.0.0.1:5672`.
+    pub amqp_base: String,
+    /// RabbitMQ management API with credentials.
+    pub rabbitmq_mgmt: url::Url,
+    /// Redis URL.
+    pub redis_url: String,
+    /// S3 endpoint.
+    pub s3_endpoint: String,
+    /// Bucket.
+    pub bucket: String,
+    /// ACME directory.
+    pub acme_directory: String,
+    /// Pebble's CA certificate (for its TLS).
+    pub ca_certs: PathBuf,
+    /// Pebble's management API.
+    pub pebble_mgmt: String,
+    /// pebble-challtestsrv's management API.
+    pub challtestsrv: String,
+    /// The stack's state directory.
+    pub stack_dir: PathBuf,
+}
+
+impl Stack {
+    /// Reads the stack's addresses from the environment.
+    pub fn from_env() -> Self {
+        let stack_dir = PathBuf::from(var(
+            "CERTFLEET_TEST_STACK_DIR",
+            &repo_root().join(".stack").display().to_string(),
+        ));
+        let amqp = var(
+            "CERTFLEET_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        );
+        let amqp_base = match amqp.rfind('/') {
+            Some(i) if i > "amqp://".len() => amqp[..i].to_string(),
+            _ => amqp.clone(),
+        };
+        Self {
+            amqp_base,
+            rabbitmq_mgmt: url::Url::parse(&var(
+                "CERTFLEET_TEST_RABBITMQ_MGMT_URL",
+                "http://guest:guest@127.0.0.1:15672",
+            ))
+            .unwrap_or_else(|_| {
+                url::Url::parse("http://guest:guest@127.0.0.1:15672").expect("static URL")
+            }),
+            redis_url: var("CERTFLEET_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            s3_endpoint: var("CERTFLEET_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            bucket: var("CERTFLEET_S3_BUCKET", "certfleet"),
+            acme_directory: var("CERTFLEET_ACME_DIRECTORY", "https://127.0.0.1:14000/dir"),
+            ca_certs: PathBuf::from(var(
+                "CERTFLEET_ACME_CA_CERTS",
+                &stack_dir.join("pebble/ca.pem").display().to_string(),
+            )),
+            pebble_mgmt: var("CERTFLEET_TEST_PEBBLE_MGMT_URL", "https://127.0.0.1:15000"),
+            challtestsrv: var("CERTFLEET_TEST_CHALLTESTSRV_URL", "http://127.0.0.1:8055"),
+            stack_dir,
+        }
+    }
+}
+
+/// A minimal HTTP(S) client trusting the stack's CA (management APIs).
+#[derive(Clone)]
+pub struct Http {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Http {
+    /// A client trusting `ca` in addition to nothing else.
+    pub fn new(ca: &std::path::Path) -> anyhow::Result<Self> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        if let Ok(iter) = CertificateDer::pem_file_iter(ca) {
+            for cert in iter.flatten() {
+                roots.add(cert)?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    /// Sends a request; returns status and body.
+    pub async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<(u16, String)> {
+        let parsed = url::Url::parse(url)?;
+        let mut clean = parsed.clone();
+        let _ = clean.set_username("");
+        let _ = clean.set_password(None);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(clean.as_str())
+            .header("content-type", "application/json");
+        if !parsed.username().is_empty() {
+            use base64::Engine as _;
+            let cred = format!("{}:{}", parsed.username(), parsed.password().unwrap_or(""));
+            req = req.header(
+                "authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(cred)
+                ),
+            );
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let rsp = tokio::time::timeout(Duration::from_secs(20), self.client.request(req))
+            .await
+            .context("HTTP request timed out")??;
+        let status = rsp.status().as_u16();
+        let body = rsp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One test's isolated slice of the stack.
+pub struct TestEnv {
+    /// Short unique id.
+    pub id: String,
+    /// The stack.
+    pub stack: Stack,
+    /// This test's vhost.
+    pub vhost: String,
+    /// Loopback address of this test's http-01 responders.
+    pub ip: Ipv4Addr,
+    /// The environment a process of this test runs with.
+    pub vars: HashMap<String, String>,
+    /// Management client.
+    pub http: Http,
+}
+
+impl TestEnv {
+    /// Creates the vhost and picks the prefixes and address.
+    pub async fn new(name: &str) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let stack = Stack::from_env();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let short = format!("{:x}{:x}", pid % 0xffff, n);
+        let id = format!("{}-{short}", name.replace('_', "-"));
+        let ip = Ipv4Addr::new(
+            127,
+            10 + (pid % 200) as u8,
+            (n / 250) as u8,
+            (n % 250 + 2) as u8,
+        );
+        let vhost = format!("cf-{id}");
+        let http = Http::new(&stack.ca_certs)?;
+        let mgmt = stack.rabbitmq_mgmt.as_str().trim_end_matches('/');
+        let (status, body) = http
+            .send(
+                http::Method::PUT,
+                &format!("{mgmt}/api/vhosts/{vhost}"),
+                None,
+            )
+            .await
+            .context("creating a RabbitMQ vhost (is the stack up? scripts/stack.sh up)")?;
+        if status >= 300 {
+            bail!("creating vhost {vhost}: {status} {body}");
+        }
+        let user = if stack.rabbitmq_mgmt.username().is_empty() {
+            "guest"
+        } else {
+            stack.rabbitmq_mgmt.username()
+        };
+        let (status, body) = http
+            .send(
+                http::Method::PUT,
+                &format!("{mgmt}/api/permissions/{vhost}/{user}"),
+                Some(r#"{"configure":".*","write":".*","read":".*"}"#.into()),
+            )
+            .await?;
+        if status >= 300 {
+            bail!("granting permissions on {vhost}: {status} {body}");
+        }
+        let mut vars = HashMap::new();
+        let set = |vars: &mut HashMap<String, String>, k: &str, v: String| {
+            vars.insert(k.to_string(), v);
+        };
+        set(
+            &mut vars,
+            "CERTFLEET_AMQP_URL",
+            format!("{}/{vhost}", stack.amqp_base),
+        );
+        set(&mut vars, "CERTFLEET_REDIS_URL", stack.redis_url.clone());
+        set(&mut vars, "CERTFLEET_REDIS_PREFIX", format!("t:{id}:"));
+        set(&mut vars, "CERTFLEET_S3_BUCKET", stack.bucket.clone());
+        set(
+            &mut vars,
+            "CERTFLEET_S3_ENDPOINT",
+            stack.s3_endpoint.clone(),
+        );
+        set(&mut vars, "CERTFLEET_S3_REGION", "us-east-1".into());
+        set(&mut vars, "CERTFLEET_S3_PATH_STYLE", "true".into());
+        set(&mut vars, "CERTFLEET_S3_PREFIX", format!("t/{id}/"));
+        set(
+            &mut vars,
+            "AWS_ACCESS_KEY_ID",
+            var("AWS_ACCESS_KEY_ID", "test"),
+        );
+        set(
+            &mut vars,
+            "AWS_SECRET_ACCESS_KEY",
+            var("AWS_SECRET_ACCESS_KEY", "test"),
+        );
+        set(
+            &mut vars,
+            "CERTFLEET_ACME_DIRECTORY",
+            stack.acme_directory.clone(),
+        );
+        set(
+            &mut vars,
+            "CERTFLEET_ACME_CA_CERTS",
+            stack.ca_certs.display().to_string(),
+        );
+        set(
+            &mut vars,
+            "CERTFLEET_ACME_EMAIL",
+            "test@example.test".into(),
+        );
+        set(&mut vars, "CERTFLEET_HTTP01_LISTEN", format!("{ip}:5002"));
+        set(&mut vars, "CERTFLEET_METRICS_LISTEN", "127.0.0.1:0".into());
+        set(&mut vars, "CERTFLEET_SHUTDOWN_GRACE", "10s".into());
+        let env = Self {
+            id,
+            stack,
+            vhost,
+            ip,
+            vars,
+            http,
+        };
+        env.store().await.ensure_bucket().await?;
+        Ok(env)
+    }
+
+    /// The configuration of this test, with `extra` variables on top.
+    pub fn config_with(&self, extra: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let mut vars = self.vars.clone();
+        for (k, v) in extra {
+            vars.insert((*k).to_string(), (*v).to_string());
+        }
+        Ok(Config::load(&Sources::new(&vars))?)
+    }
+
+    /// The configuration of this test.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        self.config_with(&[])
+    }
+
+    /// A fresh domain of this test, resolving to its responder address.
+    pub async fn domain(&self, label: &str) -> anyhow::Result<String> {
+        let domain = format!("{label}.{}.certfleet.test", self.id);
+        self.point_dns(&domain).await?;
+        Ok(domain)
+    }
+
+    /// Makes `domain` resolve to this test's responder address.
+    pub async fn point_dns(&self, domain: &str) -> anyhow::Result<()> {
+        let body = serde_json::json!({"host": domain, "addresses": [self.ip.to_string()]});
+        let (status, text) = self
+            .http
+            .send(
+                http::Method::POST,
+                &format!("{}/add-a", self.stack.challtestsrv),
+                Some(body.to_string()),
+            )
+            .await
+            .context("pebble-challtestsrv add-a")?;
+        if status >= 300 {
+            bail!("add-a {domain}: {status} {text}");
+        }
+        Ok(())
+    }
+
+    /// The store of this test.
+    pub async fn store(&self) -> Store {
+        match self.config() {
+            Ok(cfg) => Store::from_config(&cfg).await,
+            Err(e) => panic!("test configuration is invalid: {e}"),
+        }
+    }
+
+    /// Redis state of this test.
+    pub fn state(&self) -> anyhow::Result<State> {
+        Ok(State::from_config(&self.config()?, 4)?)
+    }
+
+    /// Starts a worker in-process.
+    pub async fn start_worker(&self, extra: &[(&str, &str)]) -> anyhow::Result<WorkerHandle> {
+        let cfg = self.config_with(extra)?;
+        let shutdown = CancellationToken::new();
+        let running = certfleet_worker::start(cfg, shutdown.clone()).await?;
+        if !running.ready(Duration::from_secs(20)).await {
+            bail!("the worker did not connect to the broker within 20 s");
+        }
+        Ok(WorkerHandle {
+            metrics_addr: running.metrics_addr,
+            running: Some(running),
+            shutdown,
+        })
+    }
+
+    /// A broker connection to this test's vhost.
+    pub async fn connect(&self) -> anyhow::Result<lapin::Connection> {
+        let cfg = self.config()?;
+        Ok(amqp::connect(&cfg.amqp_url, "certfleet-test").await?)
+    }
+
+    /// Subscribes to events matching `pattern` (exclusive queue).
+    pub async fn events(&self, pattern: &str) -> anyhow::Result<Events> {
+        let conn = self.connect().await?;
+        let ch = conn.create_channel().await?;
+        topology::declare_events(&ch).await?;
+        let q = ch
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        ch.queue_bind(
+            q.name().clone(),
+            topology::EVENTS_EXCHANGE.into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let consumer = ch
+            .basic_consume(
+                q.name().clone(),
+                "test-events".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Events {
+            _conn: conn,
+            consumer,
+        })
+    }
+
+    /// Publishes a job envelope, confirmed, with the mandatory flag.
+    pub async fn publish_job(&self, envelope: &Envelope) -> anyhow::Result<()> {
+        self.publish_raw(&envelope.routing_key(), &envelope.encode()?)
+            .await
+    }
+
+    /// Publishes raw bytes to the jobs exchange.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) -> anyhow::Result<()> {
+        let conn = self.connect().await?;
+        let publisher = amqp::Publisher::new(&conn).await?;
+        topology::declare_jobs(publisher.channel()).await?;
+        publisher
+            .publish(amqp::Outgoing {
+                exchange: topology::JOBS_EXCHANGE,
+                routing_key,
+                body,
+                content_type: amqp::CONTENT_TYPE_JOB,
+                message_id: None,
+                headers: None,
+                mandatory: true,
+            })
+            .await?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    /// Message count of a queue in this vhost (management API).
+    pub async fn queue_len(&self, queue: &str) -> anyhow::Result<u64> {
+        let mgmt = self.stack.rabbitmq_mgmt.as_str().trim_end_matches('/');
+        // The management API's counts lag by up to a few seconds; the
+        // passive declare is exact.
+        let _ = mgmt;
+        let conn = self.connect().await?;
+        let ch = conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(u64::from(q.message_count()))
+    }
+
+    /// Pebble's issuing root (PEM), from its management API.
+    pub async fn pebble_root(&self) -> anyhow::Result<String> {
+        let (status, body) = self
+            .http
+            .send(
+                http::Method::GET,
+                &format!("{}/roots/0", self.stack.pebble_mgmt),
+                None,
+            )
+            .await?;
+        if status != 200 {
+            bail!("pebble /roots/0: {status}");
+        }
+        Ok(body)
+    }
+
+    /// The path of a binary of the workspace (built by `cargo build --bins`).
+    pub fn bin(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let exe = std::env::current_exe()?;
+        let dir = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .ok_or_else(|| anyhow!("no target dir"))?;
+        let path = dir.join(name);
+        if !path.exists() {
+            bail!(
+                "{} is missing: run `cargo build --bins` first",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+
+    /// A command for a workspace binary with this test's environment.
+    pub fn command(&self, name: &str) -> anyhow::Result<tokio::process::Command> {
+        let mut cmd = tokio::process::Command::new(self.bin(name)?);
+        cmd.env_clear()
+            .envs(&self.vars)
+            .env("PATH", var("PATH", "/usr/bin:/bin"))
+            .env("CERTFLEET_LOG", "warn")
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// Deletes the vhost.
+    pub async fn cleanup(self) {
+        let mgmt = self.stack.rabbitmq_mgmt.as_str().trim_end_matches('/');
+        let _ = self
+            .http
+            .send(
+                http::Method::DELETE,
+                &format!("{mgmt}/api/vhosts/{}", self.vhost),
+                None,
+            )
+            .await;
+    }
+}
+
+/// An in-process worker.
+pub struct WorkerHandle {
+    /// Where its metrics are served.
+    pub metrics_addr: std::net::SocketAddr,
+    running: Option<certfleet_worker::Running>,
+    shutdown: CancellationToken,
+}
+
+impl WorkerHandle {
+    /// Signals shutdown and waits for the drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            r.wait().await;
+        }
+    }
+
+    /// Its shutdown token.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A stream of events.
+pub struct Events {
+    _conn: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+impl Events {
+    /// The next event, or an error after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Event> {
+        let d = tokio::time::timeout(timeout, self.consumer.next())
+            .await
+            .context("no event in time")?
+            .ok_or_else(|| anyhow!("event consumer ended"))??;
+        d.ack(BasicAckOptions::default()).await?;
+        Ok(Event::from_json(&d.data)?)
+    }
+
+    /// Collects events until `n` arrived or `timeout` passed.
+    pub async fn collect(&mut self, n: usize, timeout: Duration) -> Vec<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Ok(e) => out.push(e),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Whether another event arrives within `wait`.
+    pub async fn quiet_for(&mut self, wait: Duration) -> Option<Event> {
+        self.next(wait).await.ok()
+    }
+}
+
+/// Initializes test logging once (`RUST_LOG` or warnings).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -1,1 +1,282 @@
-//! placeholder
+//! `certfleet-worker`: consumes certificate jobs, runs the ACME orders,
+//! answers http-01, stores bundles, publishes events, serves metrics.
+//!
+//! # Layout
+//! - [`consumer`]: the AMQP loop — connect, declare, consume, reconnect, drain.
+//! - `process`: one job from delivery to acknowledgement, and what an error
+//!   means for it (retry, defer, fail, stop).
+//! - `lease`: one order per name fleet-wide (Redis lease + fencing token).
+//! - `acme`: the fleet's account, the HTTP client, resumable orders.
+//! - `keys`: private keys, CSRs, parsing what the CA returns.
+//! - `store`: bundle first, then the fenced pointer flip.
+//! - `events`: events, retries and dead letters, all confirmed.
+//! - `ratelimit`: CA limits counted fleet-wide in Redis.
+//! - [`http01`] and `serve`: the challenge responder and the metrics server.
+//! - [`metrics`] and [`shutdown`].
+//!
+//! [`start`] binds the listeners and spawns everything; tests call it
+//! in-process with port 0 and drive the worker as the CA and the broker
+//! would.
+
+pub(crate) mod acme;
+pub mod consumer;
+pub(crate) mod error;
+pub(crate) mod events;
+pub mod http01;
+pub(crate) mod keys;
+pub(crate) mod lease;
+pub mod metrics;
+pub(crate) mod process;
+pub(crate) mod ratelimit;
+pub(crate) mod serve;
+pub mod shutdown;
+pub(crate) mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use certfleet_common::Config;
+use certfleet_common::state::State;
+use certfleet_common::storage::Store;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span};
+
+pub use error::JobError;
+use metrics::Metrics;
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ACME client could not be set up (bad CA certificates file).
+    #[error(transparent)]
+    Client(#[from] acme::client::ClientError),
+    /// The Redis pool could not be built.
+    #[error(transparent)]
+    State(#[from] certfleet_common::state::StateError),
+}
+
+impl StartError {
+    /// Whether the configuration is at fault (exit 64) rather than the
+    /// environment (exit 1).
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Client(_))
+    }
+}
+
+/// Shared by every task of a worker.
+pub(crate) struct Ctx {
+    pub(crate) cfg: Config,
+    pub(crate) acme: acme::Acme,
+    pub(crate) store: Store,
+    pub(crate) state: State,
+    pub(crate) metrics: Metrics,
+    /// `hostname-pid-random`: names leases and consumer tags.
+    pub(crate) worker_id: String,
+    pub(crate) connection_name: String,
+    /// Whether the consumer is connected (for `/readyz` and [`Running::ready`]).
+    pub(crate) broker_ready: tokio::sync::watch::Sender<bool>,
+}
+
+/// A running worker.
+pub struct Running {
+    /// Where the http-01 responder listens.
+    pub http01_addr: SocketAddr,
+    /// Where `/metrics`, `/healthz`, `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+    ready: tokio::sync::watch::Receiver<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the worker consumes from the broker (its queue is
+    /// declared and bound). Returns false if it did not within `timeout`.
+    pub async fn ready(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.ready.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until the worker has shut down (after the token is cancelled).
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "worker task panicked");
+        }
+    }
+}
+
+fn worker_id() -> String {
+    let host = certfleet_common::amqp::connection_name("w")
+        .trim_start_matches("w@")
+        .to_string();
+    let suffix: u32 = rand::random::<u32>() % 0x10000;
+    format!("{host}-{}-{suffix:04x}", std::process::id())
+}
+
+/// Binds the listeners, builds the clients and spawns the worker. Returns
+/// once everything is listening; the worker runs until `shutdown`.
+///
+/// # Errors
+/// A listener that cannot be bound, an unreadable CA file.
+pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    let http01 = TcpListener::bind(cfg.worker.http01_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: cfg.worker.http01_listen,
+            what: "http-01",
+            source,
+        })?;
+    let metrics_listener =
+        TcpListener::bind(cfg.worker.metrics_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: cfg.worker.metrics_listen,
+                what: "metrics",
+                source,
+            })?;
+    let http01_addr = http01.local_addr().map_err(|source| StartError::Bind {
+        addr: cfg.worker.http01_listen,
+        what: "http-01",
+        source,
+    })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: cfg.worker.metrics_listen,
+            what: "metrics",
+            source,
+        })?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let pool_size = (cfg.worker.concurrency.get() as usize / 2).clamp(8, 64);
+    let state = State::from_config(&cfg, pool_size)?;
+    let store = Store::from_config(&cfg).await;
+    let acme = acme::Acme::new(
+        cfg.acme.clone(),
+        store.clone(),
+        state.clone(),
+        metrics.clone(),
+    )?;
+    let id = worker_id();
+    let ctx = Arc::new(Ctx {
+        connection_name: certfleet_common::amqp::connection_name("certfleet-worker"),
+        cfg,
+        acme,
+        store,
+        state,
+        metrics,
+        worker_id: id.clone(),
+        broker_ready: tokio::sync::watch::Sender::new(false),
+    });
+    let ready = ctx.broker_ready.subscribe();
+    info!(
+        worker = %id,
+        http01 = %http01_addr,
+        metrics = %metrics_addr,
+        ca = ctx.acme.ca(),
+        "worker starting"
+    );
+
+    let servers = CancellationToken::new();
+    let h01 = {
+        let state = ctx.state.clone();
+        let m = ctx.metrics.service.clone();
+        tokio::spawn(serve::serve(
+            http01,
+            "http01",
+            move |req| http01::respond(req, state.clone(), m.clone()),
+            servers.clone(),
+        ))
+    };
+    let mh = {
+        let ctx = ctx.clone();
+        tokio::spawn(serve::serve(
+            metrics_listener,
+            "metrics",
+            move |req| {
+                let ctx = ctx.clone();
+                let registry = registry.clone();
+                async move { ops(req.uri().path(), &ctx, &registry).await }
+            },
+            servers.clone(),
+        ))
+    };
+    let task = tokio::spawn(
+        async move {
+            consumer::run(ctx, shutdown).await;
+            // The responder stays up until the jobs are drained: a job in
+            // its grace period may still be validating.
+            servers.cancel();
+            let _ = h01.await;
+            let _ = mh.await;
+        }
+        .instrument(info_span!("worker")),
+    );
+    Ok(Running {
+        http01_addr,
+        metrics_addr,
+        ready,
+        task,
+    })
+}
+
+/// Runs until `shutdown` and the drain are complete.
+///
+/// # Errors
+/// As [`start`].
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    start(cfg, shutdown).await?.wait().await;
+    Ok(())
+}
+
+async fn ops(path: &str, ctx: &Ctx, registry: &Registry) -> Response<Full<Bytes>> {
+    match path {
+        "/metrics" => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, registry) {
+                Ok(()) => {
+                    let mut rsp = serve::text(StatusCode::OK, out);
+                    rsp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    rsp
+                }
+                Err(_) => serve::text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+            }
+        }
+        "/healthz" => serve::text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if !*ctx.broker_ready.borrow() {
+                return serve::text(StatusCode::SERVICE_UNAVAILABLE, "broker not connected\n");
+            }
+            match ctx.state.ping().await {
+                Ok(()) => serve::text(StatusCode::OK, "ready\n"),
+                Err(e) => serve::text(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}\n")),
+            }
+        }
+        _ => serve::text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}

@@ -1,1 +1,106 @@
-fn main() {}
+//! `certfleet-worker`: load the configuration, start, run until SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use certfleet_common::config::{ProcessEnv, Sources, keys};
+use certfleet_common::{Config, EXIT_FAILURE, EXIT_USAGE};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Consume certfleet jobs, answer http-01 challenges, serve metrics.
+///
+/// Settings come from flags, then CERTFLEET_* environment variables, then
+/// the TOML file (--config or CERTFLEET_CONFIG). Secrets only from the
+/// environment or files.
+#[derive(Debug, Parser)]
+#[command(name = "certfleet-worker", version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Orders in flight (= AMQP prefetch) [env: CERTFLEET_CONCURRENCY].
+    #[arg(long, value_name = "N")]
+    concurrency: Option<String>,
+    /// http-01 responder address [env: CERTFLEET_HTTP01_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    http01_listen: Option<String>,
+    /// Metrics address [env: CERTFLEET_METRICS_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Also run the renewal due-scan this often [env: CERTFLEET_SCHEDULE_EVERY].
+    #[arg(long, value_name = "DURATION")]
+    schedule_every: Option<String>,
+    /// Grace period for in-flight jobs on shutdown [env: CERTFLEET_SHUTDOWN_GRACE].
+    #[arg(long, value_name = "DURATION")]
+    shutdown_grace: Option<String>,
+}
+
+fn load(args: &Args) -> Result<Config, certfleet_common::ConfigError> {
+    let env = ProcessEnv;
+    let sources = Sources::new(&env)
+        .file(args.config.as_deref())?
+        .flag(keys::CONCURRENCY, args.concurrency.as_ref())?
+        .flag(keys::HTTP01_LISTEN, args.http01_listen.as_ref())?
+        .flag(keys::METRICS_LISTEN, args.metrics_listen.as_ref())?
+        .flag(keys::SCHEDULE_EVERY, args.schedule_every.as_ref())?
+        .flag(keys::SHUTDOWN_GRACE, args.shutdown_grace.as_ref())?;
+    Config::load(&sources)
+}
+
+fn init_tracing(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("CERTFLEET_LOG")
+        .ok()
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        certfleet_common::config::LogFormat::Json => builder.json().init(),
+        certfleet_common::config::LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("certfleet-worker: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_tracing(&cfg);
+    tracing::info!(config = ?cfg, "configuration");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("certfleet-worker: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        if let Err(e) = certfleet_worker::shutdown::on_signal(shutdown.clone()) {
+            eprintln!("certfleet-worker: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        match certfleet_worker::run(cfg, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("certfleet-worker: {e:#}");
+                ExitCode::from(if e.is_config() {
+                    EXIT_USAGE
+                } else {
+                    EXIT_FAILURE
+                })
+            }
+        }
+    })
+}

@@ -18,15 +18,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("{s:?} is not a duration (expected e.g. 30s, 5m, 1h30m)"));
+            return Err(format!(
+                "{s:?} is not a duration (expected e.g. 30s, 5m, 1h30m)"
+            ));
         }
         let n: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("{s:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -49,7 +55,7 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut secs = d.as_secs();
@@ -142,7 +148,9 @@ pub fn parse_prefix(s: &str) -> Result<String, String> {
         return Err("longer than 200 characters".into());
     }
     if let Some(c) = s.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(format!("contains {c:?}; use printable ASCII without spaces"));
+        return Err(format!(
+            "contains {c:?}; use printable ASCII without spaces"
+        ));
     }
     Ok(s.to_string())
 }
@@ -164,7 +172,17 @@ mod tests {
 
     #[test]
     fn durations_invalid() {
-        for bad in ["", "30", "s", "5 m", "1.5h", "-3s", "3w", "h1", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "5 m",
+            "1.5h",
+            "-3s",
+            "3w",
+            "h1",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(parse_duration("30").unwrap_err().contains("missing unit"));

@@ -1,0 +1,477 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317  # service functions are called indirectly ("$s"_start)
+# Local service stack for certfleet tests, demo and benchmarks, on loopback only:
+#   rabbitmq  RabbitMQ + management plugin (Debian rabbitmq-server)
+#   redis     Redis (Debian redis-server)
+#   s3        moto_server, an S3-compatible mock (PyPI moto[server], in a venv)
+#   pebble    Pebble ACME test CA + pebble-challtestsrv as its DNS (Debian pebble)
+#
+# Usage: scripts/stack.sh up|down|status|env|restart|stop|start [SERVICE...]
+#   up/start      install what is missing (as root), start, wait until ready
+#   down/stop     stop (data dirs are kept; moto and pebble keep nothing anyway)
+#   restart       down + up
+#   status        one line per service; exit 0 only if all requested are up
+#   env           `export NAME=value` lines: eval "$(scripts/stack.sh env)"
+# No SERVICE means all four.
+#
+# Everything is configurable through the environment (defaults below). With
+# another STACK_DIR, RABBITMQ_NODENAME and ports, a second, independent
+# instance of any service runs beside the first (e.g. for fault tests).
+# PEBBLE_* variables (PEBBLE_VA_NOSLEEP, PEBBLE_VA_ALWAYS_VALID,
+# PEBBLE_WFE_NONCEREJECT, PEBBLE_AUTHZREUSE, ...) are passed to pebble.
+# Per service, config, logs, pid files and data are in $STACK_DIR/SERVICE/.
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK_DIR=${STACK_DIR:-$REPO_DIR/.stack}
+[[ $STACK_DIR == /* ]] || STACK_DIR=$PWD/$STACK_DIR
+# The moto venv is an install, not state: shared by all instances by default.
+STACK_VENV=${STACK_VENV:-$REPO_DIR/.stack/venv}
+STACK_TIMEOUT=${STACK_TIMEOUT:-60}          # seconds to wait for readiness
+MOTO_PIP_SPEC=${MOTO_PIP_SPEC:-moto[server]==5.2.5}
+PYTHON=${PYTHON:-python3}
+
+RABBITMQ_PORT=${RABBITMQ_PORT:-5672}
+RABBITMQ_MGMT_PORT=${RABBITMQ_MGMT_PORT:-15672}
+RABBITMQ_DIST_PORT=${RABBITMQ_DIST_PORT:-25672}
+RABBITMQ_NODENAME=${RABBITMQ_NODENAME:-certfleet@localhost}
+REDIS_PORT=${REDIS_PORT:-6379}
+REDIS_APPENDONLY=${REDIS_APPENDONLY:-no}
+S3_PORT=${S3_PORT:-9000}
+S3_BUCKET=${S3_BUCKET:-certfleet}
+PEBBLE_PORT=${PEBBLE_PORT:-14000}
+PEBBLE_MGMT_PORT=${PEBBLE_MGMT_PORT:-15000}
+PEBBLE_HTTP_PORT=${PEBBLE_HTTP_PORT:-5002}
+PEBBLE_TLS_PORT=${PEBBLE_TLS_PORT:-5001}
+CHALLTESTSRV_DNS_PORT=${CHALLTESTSRV_DNS_PORT:-8053}
+CHALLTESTSRV_MGMT_PORT=${CHALLTESTSRV_MGMT_PORT:-8055}
+METRICS_PORT=${METRICS_PORT:-9464}
+
+ALL_SERVICES=(rabbitmq redis s3 pebble)
+LO=127.0.0.1
+PATH=$PATH:/usr/sbin:/sbin   # rabbitmq-server lives in /usr/sbin
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- helpers
+
+# alive PID: the process exists and is not a zombie (PID 1 here does not reap).
+alive() {
+  local st
+  [[ -n ${1:-} ]] && st=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $st != Z* ]]
+}
+pid_in() { cat "$1" 2>/dev/null || true; }
+port_open() { (exec 3<>"/dev/tcp/$LO/$1") 2>/dev/null; }
+http_answers() { [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "$@") != 000 ]]; }
+
+# start_bg PIDFILE LOGFILE CMD...: run CMD detached (own session) in the
+# log's directory (where any crash dump lands), and record its PID.
+start_bg() {
+  local pidfile=$1 logfile=$2; shift 2
+  (cd "$(dirname "$logfile")" && exec setsid "$@" </dev/null >>"$logfile" 2>&1) &
+  echo $! >"$pidfile"
+}
+
+# stop_pid PIDFILE: SIGTERM, wait up to 15 s, then SIGKILL.
+stop_pid() {
+  local pid i; pid=$(pid_in "$1")
+  if alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$1"
+}
+
+# ensure_port_free PORT...: refuse to start over a port someone else holds.
+ensure_port_free() {
+  local p
+  for p; do port_open "$p" && die "port $LO:$p is already in use by another process"; done
+  return 0
+}
+
+# ------------------------------------------------------------- installing
+
+# Debian packages each service needs.
+apt_pkgs_for() {
+  case $1 in
+    rabbitmq) echo rabbitmq-server curl ;;
+    redis) echo redis-server ;;
+    s3) echo curl ;;
+    pebble) echo pebble openssl curl ;;
+  esac
+}
+
+POLICY_RC=/usr/sbin/policy-rc.d
+apt_installed() { [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]; }
+
+# apt_install PKG...: install packages without starting their services.
+apt_install() {
+  local made_policy=0 rc=0
+  local apt=(apt-get -y -q -o DPkg::Lock::Timeout=300 install --no-install-recommends "$@")
+  export DEBIAN_FRONTEND=noninteractive
+  # A temporary policy-rc.d keeps the packages' init scripts from starting
+  # system-wide services (rabbitmq-server, redis-server) on install.
+  if [[ ! -e $POLICY_RC ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC" && chmod +x "$POLICY_RC" && made_policy=1
+  fi
+  # No package lists yet: update first; stale lists: update on failure.
+  { compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null || apt-get -q update; } &&
+    { "${apt[@]}" || { apt-get -q update && "${apt[@]}"; }; } || rc=$?
+  if ((made_policy)); then rm -f "$POLICY_RC"; fi
+  return "$rc"
+}
+
+venv_ok() { [[ -x $STACK_VENV/bin/moto_server && $(cat "$STACK_VENV/.installed" 2>/dev/null) == "$MOTO_PIP_SPEC" ]]; }
+
+# Create the venv and pip-install moto (unprivileged; locked against a
+# concurrent install by another instance).
+venv_install() {
+  mkdir -p "$(dirname "$STACK_VENV")"
+  (
+    flock 9
+    venv_ok && exit 0
+    log "installing $MOTO_PIP_SPEC into $STACK_VENV"
+    rm -rf "$STACK_VENV"
+    "$PYTHON" -m venv "$STACK_VENV"
+    "$STACK_VENV/bin/pip" install -q --disable-pip-version-check --no-compile "$MOTO_PIP_SPEC"
+    echo "$MOTO_PIP_SPEC" >"$STACK_VENV/.installed"
+  ) 9>"$STACK_VENV.lock"
+}
+
+# ensure_installed SERVICE...: install what is missing, apt and pip in parallel.
+ensure_installed() {
+  local s p missing=() need_venv=
+  for s; do
+    for p in $(apt_pkgs_for "$s"); do
+      apt_installed "$p" || [[ " ${missing[*]} " == *" $p "* ]] || missing+=("$p")
+    done
+    [[ $s == s3 ]] && ! venv_ok && need_venv=1
+  done
+  # python3 -m venv needs Debian's python3-venv when python3 is Debian's.
+  if [[ -n $need_venv ]] && ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+    apt_installed python3-venv || missing+=(python3-venv)
+  fi
+  [[ ${#missing[@]} -eq 0 && -z $need_venv ]] && return 0
+
+  if ((${#missing[@]})) && ((EUID != 0)); then
+    log "missing Debian packages; as root run:"
+    log "  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
+    [[ -n $need_venv ]] && log "then re-run this script (it creates $STACK_VENV and pip-installs '$MOTO_PIP_SPEC')"
+    exit 1
+  fi
+  local apt_pid='' venv_pid='' apt_rc=0 venv_rc=0
+  if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    apt_install "${missing[@]}" >"$STACK_DIR/apt.log" 2>&1 &
+    apt_pid=$!
+  fi
+  # pip runs alongside apt, unless apt is installing python3-venv for it.
+  if [[ -n $need_venv && " ${missing[*]} " != *" python3-venv "* ]]; then
+    venv_install >"$STACK_DIR/pip.log" 2>&1 &
+    venv_pid=$!
+  fi
+  if [[ -n $apt_pid ]]; then wait "$apt_pid" || apt_rc=$?; fi
+  if [[ -n $need_venv && -z $venv_pid ]] && ((apt_rc == 0)); then
+    venv_install >"$STACK_DIR/pip.log" 2>&1 &
+    venv_pid=$!
+  fi
+  if [[ -n $venv_pid ]]; then wait "$venv_pid" || venv_rc=$?; fi
+  if ((apt_rc)); then tail -n 20 "$STACK_DIR/apt.log" >&2; die "apt-get install failed (log: $STACK_DIR/apt.log)"; fi
+  if ((venv_rc)); then tail -n 20 "$STACK_DIR/pip.log" >&2; die "pip install failed (log: $STACK_DIR/pip.log)"; fi
+  return 0
+}
+
+# ---------------------------------------------------------------- rabbitmq
+
+RMQ_DIR=$STACK_DIR/rabbitmq
+
+# rmq_cmd CMD ARGS...: sets RMQ_CMD to run a RabbitMQ script (rabbitmq-server,
+# rabbitmqctl, ...) with this instance's environment. We call the real
+# scripts, not Debian's /usr/sbin wrappers, which `su rabbitmq` and use
+# /var/lib/rabbitmq. HOME holds this instance's .erlang.cookie; epmd, Erlang
+# distribution and the CLI tools' own node listen on loopback only.
+rmq_cmd() {
+  local bin dist_if='-kernel inet_dist_use_interface {127,0,0,1}'
+  bin=$(dirname "$(readlink -f "$(command -v rabbitmq-server)")")
+  RMQ_CMD=(env HOME="$RMQ_DIR/home"
+    RABBITMQ_NODENAME="$RABBITMQ_NODENAME" RABBITMQ_DIST_PORT="$RABBITMQ_DIST_PORT"
+    RABBITMQ_NODE_IP_ADDRESS="$LO" RABBITMQ_NODE_PORT="$RABBITMQ_PORT"
+    RABBITMQ_CONF_ENV_FILE="$RMQ_DIR/rabbitmq-env.conf"
+    RABBITMQ_CONFIG_FILE="$RMQ_DIR/rabbitmq.conf"
+    RABBITMQ_ADVANCED_CONFIG_FILE="$RMQ_DIR/advanced.config"
+    RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_DIR/enabled_plugins"
+    RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia" RABBITMQ_LOG_BASE="$RMQ_DIR/log"
+    RABBITMQ_PID_FILE="$RMQ_DIR/rabbitmq.pid" ERL_CRASH_DUMP="$RMQ_DIR/log/erl_crash.dump"
+    ERL_EPMD_ADDRESS="$LO"
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="$dist_if" RABBITMQ_CTL_ERL_ARGS="$dist_if"
+    RABBITMQ_CTL_DIST_PORT_MIN=$((RABBITMQ_DIST_PORT + 10000))
+    RABBITMQ_CTL_DIST_PORT_MAX=$((RABBITMQ_DIST_PORT + 10010))
+    "$bin/$1" "${@:2}")
+}
+rabbitmq_pid() { pid_in "$RMQ_DIR/launcher.pid"; }
+rabbitmq_addr() { echo "amqp://$LO:$RABBITMQ_PORT mgmt http://$LO:$RABBITMQ_MGMT_PORT node $RABBITMQ_NODENAME"; }
+rabbitmq_ready() {
+  curl -fsS -m 3 -o /dev/null -u guest:guest \
+    "http://$LO:$RABBITMQ_MGMT_PORT/api/health/checks/port-listener/$RABBITMQ_PORT" 2>/dev/null
+}
+rabbitmq_logs() { tail -n 30 "$RMQ_DIR/launcher.log" "$RMQ_DIR/log/$RABBITMQ_NODENAME.log" 2>/dev/null || true; }
+
+rabbitmq_start() {
+  ensure_port_free "$RABBITMQ_PORT" "$RABBITMQ_MGMT_PORT" "$RABBITMQ_DIST_PORT"
+  mkdir -p "$RMQ_DIR/home" "$RMQ_DIR/mnesia" "$RMQ_DIR/log"
+  local cookie=$RMQ_DIR/home/.erlang.cookie
+  if [[ ! -s $cookie ]]; then
+    # Reuse the Debian package's cookie when readable, so `rabbitmqctl -n
+    # NODE ...` run as root (Debian's wrapper su's to rabbitmq) also works.
+    if [[ -r /var/lib/rabbitmq/.erlang.cookie ]]; then
+      cp /var/lib/rabbitmq/.erlang.cookie "$cookie"
+    else
+      openssl rand -hex 20 >"$cookie"
+    fi
+    chmod 400 "$cookie"
+  fi
+  : >"$RMQ_DIR/rabbitmq-env.conf"   # don't read /etc/rabbitmq/rabbitmq-env.conf
+  echo '[].' >"$RMQ_DIR/advanced.config"
+  echo '[rabbitmq_management].' >"$RMQ_DIR/enabled_plugins"
+  cat >"$RMQ_DIR/rabbitmq.conf" <<EOF
+# generated by scripts/stack.sh; AMQP listener is set by RABBITMQ_NODE_*
+management.tcp.ip = $LO
+management.tcp.port = $RABBITMQ_MGMT_PORT
+log.console = false
+log.file.level = info
+# (syslog output is off; with udp its client would bind a socket on 0.0.0.0)
+log.syslog.transport = tcp
+EOF
+  rmq_cmd rabbitmq-server
+  start_bg "$RMQ_DIR/launcher.pid" "$RMQ_DIR/launcher.log" "${RMQ_CMD[@]}"
+}
+
+rabbitmq_stop() {
+  if alive "$(rabbitmq_pid)" || alive "$(pid_in "$RMQ_DIR/rabbitmq.pid")"; then
+    rmq_cmd rabbitmqctl -q shutdown
+    timeout "$STACK_TIMEOUT" "${RMQ_CMD[@]}" >>"$RMQ_DIR/launcher.log" 2>&1 || true
+  fi
+  stop_pid "$RMQ_DIR/rabbitmq.pid"   # still running only if shutdown failed
+  stop_pid "$RMQ_DIR/launcher.pid"
+  # Stop epmd only when no other Erlang node (e.g. a second instance) uses it.
+  local names
+  if command -v epmd >/dev/null && names=$(epmd -names 2>/dev/null) && [[ $names != *$'\n'name* ]]; then
+    epmd -kill >/dev/null 2>&1 || true
+  fi
+}
+
+# ------------------------------------------------------------------ redis
+
+REDIS_DIR=$STACK_DIR/redis
+redis_pid() { pid_in "$REDIS_DIR/redis.pid"; }
+redis_addr() { echo "redis://$LO:$REDIS_PORT/0"; }
+redis_ready() { [[ $(redis-cli -h "$LO" -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+redis_logs() { tail -n 30 "$REDIS_DIR/start.log" "$REDIS_DIR/redis.log" 2>/dev/null || true; }
+redis_start() {
+  ensure_port_free "$REDIS_PORT"
+  mkdir -p "$REDIS_DIR"
+  # Daemonizes itself and writes its own pidfile. No snapshots; with
+  # REDIS_APPENDONLY=yes data survives a restart (AOF in the state dir).
+  redis-server --bind "$LO" --port "$REDIS_PORT" --daemonize yes \
+    --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" \
+    --dir "$REDIS_DIR" --save "" --appendonly "$REDIS_APPENDONLY" </dev/null >"$REDIS_DIR/start.log" 2>&1
+}
+redis_stop() {
+  if alive "$(redis_pid)"; then
+    redis-cli -h "$LO" -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    stop_pid "$REDIS_DIR/redis.pid"
+  fi
+  rm -f "$REDIS_DIR/redis.pid"
+}
+
+# --------------------------------------------------------------------- s3
+
+S3_DIR=$STACK_DIR/s3
+s3_pid() { pid_in "$S3_DIR/moto.pid"; }
+s3_addr() { echo "http://$LO:$S3_PORT bucket $S3_BUCKET"; }
+s3_ready() { http_answers "http://$LO:$S3_PORT/"; }
+s3_logs() { tail -n 30 "$S3_DIR/moto.log" 2>/dev/null || true; }
+s3_start() {
+  ensure_port_free "$S3_PORT"
+  mkdir -p "$S3_DIR"
+  start_bg "$S3_DIR/moto.pid" "$S3_DIR/moto.log" "$STACK_VENV/bin/moto_server" -H "$LO" -p "$S3_PORT"
+}
+# moto keeps everything in memory: the bucket is (re)created at each start.
+s3_post() { curl -fsS -o /dev/null -X PUT "http://$LO:$S3_PORT/$S3_BUCKET"; }
+s3_stop() { stop_pid "$S3_DIR/moto.pid"; }
+
+# ----------------------------------------------------------------- pebble
+
+PEBBLE_DIR=$STACK_DIR/pebble
+pebble_pid() { pid_in "$PEBBLE_DIR/pebble.pid"; }
+pebble_addr() { echo "https://$LO:$PEBBLE_PORT/dir mgmt https://$LO:$PEBBLE_MGMT_PORT challtestsrv http://$LO:$CHALLTESTSRV_MGMT_PORT dns $LO:$CHALLTESTSRV_DNS_PORT"; }
+pebble_ready() {
+  alive "$(pid_in "$PEBBLE_DIR/challtestsrv.pid")" &&
+    http_answers "http://$LO:$CHALLTESTSRV_MGMT_PORT/" &&
+    curl -fsS -m 3 -o /dev/null --cacert "$PEBBLE_DIR/ca.pem" "https://$LO:$PEBBLE_PORT/dir" 2>/dev/null
+}
+pebble_logs() { tail -n 30 "$PEBBLE_DIR/pebble.log" "$PEBBLE_DIR/challtestsrv.log" 2>/dev/null || true; }
+
+# TLS for pebble's own listeners: a local CA and a localhost/127.0.0.1/::1
+# server certificate, kept across restarts so clients can keep trusting ca.pem.
+pebble_certs() {
+  [[ -s $PEBBLE_DIR/ca.pem && -s $PEBBLE_DIR/cert.pem && -s $PEBBLE_DIR/key.pem ]] && return 0
+  local d=$PEBBLE_DIR
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -keyout "$d/ca.key" -out "$d/ca.pem" -subj "/CN=certfleet stack local CA" \
+    -addext 'basicConstraints=critical,CA:TRUE' \
+    -addext 'keyUsage=critical,keyCertSign,cRLSign' 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$d/key.pem" -out "$d/cert.csr" -subj "/CN=localhost" 2>/dev/null
+  printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature' \
+    'extendedKeyUsage=serverAuth' 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1' \
+    'subjectKeyIdentifier=hash' 'authorityKeyIdentifier=keyid' >"$d/cert.ext"
+  openssl x509 -req -in "$d/cert.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 825 -extfile "$d/cert.ext" -out "$d/cert.pem" 2>/dev/null
+  rm -f "$d/cert.csr" "$d/cert.ext"
+}
+
+pebble_start() {
+  ensure_port_free "$PEBBLE_PORT" "$PEBBLE_MGMT_PORT" "$CHALLTESTSRV_DNS_PORT" "$CHALLTESTSRV_MGMT_PORT"
+  mkdir -p "$PEBBLE_DIR"
+  pebble_certs
+  cat >"$PEBBLE_DIR/pebble-config.json" <<EOF
+{
+  "pebble": {
+    "listenAddress": "$LO:$PEBBLE_PORT",
+    "managementListenAddress": "$LO:$PEBBLE_MGMT_PORT",
+    "certificate": "$PEBBLE_DIR/cert.pem",
+    "privateKey": "$PEBBLE_DIR/key.pem",
+    "httpPort": $PEBBLE_HTTP_PORT,
+    "tlsPort": $PEBBLE_TLS_PORT,
+    "ocspResponderURL": "",
+    "externalAccountBindingRequired": false
+  }
+}
+EOF
+  # challtestsrv only serves DNS (every name -> 127.0.0.1) and its management
+  # API; its http-01/https-01/tls-alpn-01 servers are off, so that the
+  # certfleet worker can own the http-01 port.
+  start_bg "$PEBBLE_DIR/challtestsrv.pid" "$PEBBLE_DIR/challtestsrv.log" \
+    pebble-challtestsrv -defaultIPv4 "$LO" -defaultIPv6 "" \
+    -dns01 "$LO:$CHALLTESTSRV_DNS_PORT" -management "$LO:$CHALLTESTSRV_MGMT_PORT" \
+    -http01 "" -https01 "" -tlsalpn01 ""
+  export PEBBLE_VA_NOSLEEP=${PEBBLE_VA_NOSLEEP:-1} PEBBLE_WFE_NONCEREJECT=${PEBBLE_WFE_NONCEREJECT:-0}
+  env | grep '^PEBBLE_' | sort >"$PEBBLE_DIR/pebble.env"
+  start_bg "$PEBBLE_DIR/pebble.pid" "$PEBBLE_DIR/pebble.log" \
+    pebble -config "$PEBBLE_DIR/pebble-config.json" -dnsserver "$LO:$CHALLTESTSRV_DNS_PORT"
+}
+
+pebble_stop() {
+  stop_pid "$PEBBLE_DIR/pebble.pid"
+  stop_pid "$PEBBLE_DIR/challtestsrv.pid"
+}
+
+# --------------------------------------------------------------- commands
+
+is_up() { alive "$("$1"_pid)" && "$1"_ready; }
+
+cmd_up() {
+  local s started=() pebble_env
+  ensure_installed "$@"
+  for s; do
+    if is_up "$s"; then
+      if [[ $s == pebble ]]; then   # warn when PEBBLE_* differ from the running pebble
+        pebble_env=$(export PEBBLE_VA_NOSLEEP=${PEBBLE_VA_NOSLEEP:-1} PEBBLE_WFE_NONCEREJECT=${PEBBLE_WFE_NONCEREJECT:-0}; env | grep '^PEBBLE_' | sort)
+        [[ $pebble_env == "$(cat "$PEBBLE_DIR/pebble.env" 2>/dev/null)" ]] ||
+          log "note: pebble runs with other PEBBLE_* settings; use 'restart pebble' to apply them"
+      fi
+      continue
+    fi
+    alive "$("$s"_pid)" || { "$s"_stop; log "starting $s"; "$s"_start; }
+    started+=("$s")
+  done
+  # All started at once above; now wait for each to be ready.
+  local deadline=$((SECONDS + STACK_TIMEOUT))
+  for s in ${started[@]+"${started[@]}"}; do
+    until "$s"_ready; do
+      if ! alive "$("$s"_pid)"; then
+        "$s"_logs >&2; die "$s exited during startup (logs above, in $STACK_DIR/$s)"
+      elif ((SECONDS >= deadline)); then
+        "$s"_logs >&2; die "$s not ready within ${STACK_TIMEOUT}s (logs above, in $STACK_DIR/$s)"
+      fi
+      sleep 0.2
+    done
+    if declare -F "$s"_post >/dev/null; then "$s"_post; fi
+    log "$s up: $("$s"_addr)"
+  done
+}
+
+cmd_down() {
+  local s
+  for s; do "$s"_stop; done
+}
+
+cmd_status() {
+  local s rc=0
+  for s; do
+    if is_up "$s"; then
+      printf '%-9s up    %s\n' "$s" "$("$s"_addr)"
+    else
+      printf '%-9s down  %s\n' "$s" "$("$s"_addr)"; rc=1
+    fi
+  done
+  return $rc
+}
+
+cmd_env() {
+  local v
+  for v in \
+    "CERTFLEET_AMQP_URL=amqp://guest:guest@$LO:$RABBITMQ_PORT/%2f" \
+    "CERTFLEET_REDIS_URL=redis://$LO:$REDIS_PORT/0" \
+    "CERTFLEET_S3_BUCKET=$S3_BUCKET" \
+    "CERTFLEET_S3_ENDPOINT=http://$LO:$S3_PORT" \
+    "CERTFLEET_S3_REGION=us-east-1" \
+    "CERTFLEET_S3_PATH_STYLE=true" \
+    "AWS_ACCESS_KEY_ID=test" \
+    "AWS_SECRET_ACCESS_KEY=test" \
+    "CERTFLEET_ACME_DIRECTORY=https://$LO:$PEBBLE_PORT/dir" \
+    "CERTFLEET_ACME_CA_CERTS=$PEBBLE_DIR/ca.pem" \
+    "CERTFLEET_ACME_EMAIL=admin@example.test" \
+    "CERTFLEET_HTTP01_LISTEN=$LO:$PEBBLE_HTTP_PORT" \
+    "CERTFLEET_METRICS_LISTEN=$LO:$METRICS_PORT" \
+    "CERTFLEET_TEST_RABBITMQ_MGMT_URL=http://guest:guest@$LO:$RABBITMQ_MGMT_PORT" \
+    "CERTFLEET_TEST_PEBBLE_MGMT_URL=https://$LO:$PEBBLE_MGMT_PORT" \
+    "CERTFLEET_TEST_CHALLTESTSRV_URL=http://$LO:$CHALLTESTSRV_MGMT_PORT" \
+    "CERTFLEET_TEST_STACK_DIR=$STACK_DIR"; do
+    printf 'export %s=%q\n' "${v%%=*}" "${v#*=}"
+  done
+}
+
+usage() {
+  sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
+  exit 2
+}
+
+main() {
+  (($# >= 1)) || usage
+  local cmd=$1 s; shift
+  for s; do [[ " ${ALL_SERVICES[*]} " == *" $s "* ]] || { log "unknown service '$s'"; usage; }; done
+  (($#)) || set -- "${ALL_SERVICES[@]}"
+  case $cmd in
+    status) cmd_status "$@"; return ;;
+    env) cmd_env; return ;;
+    up | start | down | stop | restart) ;;
+    *) usage ;;
+  esac
+  # Changing commands are serialized per state dir: re-run under flock, which
+  # keeps the lock itself (-o: the services we start don't inherit it).
+  mkdir -p "$STACK_DIR"
+  if [[ -z ${STACK_LOCKED:-} ]]; then
+    STACK_LOCKED=1 exec flock -o "$STACK_DIR/.lock" "${BASH_SOURCE[0]}" "$cmd" "$@"
+  fi
+  case $cmd in
+    up | start) cmd_up "$@" ;;
+    down | stop) cmd_down "$@" ;;
+    restart) cmd_down "$@" && cmd_up "$@" ;;
+  esac
+}
+
+main "$@"; exit  # one line: bash reads no further, even if this file is edited meanwhile

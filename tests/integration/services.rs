@@ -1,0 +1,174 @@
+//! Each service's client setup, as the rest of certfleet uses it.
+
+use std::time::Duration;
+
+use certfleet_common::amqp::{Outgoing, Publisher};
+use certfleet_common::storage::{Condition, StorageError};
+use certfleet_common::topology;
+use certfleet_tests::TestEnv;
+use deadpool_redis::redis;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+#[tokio::test]
+async fn rabbitmq_topic_publish_confirm_consume() -> anyhow::Result<()> {
+    let env = TestEnv::new("svc-amqp").await?;
+    let conn = env.connect().await?;
+    let publisher = Publisher::new(&conn).await?;
+    topology::declare_events(publisher.channel()).await?;
+    let ch = conn.create_channel().await?;
+    ch.queue_declare(
+        "probe".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        "probe".into(),
+        topology::EVENTS_EXCHANGE.into(),
+        "cert.*.#.example.com".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    for key in ["cert.issued.www.example.com", "cert.issued.www.example.org"] {
+        publisher
+            .publish(Outgoing {
+                exchange: topology::EVENTS_EXCHANGE,
+                routing_key: key,
+                body: key.as_bytes(),
+                content_type: "text/plain",
+                message_id: None,
+                headers: None,
+                mandatory: false,
+            })
+            .await?;
+    }
+    // A mandatory message nobody is bound for comes back as an error.
+    let unroutable = publisher
+        .publish(Outgoing {
+            exchange: topology::EVENTS_EXCHANGE,
+            routing_key: "nobody.listens",
+            body: b"x",
+            content_type: "text/plain",
+            message_id: None,
+            headers: None,
+            mandatory: true,
+        })
+        .await;
+    assert!(
+        matches!(
+            unroutable,
+            Err(certfleet_common::amqp::BrokerError::Unroutable { .. })
+        ),
+        "{unroutable:?}"
+    );
+    let mut consumer = ch
+        .basic_consume(
+            "probe".into(),
+            "t".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no delivery"))??;
+    assert_eq!(d.data, b"cert.issued.www.example.com");
+    d.ack(BasicAckOptions::default()).await?;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), consumer.next())
+            .await
+            .is_err(),
+        "the .org event must not match the .example.com binding"
+    );
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_lock_with_expiry() -> anyhow::Result<()> {
+    let env = TestEnv::new("svc-redis").await?;
+    let state = env.state()?;
+    let mut c = state.conn().await?;
+    let key = format!("{}probe-lock", state.keys().prefix());
+    let first: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg("a")
+        .arg("NX")
+        .arg("PX")
+        .arg(300)
+        .query_async(&mut *c)
+        .await?;
+    let second: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg("b")
+        .arg("NX")
+        .arg("PX")
+        .arg(300)
+        .query_async(&mut *c)
+        .await?;
+    assert!(
+        first.is_some() && second.is_none(),
+        "NX must refuse a held lock"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let third: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg("c")
+        .arg("NX")
+        .arg("PX")
+        .arg(300)
+        .query_async(&mut *c)
+        .await?;
+    assert!(third.is_some(), "an expired lock can be taken");
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn s3_put_get_list_conditional() -> anyhow::Result<()> {
+    let env = TestEnv::new("svc-s3").await?;
+    let store = env.store().await;
+    let prefix = format!("t/{}/probe/", env.id);
+    let key = format!("{prefix}a.json");
+    let etag = store
+        .put_json(&key, &serde_json::json!({"v": 1}), Condition::Absent)
+        .await?;
+    let again = store
+        .put_json(&key, &serde_json::json!({"v": 2}), Condition::Absent)
+        .await;
+    assert!(matches!(again, Err(StorageError::Conflict(_))), "{again:?}");
+    let (v, read_etag): (serde_json::Value, _) = store
+        .get_json(&key, "probe")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("missing"))?;
+    assert_eq!(v["v"], 1);
+    assert_eq!(read_etag, etag);
+    store
+        .put_json(
+            &key,
+            &serde_json::json!({"v": 3}),
+            Condition::Matches(&etag),
+        )
+        .await?;
+    let stale = store
+        .put_json(
+            &key,
+            &serde_json::json!({"v": 4}),
+            Condition::Matches(&etag),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(StorageError::Conflict(_))),
+        "If-Match must refuse a stale ETag: {stale:?}"
+    );
+    store
+        .put_json(&format!("{prefix}b.json"), &1, Condition::None)
+        .await?;
+    let listed = store.list(&prefix).await?;
+    assert_eq!(listed, vec![key.clone(), format!("{prefix}b.json")]);
+    env.cleanup().await;
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The fleet's ACME account and the orders it places.
+//!
+//! One account per CA directory serves the whole fleet. Its credentials
+//! live in S3 (`accounts/<hash>.json`, the private key sealed when an
+//! encryption key is configured); the first worker that finds none creates
+//! it under a Redis lock while the others wait for the record to appear, so
+//! two workers starting together never register two accounts.
+
+pub(crate) mod client;
+pub(crate) mod order;
+
+use std::time::Duration;
+
+use certfleet_common::config::AcmeConfig;
+use certfleet_common::seal::SealedKey;
+use certfleet_common::state::{COMPARE_AND_DELETE, State};
+use certfleet_common::storage::{Condition, Store};
+use deadpool_redis::redis;
+use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+use tracing::{info, warn};
+
+use crate::error::{AcmeProblem, JobError};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use client::AcmeHttp;
+
+/// How long a worker waits for another to finish creating the account.
+const ACCOUNT_WAIT: Duration = Duration::from_secs(60);
+
+/// The account record in S3.
+#[derive(Debug, Serialize, Deserialize)]
+struct AccountRecord {
+    schema: String,
+    directory: String,
+    /// `AccountCredentials` JSON (contains the account key), sealed.
+    credentials: SealedKey,
+}
+
+/// The account's short id (the hash in its S3 key), for Redis keys.
+fn account_subject(account_key: &str) -> String {
+    account_key
+        .rsplit('/')
+        .next()
+        .unwrap_or("account")
+        .trim_end_matches(".json")
+        .to_string()
+}
+
+/// Maps an instant-acme error into a job error.
+pub(crate) fn acme_error(e: instant_acme::Error) -> JobError {
+    match e {
+        instant_acme::Error::Api(p) => {
+            JobError::Acme(AcmeProblem::from_problem(&p, client::retry_after()))
+        }
+        instant_acme::Error::Timeout(_) => {
+            JobError::AcmeTransport("timed out waiting for the CA to update the order".into())
+        }
+        instant_acme::Error::Unsupported(what) => {
+            JobError::Invalid(format!("the CA does not support {what}"))
+        }
+        other => JobError::AcmeTransport(certfleet_common::error::chain(&other)),
+    }
+}
+
+/// ACME for one directory.
+pub(crate) struct Acme {
+    cfg: AcmeConfig,
+    http: AcmeHttp,
+    store: Store,
+    state: State,
+    account: RwLock<Option<Account>>,
+    account_key: String,
+    limiter: RateLimiter,
+    metrics: Metrics,
+}
+
+impl Acme {
+    pub(crate) fn new(
+        cfg: AcmeConfig,
+        store: Store,
+        state: State,
+        metrics: Metrics,
+    ) -> Result<Self, client::ClientError> {
+        let http = AcmeHttp::new(
+            cfg.ca_certs.as_deref(),
+            cfg.directory.scheme() == "http",
+            metrics.acme.clone(),
+        )?;
+        let account_key = store.keys().account(cfg.directory.as_str());
+        let limiter = RateLimiter::new(
+            state.clone(),
+            account_subject(&account_key),
+            cfg.rate_orders,
+            cfg.rate_failed_validations,
+        );
+        Ok(Self {
+            cfg,
+            http,
+            store,
+            state,
+            account: RwLock::new(None),
+            account_key,
+            limiter,
+            metrics,
+        })
+    }
+
+    pub(crate) fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The directory host, for logs and metrics.
+    pub(crate) fn ca(&self) -> &str {
+        self.cfg.directory.host_str().unwrap_or("ca")
+    }
+
+    fn seal_context(&self) -> String {
+        format!("account:{}", self.cfg.directory)
+    }
+
+    /// The fleet's account, loaded or created on first use.
+    pub(crate) async fn account(&self) -> Result<Account, JobError> {
+        if let Some(a) = self.account.read().await.as_ref() {
+            return Ok(a.clone());
+        }
+        let mut slot = self.account.write().await;
+        if let Some(a) = slot.as_ref() {
+            return Ok(a.clone());
+        }
+        let account = self.load_or_create().await?;
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+
+    /// Forgets the cached account (the CA no longer knows it) and its record.
+    pub(crate) async fn reset_account(&self) {
+        *self.account.write().await = None;
+        warn!(
+            ca = self.ca(),
+            "the CA does not know our account; a new one will be created"
+        );
+        if let Err(e) = self.store.delete(&self.account_key).await {
+            warn!(error = %e, "could not delete the stale account record");
+        }
+    }
+
+    async fn load(&self) -> Result<Option<Account>, JobError> {
+        let Some((record, _)) = self
+            .store
+            .get_json::<AccountRecord>(&self.account_key, "ACME account record")
+            .await?
+        else {
+            return Ok(None);
+        };
+        let json = self
+            .store
+            .sealer()
+            .open(&record.credentials, &self.seal_context())?;
+        let creds: AccountCredentials = serde_json::from_str(json.expose())
+            .map_err(|e| JobError::Invalid(format!("stored ACME account does not parse: {e}")))?;
+        let account = Account::builder_with_http(Box::new(self.http.clone()))
+            .from_credentials(creds)
+            .await
+            .map_err(acme_error)?;
+        Ok(Some(account))
+    }
+
+    async fn load_or_create(&self) -> Result<Account, JobError> {
+        if let Some(a) = self.load().await? {
+            return Ok(a);
+        }
+        let lock_key = self
+            .state
+            .keys()
+            .account_lock(&account_subject(&self.account_key));
+        let token = uuid::Uuid::new_v4().to_string();
+        let deadline = tokio::time::Instant::now() + ACCOUNT_WAIT;
+        loop {
+            let mut c = self.state.conn().await?;
+            let got: Option<String> = redis::cmd("SET")
+                .arg(&lock_key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ACCOUNT_WAIT.as_millis() as u64)
+                .query_async(&mut *c)
+                .await
+                .map_err(certfleet_common::state::StateError::from)?;
+            drop(c);
+            if got.is_some() {
+                let result = self.create_locked().await;
+                if let Ok(mut c) = self.state.conn().await {
+                    let _: Result<i64, _> = redis::Script::new(COMPARE_AND_DELETE)
+                        .key(&lock_key)
+                        .arg(&token)
+                        .invoke_async(&mut *c)
+                        .await;
+                }
+                return result;
+            }
+            // Someone else is creating it: wait for the record.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Some(a) = self.load().await? {
+                return Ok(a);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(JobError::AcmeTransport(
+                    "timed out waiting for another worker to create the ACME account".into(),
+                ));
+            }
+        }
+    }
+
+    /// Creates the account; the caller holds the lock.
+    async fn create_locked(&self) -> Result<Account, JobError> {
+        // Take the lock, then check again (certmagic's obtainCert).
+        if let Some(a) = self.load().await? {
+            return Ok(a);
+        }
+        let contact = self.cfg.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let eab = match &self.cfg.eab {
+            Some(eab) => {
+                use base64::Engine as _;
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(eab.hmac_key.expose().trim_end_matches('='))
+                    .map_err(|_| {
+                        JobError::Invalid("CERTFLEET_ACME_EAB_HMAC_KEY is not base64url".into())
+                    })?;
+                Some(ExternalAccountKey::new(eab.kid.clone(), &key))
+            }
+            None => None,
+        };
+        let (account, creds) = Account::builder_with_http(Box::new(self.http.clone()))
+            .create(
+                &NewAccount {
+                    contact: &contacts,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                self.cfg.directory.to_string(),
+                eab.as_ref(),
+            )
+            .await
+            .map_err(acme_error)?;
+        let json = serde_json::to_string(&creds)
+            .map_err(|e| JobError::Crypto(format!("serializing account credentials: {e}")))?;
+        let record = AccountRecord {
+            schema: "certfleet.account.v1".into(),
+            directory: self.cfg.directory.to_string(),
+            credentials: self.store.sealer().seal(&json, &self.seal_context())?,
+        };
+        self.store
+            .put_json(&self.account_key, &record, Condition::Absent)
+            .await?;
+        info!(
+            ca = self.ca(),
+            account = account.id(),
+            "created the fleet's ACME account"
+        );
+        Ok(account)
+    }
+}

@@ -1,0 +1,375 @@
+//! Driving one order from creation (or resumption) to a certificate.
+//!
+//! The order URL and the certificate key are stored in Redis
+//! (`order:<name>`) the moment the order exists, so a redelivered job —
+//! after a crash, a kill -9, a lost broker connection — resumes the same
+//! order with `Account::order(url)` instead of opening another one against
+//! the CA's limits. An order that turned invalid or that the CA no longer
+//! knows is dropped and replaced by a new one.
+//!
+//! RFC 8555 §7.1.3 (order objects) and §7.4 (applying for issuance).
+
+use std::time::Duration;
+
+use certfleet_common::KeyType;
+use certfleet_common::domain::CertName;
+use certfleet_common::seal::SealedKey;
+use certfleet_common::secret::Secret;
+use deadpool_redis::redis::AsyncCommands;
+
+use instant_acme::{
+    AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder, Order,
+    OrderStatus, RetryPolicy,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::{Acme, acme_error};
+use crate::error::{AcmeProblem, JobError};
+use crate::keys;
+
+/// How long an order record lives in Redis: ACME orders expire after about
+/// a week (Let's Encrypt: 7 days), after which resuming is pointless.
+const ORDER_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// How long a key authorization is served: longer than any validation.
+const HTTP01_TTL: Duration = Duration::from_secs(3600);
+
+/// Polling an order until it is ready or the certificate is issued. Starts
+/// fast because a CA that validates at once (Pebble without delays, or a
+/// cached authorization) answers within a few hundred ms; grows by half
+/// each time so a slow CA (Let's Encrypt under load, Pebble's random
+/// 0–15 s validation delay) costs few requests; gives up after two minutes
+/// with a retryable error — the order record survives, and the next attempt
+/// resumes the same order.
+pub(crate) const POLL: RetryPolicy = RetryPolicy::new()
+    .initial_delay(Duration::from_millis(100))
+    .backoff(1.5)
+    .timeout(Duration::from_secs(120));
+
+/// The order record in Redis.
+#[derive(Debug, Serialize, Deserialize)]
+struct OrderRecord {
+    url: String,
+    job_id: Uuid,
+    domains: Vec<String>,
+    key_type: KeyType,
+    key: SealedKey,
+    created_at_ms: i64,
+}
+
+/// What [`Acme::obtain`] needs to know about the job.
+pub(crate) struct Request<'a> {
+    pub(crate) name: &'a CertName,
+    pub(crate) job_id: Uuid,
+    pub(crate) domains: &'a [String],
+    pub(crate) key_type: KeyType,
+    /// ARI identifier of the certificate being replaced (renewals).
+    pub(crate) replaces: Option<&'a str>,
+}
+
+/// A certificate and its key, straight from the CA.
+pub(crate) struct Obtained {
+    pub(crate) chain_pem: String,
+    pub(crate) key_pem: Secret<String>,
+    /// The tokens whose key authorizations we published.
+    pub(crate) tokens: Vec<String>,
+    /// Whether the order was resumed rather than created.
+    pub(crate) resumed: bool,
+    /// Whether the order carried `replaces` (ARI).
+    pub(crate) replaced: bool,
+}
+
+fn seal_context(name: &CertName) -> String {
+    format!("order:{name}")
+}
+
+fn is_gone(e: &JobError) -> bool {
+    // The CA no longer has the order (expired, or a test CA restarted).
+    matches!(e, JobError::Acme(p) if matches!(p.kind.as_str(), "malformed" | "unauthorized" | "accountDoesNotExist")
+        || p.document["status"] == 404)
+}
+
+impl Acme {
+    async fn load_record(&self, name: &CertName) -> Result<Option<OrderRecord>, JobError> {
+        let mut c = self.state().conn().await?;
+        let raw: Option<String> = c
+            .get(self.state().keys().order(name))
+            .await
+            .map_err(certfleet_common::state::StateError::from)?;
+        Ok(raw.and_then(|s| match serde_json::from_str(&s) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(%name, error = %e, "ignoring an unreadable order record");
+                None
+            }
+        }))
+    }
+
+    async fn save_record(&self, name: &CertName, record: &OrderRecord) -> Result<(), JobError> {
+        let json = serde_json::to_string(record)
+            .map_err(|e| JobError::Crypto(format!("order record: {e}")))?;
+        let mut c = self.state().conn().await?;
+        let _: () = c
+            .set_ex(self.state().keys().order(name), json, ORDER_TTL.as_secs())
+            .await
+            .map_err(certfleet_common::state::StateError::from)?;
+        Ok(())
+    }
+
+    /// Forgets a name's order in flight.
+    pub(crate) async fn drop_record(&self, name: &CertName) -> Result<(), JobError> {
+        let mut c = self.state().conn().await?;
+        let _: () = c
+            .del(self.state().keys().order(name))
+            .await
+            .map_err(certfleet_common::state::StateError::from)?;
+        Ok(())
+    }
+
+    /// Removes published key authorizations.
+    pub(crate) async fn clear_tokens(&self, tokens: &[String]) -> Result<(), JobError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = tokens
+            .iter()
+            .map(|t| self.state().keys().http01(t))
+            .collect();
+        let mut c = self.state().conn().await?;
+        let _: () = c
+            .del(keys)
+            .await
+            .map_err(certfleet_common::state::StateError::from)?;
+        Ok(())
+    }
+
+    /// Resumes the stored order for this request, if there is a usable one.
+    async fn resume(&self, req: &Request<'_>) -> Result<Option<(Order, Secret<String>)>, JobError> {
+        let Some(record) = self.load_record(req.name).await? else {
+            return Ok(None);
+        };
+        if record.domains != req.domains || record.key_type != req.key_type {
+            info!(name = %req.name, "stored order is for other domains; replacing it");
+            self.drop_record(req.name).await?;
+            return Ok(None);
+        }
+        let key = self
+            .store()
+            .sealer()
+            .open(&record.key, &seal_context(req.name))?;
+        let account = self.account().await?;
+        match account.order(record.url.clone()).await.map_err(acme_error) {
+            Ok(order) => {
+                self.metrics().jobs.orders_resumed.inc();
+                info!(name = %req.name, url = %record.url, "resuming stored order");
+                Ok(Some((order, key)))
+            }
+            Err(e) if is_gone(&e) => {
+                info!(name = %req.name, error = %e, "stored order is gone; creating a new one");
+                self.drop_record(req.name).await?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create(&self, req: &Request<'_>) -> Result<(Order, Secret<String>, bool), JobError> {
+        self.limiter().before_new_order(req.domains).await?;
+        let key = keys::generate(req.key_type)?;
+        let identifiers: Vec<Identifier> = req
+            .domains
+            .iter()
+            .map(|d| Identifier::Dns(d.clone()))
+            .collect();
+        let account = self.account().await?;
+        let mut replaced = false;
+        let replaces = req.replaces.and_then(ari_identifier);
+        let order = match replaces {
+            Some(id) => {
+                match account
+                    .new_order(&NewOrder::new(&identifiers).replaces(id))
+                    .await
+                {
+                    Ok(o) => {
+                        replaced = true;
+                        o
+                    }
+                    // No ARI at this CA: an ordinary order.
+                    Err(instant_acme::Error::Unsupported(_)) => account
+                        .new_order(&NewOrder::new(&identifiers))
+                        .await
+                        .map_err(acme_error)?,
+                    Err(e) => return Err(acme_error(e)),
+                }
+            }
+            None => account
+                .new_order(&NewOrder::new(&identifiers))
+                .await
+                .map_err(acme_error)?,
+        };
+        self.metrics().jobs.orders_created.inc();
+        let record = OrderRecord {
+            url: order.url().to_string(),
+            job_id: req.job_id,
+            domains: req.domains.to_vec(),
+            key_type: req.key_type,
+            key: self
+                .store()
+                .sealer()
+                .seal(key.expose(), &seal_context(req.name))?,
+            created_at_ms: certfleet_common::now_ms(),
+        };
+        self.save_record(req.name, &record).await?;
+        debug!(name = %req.name, url = %record.url, "order created");
+        Ok((order, key, replaced))
+    }
+
+    /// Publishes key authorizations and tells the CA to validate.
+    async fn solve_http01(&self, order: &mut Order) -> Result<Vec<String>, JobError> {
+        let mut tokens = Vec::new();
+        let mut authzs = order.authorizations();
+        while let Some(authz) = authzs.next().await {
+            let mut authz = authz.map_err(acme_error)?;
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => {
+                    return Err(JobError::OrderInvalid(format!(
+                        "authorization for {} is {other:?}",
+                        identifier_name(authz.identifier().identifier)
+                    )));
+                }
+            }
+            let name = identifier_name(authz.identifier().identifier);
+            let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
+                JobError::Invalid(format!("the CA offers no http-01 challenge for {name}"))
+            })?;
+            let key_auth = challenge.key_authorization();
+            {
+                let mut c = self.state().conn().await?;
+                let _: () = c
+                    .set_ex(
+                        self.state().keys().http01(&challenge.token),
+                        key_auth.as_str(),
+                        HTTP01_TTL.as_secs(),
+                    )
+                    .await
+                    .map_err(certfleet_common::state::StateError::from)?;
+            }
+            tokens.push(challenge.token.clone());
+            challenge.set_ready().await.map_err(acme_error)?;
+        }
+        Ok(tokens)
+    }
+
+    /// Finds out why an order went invalid, and counts failed validations.
+    async fn why_invalid(&self, order: &mut Order) -> JobError {
+        let order_problem = order.state().error.clone();
+        let mut authzs = order.authorizations();
+        while let Some(Ok(mut authz)) = authzs.next().await {
+            let _ = authz.refresh().await;
+            if authz.status != AuthorizationStatus::Invalid {
+                continue;
+            }
+            let name = identifier_name(authz.identifier().identifier);
+            if let Err(e) = self.limiter().failed_validation(&name).await {
+                warn!(error = %e, "could not record a failed validation");
+            }
+            if let Some(problem) = authz.challenges.iter().find_map(|c| c.error.clone()) {
+                return JobError::Validation {
+                    identifier: name,
+                    problem: AcmeProblem::from_problem(&problem, None),
+                };
+            }
+        }
+        match order_problem {
+            Some(p) => JobError::Acme(AcmeProblem::from_problem(&p, None)),
+            None => JobError::OrderInvalid("no reason given by the CA".into()),
+        }
+    }
+
+    /// Gets a certificate for the request: resumes the stored order or
+    /// creates one, answers http-01, finalizes, downloads the chain.
+    pub(crate) async fn obtain(&self, req: &Request<'_>) -> Result<Obtained, JobError> {
+        let (mut order, key, resumed, replaced) = match self.resume(req).await? {
+            Some((order, key)) => (order, key, true, false),
+            None => {
+                let (order, key, replaced) = self.create(req).await?;
+                (order, key, false, replaced)
+            }
+        };
+        let mut tokens = Vec::new();
+        loop {
+            let status = order.state().status;
+            match status {
+                OrderStatus::Pending => {
+                    tokens.extend(self.solve_http01(&mut order).await?);
+                    match order.poll_ready(&POLL).await.map_err(acme_error)? {
+                        OrderStatus::Invalid => {
+                            let e = self.why_invalid(&mut order).await;
+                            self.drop_record(req.name).await?;
+                            let _ = self.clear_tokens(&tokens).await;
+                            return Err(e);
+                        }
+                        _ => continue,
+                    }
+                }
+                OrderStatus::Ready => {
+                    let csr = keys::csr(&key, req.domains)?;
+                    order.finalize_csr(&csr).await.map_err(acme_error)?;
+                }
+                OrderStatus::Processing | OrderStatus::Valid => {
+                    let chain_pem = order.poll_certificate(&POLL).await.map_err(acme_error)?;
+                    return Ok(Obtained {
+                        chain_pem,
+                        key_pem: key,
+                        tokens,
+                        resumed,
+                        replaced,
+                    });
+                }
+                OrderStatus::Invalid => {
+                    let e = self.why_invalid(&mut order).await;
+                    self.drop_record(req.name).await?;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The CA's suggested renewal window for a certificate, when it offers
+    /// ARI; `None` otherwise (or when asking fails: the fallback is safe).
+    pub(crate) async fn renewal_window(
+        &self,
+        ari_id: &str,
+    ) -> Option<certfleet_common::renewal::Window> {
+        let id = ari_identifier(ari_id)?;
+        let account = self.account().await.ok()?;
+        match account.renewal_info(&id).await {
+            Ok((info, _)) => Some(certfleet_common::renewal::Window {
+                start: info.suggested_window.start,
+                end: info.suggested_window.end,
+            }),
+            Err(instant_acme::Error::Unsupported(_)) => None,
+            Err(e) => {
+                debug!(error = %e, "renewal info unavailable; using the lifetime rule");
+                None
+            }
+        }
+    }
+}
+
+/// Parses a stored ARI identifier (`AKI.serial`, base64url).
+fn ari_identifier(id: &str) -> Option<CertificateIdentifier<'static>> {
+    let quoted = serde_json::to_string(id).ok()?;
+    let parsed: CertificateIdentifier<'_> = serde_json::from_str(&quoted).ok()?;
+    Some(parsed.into_owned())
+}
+
+fn identifier_name(id: &Identifier) -> String {
+    match id {
+        Identifier::Dns(d) => d.clone(),
+        other => format!("{other:?}"),
+    }
+}

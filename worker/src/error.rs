@@ -1,0 +1,278 @@
+//! The error of one job, and what it means for the job (`Disposition`).
+
+use std::time::Duration;
+
+use certfleet_common::amqp::BrokerError;
+use certfleet_common::error::{Classify, Disposition};
+use certfleet_common::seal::SealError;
+use certfleet_common::state::StateError;
+use certfleet_common::storage::StorageError;
+
+/// RFC 8555 §6.7 problem type prefix.
+const ACME_URN: &str = "urn:ietf:params:acme:error:";
+
+/// What the ACME server said, kept whole for the failure event.
+#[derive(Debug, Clone)]
+pub struct AcmeProblem {
+    /// Problem type without the URN prefix (`rateLimited`, `unauthorized`).
+    pub kind: String,
+    /// The problem document as JSON.
+    pub document: serde_json::Value,
+    /// `Retry-After` of the response, if any.
+    pub retry_after: Option<Duration>,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+impl AcmeProblem {
+    /// From instant-acme's problem document.
+    pub fn from_problem(p: &instant_acme::Problem, retry_after: Option<Duration>) -> Self {
+        let full = p.r#type.clone().unwrap_or_default();
+        let kind = full.strip_prefix(ACME_URN).unwrap_or(&full).to_string();
+        let subproblems: Vec<serde_json::Value> = p
+            .subproblems
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "type": s.r#type,
+                    "detail": s.detail,
+                    "identifier": s.identifier.as_ref().map(|i| format!("{i:?}")),
+                })
+            })
+            .collect();
+        let mut document = serde_json::json!({
+            "type": p.r#type,
+            "detail": p.detail,
+            "status": p.status,
+        });
+        if !subproblems.is_empty() {
+            document["subproblems"] = serde_json::Value::Array(subproblems);
+        }
+        Self {
+            kind,
+            document,
+            retry_after,
+            detail: p.to_string(),
+        }
+    }
+}
+
+/// Why a job did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The CA answered with a problem document.
+    #[error("the CA refused: {}", .0.detail)]
+    Acme(AcmeProblem),
+    /// The CA could not be reached or answered nonsense.
+    #[error("ACME request failed: {0}")]
+    AcmeTransport(String),
+    /// A validation failed for one of the names.
+    #[error("validation of {identifier} failed: {}", problem.detail)]
+    Validation {
+        /// The name.
+        identifier: String,
+        /// The CA's problem.
+        problem: AcmeProblem,
+    },
+    /// The order went invalid without saying why.
+    #[error("the order became invalid: {0}")]
+    OrderInvalid(String),
+    /// Object storage.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Redis.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The broker.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A sealed key that cannot be opened.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Another worker holds the name.
+    #[error("{0} is being worked on by another worker")]
+    Busy(String),
+    /// Our lease on the name expired or was taken while we worked.
+    #[error("lost the lease on {0}")]
+    LostLease(String),
+    /// A fleet-wide rate limit window is closed.
+    #[error("rate limit {what} reached; next slot in {}s", wait.as_secs())]
+    RateLimited {
+        /// Which limit.
+        what: String,
+        /// How long until a slot frees.
+        wait: Duration,
+    },
+    /// A job that cannot be done as asked (bad input, unsupported kind).
+    #[error("{0}")]
+    Invalid(String),
+    /// Key generation, CSR or certificate parsing.
+    #[error("certificate handling: {0}")]
+    Crypto(String),
+    /// The worker is shutting down.
+    #[error("worker shutting down")]
+    Shutdown,
+}
+
+impl JobError {
+    /// The problem document to put in a failure event, if the CA gave one.
+    pub fn problem(&self) -> Option<&AcmeProblem> {
+        match self {
+            JobError::Acme(p) | JobError::Validation { problem: p, .. } => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The `kind` of a failure event.
+    pub fn failure_kind(&self) -> &'static str {
+        match self {
+            JobError::Acme(_) | JobError::Validation { .. } | JobError::OrderInvalid(_) => "acme",
+            JobError::Invalid(_) => "input",
+            _ => "internal",
+        }
+    }
+
+    /// Whether the stored order is of no further use.
+    pub fn abandons_order(&self) -> bool {
+        matches!(
+            self,
+            JobError::Validation { .. } | JobError::OrderInvalid(_)
+        ) || matches!(self, JobError::Acme(p) if p.kind == "orderNotReady" || p.kind == "malformed")
+    }
+}
+
+/// Problem types retrying cannot fix (RFC 8555 §6.7).
+const PERMANENT: &[&str] = &[
+    "unauthorized",
+    "caa",
+    "rejectedIdentifier",
+    "unsupportedIdentifier",
+    "malformed",
+    "badCSR",
+    "badSignatureAlgorithm",
+    "badPublicKey",
+    "invalidContact",
+    "unsupportedContact",
+    "externalAccountRequired",
+    "userActionRequired",
+    "badRevocationReason",
+    "alreadyRevoked",
+    "compound",
+];
+
+fn acme_disposition(p: &AcmeProblem) -> Disposition {
+    if p.kind == "rateLimited" {
+        // Let's Encrypt always sends Retry-After with rateLimited; without
+        // one, an hour is the shortest window its limits use.
+        return Disposition::Defer {
+            after: p.retry_after.unwrap_or(Duration::from_secs(3600)),
+        };
+    }
+    if PERMANENT.contains(&p.kind.as_str()) {
+        return Disposition::Fail;
+    }
+    // badNonce, serverInternal, connection, dns, tls, incorrectResponse,
+    // orderNotReady, accountDoesNotExist (after a reset) and 5xx.
+    Disposition::Retry {
+        after: p.retry_after,
+    }
+}
+
+impl Classify for JobError {
+    fn disposition(&self) -> Disposition {
+        match self {
+            JobError::Acme(p) => acme_disposition(p),
+            JobError::Validation { problem, .. } => acme_disposition(problem),
+            JobError::AcmeTransport(_) | JobError::OrderInvalid(_) | JobError::Crypto(_) => {
+                Disposition::Retry { after: None }
+            }
+            JobError::Storage(e) => e.disposition(),
+            JobError::State(e) => e.disposition(),
+            JobError::Broker(e) => e.disposition(),
+            JobError::Seal(_) | JobError::Invalid(_) => Disposition::Fail,
+            JobError::Busy(_) => Disposition::Defer {
+                after: Duration::from_secs(10),
+            },
+            JobError::LostLease(_) => Disposition::Defer {
+                after: Duration::from_secs(10),
+            },
+            JobError::RateLimited { wait, .. } => Disposition::Defer { after: *wait },
+            JobError::Shutdown => Disposition::Stop,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(kind: &str, retry_after: Option<Duration>) -> JobError {
+        JobError::Acme(AcmeProblem {
+            kind: kind.into(),
+            document: serde_json::json!({}),
+            retry_after,
+            detail: kind.into(),
+        })
+    }
+
+    #[test]
+    fn acme_dispositions() {
+        assert_eq!(
+            problem("rateLimited", Some(Duration::from_secs(42))).disposition(),
+            Disposition::Defer {
+                after: Duration::from_secs(42)
+            }
+        );
+        assert_eq!(
+            problem("unauthorized", None).disposition(),
+            Disposition::Fail
+        );
+        assert_eq!(problem("caa", None).disposition(), Disposition::Fail);
+        assert_eq!(
+            problem("badNonce", None).disposition(),
+            Disposition::Retry { after: None }
+        );
+        assert_eq!(
+            problem("serverInternal", Some(Duration::from_secs(5))).disposition(),
+            Disposition::Retry {
+                after: Some(Duration::from_secs(5))
+            }
+        );
+    }
+
+    #[test]
+    fn infrastructure_dispositions() {
+        assert_eq!(JobError::Shutdown.disposition(), Disposition::Stop);
+        assert!(matches!(
+            JobError::Busy("x".into()).disposition(),
+            Disposition::Defer { .. }
+        ));
+        assert_eq!(
+            JobError::Invalid("x".into()).disposition(),
+            Disposition::Fail
+        );
+        assert_eq!(
+            JobError::Storage(StorageError::Unavailable {
+                op: "put",
+                key: "k".into(),
+                detail: "down".into()
+            })
+            .disposition(),
+            Disposition::Retry { after: None }
+        );
+    }
+
+    #[test]
+    fn problem_urn_is_stripped() {
+        let p = instant_acme::Problem {
+            r#type: Some("urn:ietf:params:acme:error:rateLimited".into()),
+            detail: Some("too many".into()),
+            status: Some(429),
+            subproblems: vec![],
+        };
+        let ap = AcmeProblem::from_problem(&p, None);
+        assert_eq!(ap.kind, "rateLimited");
+        assert_eq!(ap.document["status"], 429);
+    }
+}

@@ -1,0 +1,498 @@
+//! One job, from delivery to acknowledgement.
+//!
+//! ```text
+//! decode ─┬─ garbage / unknown version ─────────────► dead-letter (reason) ─► ack
+//!         └─ lease the name (one order per name, fleet-wide)
+//!              └─ re-read the pointer: done already? ─► (re)publish event ─► ack
+//!              └─ resume or create the order, answer http-01, finalize
+//!              └─ bundle → S3, fenced pointer flip, expiry index
+//!              └─ event, confirmed ─► ack
+//! error ─► Retry: delay queue, attempt + 1 │ Defer: delay queue, same attempt
+//!          Fail / exhausted: failed event + dead-letter │ Stop: leave unacked
+//! ```
+//! The delivery is acknowledged only after everything it caused (event,
+//! retry copy, dead letter) was confirmed by the broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use certfleet_common::error::{Classify, Disposition};
+use certfleet_common::event::{CertInfo, EVENT_SCHEMA, Event, EventKind, Failure};
+use certfleet_common::state::{JobState, JobStatus, STATUS_TTL};
+use certfleet_common::topology::{self, backoff, header_i64};
+use certfleet_common::{Envelope, JobKind, Pointer, now_ms};
+use deadpool_redis::redis::AsyncCommands;
+use lapin::message::Delivery;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::Ctx;
+use crate::acme::client::capture_retry_after;
+use crate::acme::order::Request;
+use crate::error::JobError;
+use crate::events::Outbox;
+use crate::keys;
+use crate::lease::Lease;
+use crate::metrics::Outcome;
+use crate::store::{NewVersion, read_pointer, store_version};
+
+/// What to do with the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Everything it caused is confirmed: acknowledge.
+    Ack,
+    /// Hand it back to the broker for redelivery.
+    Requeue,
+}
+
+/// The result of handling one delivery.
+#[derive(Debug)]
+pub(crate) struct Handled {
+    pub(crate) action: Action,
+    pub(crate) outcome: Outcome,
+    pub(crate) kind: &'static str,
+}
+
+/// Handles one delivery.
+pub(crate) async fn handle(
+    ctx: &Arc<Ctx>,
+    outbox: &Outbox,
+    delivery: &Delivery,
+    hard_stop: &CancellationToken,
+) -> Handled {
+    let headers = delivery.properties.headers().as_ref();
+    let envelope = match Envelope::decode(&delivery.data) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, routing_key = %delivery.routing_key, "undecodable job; dead-lettering it");
+            let dead = outbox
+                .dead(
+                    &delivery.data,
+                    delivery.routing_key.as_str(),
+                    "undecodable",
+                    &e.to_string(),
+                    None,
+                )
+                .await;
+            return match dead {
+                Ok(()) => Handled {
+                    action: Action::Ack,
+                    outcome: Outcome::Undecodable,
+                    kind: "unknown",
+                },
+                Err(e) => {
+                    warn!(error = %e, "could not dead-letter; leaving the message to the broker");
+                    Handled {
+                        action: Action::Requeue,
+                        outcome: Outcome::Abandoned,
+                        kind: "unknown",
+                    }
+                }
+            };
+        }
+    };
+    let kind = envelope.kind.as_str();
+    let span = info_span!(
+        "job",
+        job_id = %envelope.job_id,
+        cert_name = %envelope.job.name,
+        attempt = envelope.attempt,
+        kind
+    );
+    async {
+        // Back early from a delay queue (the wait was longer than the
+        // longest delay): wait again, without counting an attempt.
+        if let Some(not_before) = header_i64(headers, topology::HDR_NOT_BEFORE) {
+            let early_ms = not_before - now_ms();
+            if early_ms > 1000 {
+                let wait = Duration::from_millis(early_ms as u64);
+                debug!(?wait, "not due yet; delaying again");
+                return match outbox.delay(&envelope, wait).await {
+                    Ok(()) => Handled {
+                        action: Action::Ack,
+                        outcome: Outcome::Deferred,
+                        kind,
+                    },
+                    Err(_) => Handled {
+                        action: Action::Requeue,
+                        outcome: Outcome::Abandoned,
+                        kind,
+                    },
+                };
+            }
+        }
+        let result = capture_retry_after(async {
+            tokio::select! {
+                r = run_job(ctx, outbox, &envelope) => r,
+                _ = hard_stop.cancelled() => Err(JobError::Shutdown),
+            }
+        })
+        .await;
+        match result {
+            Ok(outcome) => Handled {
+                action: Action::Ack,
+                outcome,
+                kind,
+            },
+            Err(e) => dispose(ctx, outbox, &envelope, e).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Decides and carries out what an error means for the job.
+async fn dispose(ctx: &Arc<Ctx>, outbox: &Outbox, env: &Envelope, e: JobError) -> Handled {
+    let kind = env.kind.as_str();
+    let disposition = e.disposition();
+    let requeue = Handled {
+        action: Action::Requeue,
+        outcome: Outcome::Abandoned,
+        kind,
+    };
+    let max = ctx.cfg.worker.max_attempts.get();
+    match disposition {
+        Disposition::Stop => {
+            info!(error = %e, "leaving the job to the broker");
+            requeue
+        }
+        Disposition::Defer { after } => {
+            info!(error = %e, wait = ?after, "deferring the job");
+            ctx.status(env, JobState::Retrying, &e.to_string()).await;
+            match outbox.delay(env, after).await {
+                Ok(()) => Handled {
+                    action: Action::Ack,
+                    outcome: Outcome::Deferred,
+                    kind,
+                },
+                Err(pe) => {
+                    warn!(error = %pe, "could not defer");
+                    requeue
+                }
+            }
+        }
+        Disposition::Retry { after } if env.attempt < max => {
+            let wait = after.unwrap_or_else(|| backoff(env.attempt));
+            warn!(error = %certfleet_common::error::chain(&e), ?wait, "attempt {} of {max} failed; retrying", env.attempt);
+            let mut next = env.clone();
+            next.attempt += 1;
+            ctx.status(env, JobState::Retrying, &e.to_string()).await;
+            match outbox.delay(&next, wait).await {
+                Ok(()) => Handled {
+                    action: Action::Ack,
+                    outcome: Outcome::Retried,
+                    kind,
+                },
+                Err(pe) => {
+                    warn!(error = %pe, "could not schedule the retry");
+                    requeue
+                }
+            }
+        }
+        Disposition::Retry { .. } | Disposition::Fail => {
+            let exhausted = matches!(disposition, Disposition::Retry { .. });
+            let reason = if exhausted {
+                format!("gave up after {} attempts: {e}", env.attempt)
+            } else {
+                e.to_string()
+            };
+            warn!(error = %reason, "job failed");
+            match fail(ctx, outbox, env, &e, exhausted, &reason).await {
+                Ok(()) => Handled {
+                    action: Action::Ack,
+                    outcome: Outcome::Failed,
+                    kind,
+                },
+                Err(pe) => {
+                    warn!(error = %pe, "could not record the failure");
+                    requeue
+                }
+            }
+        }
+    }
+}
+
+/// Publishes the failure event, parks the job in the dead-letter queue,
+/// clears the name's marks.
+async fn fail(
+    ctx: &Arc<Ctx>,
+    outbox: &Outbox,
+    env: &Envelope,
+    e: &JobError,
+    exhausted: bool,
+    reason: &str,
+) -> Result<(), JobError> {
+    let event = Event {
+        schema: EVENT_SCHEMA.into(),
+        kind: EventKind::Failed,
+        name: env.job.name.clone(),
+        domains: env.job.domains.clone(),
+        job_id: env.job_id,
+        attempt: env.attempt,
+        at: OffsetDateTime::now_utc(),
+        certificate: None,
+        error: Some(Failure {
+            kind: if exhausted {
+                "exhausted".into()
+            } else {
+                e.failure_kind().into()
+            },
+            detail: reason.to_string(),
+            problem: e.problem().map(|p| p.document.clone()),
+        }),
+    };
+    outbox.event(&event).await?;
+    let body = env
+        .encode()
+        .map_err(|err| JobError::Invalid(err.to_string()))?;
+    outbox
+        .dead(
+            &body,
+            &env.routing_key(),
+            if exhausted { "exhausted" } else { "permanent" },
+            reason,
+            Some(&env.job_id.to_string()),
+        )
+        .await?;
+    if e.abandons_order() {
+        let _ = ctx.acme.drop_record(&env.job.name).await;
+    }
+    ctx.finish(env, JobState::Failed, reason).await;
+    Ok(())
+}
+
+/// Runs the job under the name's lease.
+async fn run_job(ctx: &Arc<Ctx>, outbox: &Outbox, env: &Envelope) -> Result<Outcome, JobError> {
+    match env.kind {
+        JobKind::Issue | JobKind::Renew => {}
+        JobKind::Revoke => {
+            return Err(JobError::Invalid(
+                "revoke jobs are not supported yet".into(),
+            ));
+        }
+    }
+    if env.job.challenge != certfleet_common::ChallengeType::Http01 {
+        return Err(JobError::Invalid(format!(
+            "{} is not supported by this worker",
+            env.job.challenge
+        )));
+    }
+    ctx.status(env, JobState::Running, "").await;
+    let name = &env.job.name;
+    let mut lease = Lease::acquire(&ctx.state, name, &ctx.worker_id, ctx.cfg.worker.lease_ttl)
+        .await?
+        .ok_or_else(|| JobError::Busy(name.to_string()))?;
+    let lost = lease.lost().clone();
+    let result = tokio::select! {
+        r = run_leased(ctx, outbox, env, &mut lease) => r,
+        _ = lost.cancelled() => Err(JobError::LostLease(name.to_string())),
+    };
+    lease.release().await;
+    result
+}
+
+async fn run_leased(
+    ctx: &Arc<Ctx>,
+    outbox: &Outbox,
+    env: &Envelope,
+    lease: &mut Lease,
+) -> Result<Outcome, JobError> {
+    let name = &env.job.name;
+    let metrics = &ctx.metrics.service;
+    // Take the lease, then look again (certmagic's obtainCert).
+    let previous = read_pointer(&ctx.store, metrics, name).await?;
+    if let Some((p, _)) = &previous {
+        lease.raise_fence(p.fence).await?;
+    }
+    let (domains, key_type) = match (env.kind, &previous) {
+        (JobKind::Renew, Some((p, _))) if env.job.domains.is_empty() => {
+            (p.domains.clone(), p.key_type)
+        }
+        (JobKind::Renew, None) if env.job.domains.is_empty() => {
+            return Err(JobError::Invalid(format!(
+                "there is no certificate named {name} to renew"
+            )));
+        }
+        _ => (env.job.domains.clone(), env.job.key_type),
+    };
+    if let Some((p, _)) = &previous {
+        let by_this_job = p.job_id == env.job_id;
+        let stored_since = p.updated_at.unix_timestamp_nanos() / 1_000_000
+            > i128::from(env.created_at_ms)
+            && p.domains == domains;
+        if by_this_job || stored_since {
+            info!(serial = %p.serial, "already stored; nothing to order");
+            ctx.state.index_put(name, p.renew_at, p.challenge).await?;
+            if !ctx.done(env).await? {
+                let kind = event_kind(env.kind);
+                outbox.event(&ctx.event(env, kind, p, None)).await?;
+                ctx.mark_done(env).await?;
+            }
+            ctx.finish(env, JobState::Done, &format!("serial {}", p.serial))
+                .await;
+            return Ok(Outcome::AlreadyDone);
+        }
+    }
+
+    let replaces = match (&previous, env.kind) {
+        (Some((p, _)), JobKind::Renew) => p.ari_id.clone(),
+        _ => None,
+    };
+    let req = Request {
+        name,
+        job_id: env.job_id,
+        domains: &domains,
+        key_type,
+        replaces: replaces.as_deref(),
+    };
+    let obtained = match ctx.acme.obtain(&req).await {
+        Err(JobError::Acme(p)) if p.kind == "accountDoesNotExist" => {
+            ctx.acme.reset_account().await;
+            return Err(JobError::Acme(p));
+        }
+        other => other?,
+    };
+    let issued = keys::parse_chain(&obtained.chain_pem)?;
+    if !keys::key_matches(&obtained.key_pem, &issued.cert_pem) {
+        ctx.acme.drop_record(name).await?;
+        return Err(JobError::Crypto(
+            "the CA's certificate does not match the order's key".into(),
+        ));
+    }
+    let window = match &issued.ari_id {
+        Some(id) => ctx.acme.renewal_window(id).await,
+        None => None,
+    };
+    let renew_at = certfleet_common::renewal::renewal_time(
+        issued.not_before,
+        issued.not_after,
+        window,
+        rand::random::<f64>(),
+    );
+    let (pointer, replaced) = store_version(
+        &ctx.store,
+        metrics,
+        lease,
+        NewVersion {
+            name,
+            domains: &domains,
+            key_type,
+            challenge: env.job.challenge,
+            job_id: env.job_id,
+            issued: &issued,
+            key_pem: &obtained.key_pem,
+            renew_at,
+            history: ctx.cfg.storage.history,
+        },
+    )
+    .await?;
+    ctx.state
+        .index_put(name, renew_at, env.job.challenge)
+        .await?;
+    let previous_serial = replaced
+        .as_ref()
+        .or(previous.as_ref().map(|(p, _)| p))
+        .map(|p| p.serial.clone());
+    let kind = event_kind(env.kind);
+    outbox
+        .event(&ctx.event(env, kind, &pointer, previous_serial))
+        .await?;
+    ctx.mark_done(env).await?;
+    info!(
+        serial = %pointer.serial,
+        not_after = %pointer.not_after,
+        resumed = obtained.resumed,
+        ari_replaces = obtained.replaced,
+        "certificate stored"
+    );
+    if let Err(e) = ctx.acme.drop_record(name).await {
+        warn!(error = %e, "could not clear the order record (it expires on its own)");
+    }
+    if let Err(e) = ctx.acme.clear_tokens(&obtained.tokens).await {
+        warn!(error = %e, "could not clear challenge keys (they expire on their own)");
+    }
+    ctx.finish(env, JobState::Done, &format!("serial {}", pointer.serial))
+        .await;
+    Ok(Outcome::Stored)
+}
+
+/// Issue jobs announce `issued`, renew jobs `renewed`.
+fn event_kind(kind: JobKind) -> EventKind {
+    match kind {
+        JobKind::Renew => EventKind::Renewed,
+        _ => EventKind::Issued,
+    }
+}
+
+impl Ctx {
+    /// Best-effort status record (a Redis hiccup must not fail the job).
+    pub(crate) async fn status(&self, env: &Envelope, state: JobState, detail: &str) {
+        let status = JobStatus {
+            job_id: env.job_id,
+            name: env.job.name.clone(),
+            kind: env.kind,
+            state,
+            attempt: env.attempt,
+            detail: detail.to_string(),
+            updated_at: OffsetDateTime::now_utc(),
+        };
+        if let Err(e) = self.state.set_status(&status).await {
+            debug!(error = %e, "could not write the job status");
+        }
+    }
+
+    /// Final status, and the name's dedup marker released.
+    pub(crate) async fn finish(&self, env: &Envelope, state: JobState, detail: &str) {
+        self.status(env, state, detail).await;
+        if let Err(e) = self.state.pending_release(&env.job.name, &env.job_id).await {
+            debug!(error = %e, "could not release the dedup marker (it expires on its own)");
+        }
+    }
+
+    async fn done(&self, env: &Envelope) -> Result<bool, JobError> {
+        let mut c = self.state.conn().await?;
+        let done: bool = c
+            .exists(self.state.keys().done(&env.job_id))
+            .await
+            .map_err(certfleet_common::state::StateError::from)?;
+        Ok(done)
+    }
+
+    async fn mark_done(&self, env: &Envelope) -> Result<(), JobError> {
+        let mut c = self.state.conn().await?;
+        let _: () = c
+            .set_ex(self.state.keys().done(&env.job_id), 1, STATUS_TTL.as_secs())
+            .await
+            .map_err(certfleet_common::state::StateError::from)?;
+        Ok(())
+    }
+
+    fn event(
+        &self,
+        env: &Envelope,
+        kind: EventKind,
+        p: &Pointer,
+        previous_serial: Option<String>,
+    ) -> Event {
+        Event {
+            schema: EVENT_SCHEMA.into(),
+            kind,
+            name: p.name.clone(),
+            domains: p.domains.clone(),
+            job_id: env.job_id,
+            attempt: env.attempt,
+            at: OffsetDateTime::now_utc(),
+            certificate: Some(CertInfo {
+                serial: p.serial.clone(),
+                not_before: p.not_before,
+                not_after: p.not_after,
+                renew_at: p.renew_at,
+                version: p.version.clone(),
+                location: self.store.location(&p.name, &p.version),
+                previous_serial,
+            }),
+            error: None,
+        }
+    }
+}

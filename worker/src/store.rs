@@ -1,0 +1,156 @@
+//! Writing a new version: bundle first, then the fenced pointer flip.
+//!
+//! 1. The bundle goes under its own key with `If-None-Match: *`; it can
+//!    never overwrite another object (a second attempt of the same job
+//!    finds its own bundle and carries on).
+//! 2. The pointer is replaced only if (a) our lease is still held, (b) the
+//!    pointer's fencing token is older than ours, and (c) the pointer is
+//!    still the object we read (`If-Match` on its ETag). A worker that
+//!    stalled past its lease can therefore never put an older certificate
+//!    back over a newer one.
+//! 3. Versions beyond the configured history are deleted afterwards; a
+//!    failure there costs storage, never correctness.
+//!
+//! Two object writes per certificate (bundle and pointer), plus the pointer
+//! read.
+
+use certfleet_common::Pointer;
+use certfleet_common::storage::{
+    BUNDLE_SCHEMA, Bundle, Condition, ETag, POINTER_SCHEMA, StorageError, Store, version_id,
+};
+use certfleet_common::{CertName, ChallengeType, KeyType, secret::Secret};
+use time::OffsetDateTime;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::error::JobError;
+use crate::keys::Issued;
+use crate::lease::Lease;
+use crate::metrics::ServiceMetrics;
+
+/// Everything that goes into a new version.
+pub(crate) struct NewVersion<'a> {
+    pub(crate) name: &'a CertName,
+    pub(crate) domains: &'a [String],
+    pub(crate) key_type: KeyType,
+    pub(crate) challenge: ChallengeType,
+    pub(crate) job_id: Uuid,
+    pub(crate) issued: &'a Issued,
+    pub(crate) key_pem: &'a Secret<String>,
+    pub(crate) renew_at: OffsetDateTime,
+    pub(crate) history: u32,
+}
+
+/// Reads a pointer, counting the request.
+pub(crate) async fn read_pointer(
+    store: &Store,
+    metrics: &ServiceMetrics,
+    name: &CertName,
+) -> Result<Option<(Pointer, ETag)>, StorageError> {
+    metrics.s3("get");
+    store.pointer(name).await
+}
+
+/// Stores a new version and makes it current. Returns the new pointer and
+/// the one it replaced.
+pub(crate) async fn store_version(
+    store: &Store,
+    metrics: &ServiceMetrics,
+    lease: &Lease,
+    v: NewVersion<'_>,
+) -> Result<(Pointer, Option<Pointer>), JobError> {
+    let now = OffsetDateTime::now_utc();
+    let version = version_id(v.issued.not_before.max(now), &v.issued.serial);
+    let bundle_key = store.keys().bundle(v.name, &version);
+    let bundle = Bundle {
+        schema: BUNDLE_SCHEMA.into(),
+        name: v.name.clone(),
+        version: version.clone(),
+        cert_pem: v.issued.cert_pem.clone(),
+        chain_pem: v.issued.chain_pem.clone(),
+        key: store
+            .sealer()
+            .seal(v.key_pem.expose(), &Bundle::seal_context(v.name, &version))?,
+    };
+    metrics.s3("put");
+    match store
+        .put_json(&bundle_key, &bundle, Condition::Absent)
+        .await
+    {
+        Ok(_) => {}
+        // Our own earlier attempt wrote it (the serial is in the key).
+        Err(StorageError::Conflict(_)) => debug!(%bundle_key, "bundle already stored"),
+        Err(e) => return Err(e.into()),
+    }
+
+    // Flip the pointer; retry a lost If-Match race a few times.
+    for _ in 0..3 {
+        let previous = read_pointer(store, metrics, v.name).await?;
+        if !lease.still_held().await? {
+            return Err(JobError::LostLease(v.name.to_string()));
+        }
+        if let Some((p, _)) = &previous {
+            if p.fence > lease.fence() {
+                return Err(JobError::LostLease(v.name.to_string()));
+            }
+            if p.version == version {
+                // An earlier attempt of this job got this far.
+                return Ok((p.clone(), None));
+            }
+        }
+        let (history, pruned) = match &previous {
+            Some((p, _)) => {
+                let mut h = vec![p.version.clone()];
+                h.extend(p.history.iter().cloned());
+                let keep = (v.history as usize).min(h.len());
+                let pruned = h.split_off(keep);
+                (h, pruned)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let pointer = Pointer {
+            schema: POINTER_SCHEMA.into(),
+            name: v.name.clone(),
+            version: version.clone(),
+            bundle_key: bundle_key.clone(),
+            serial: v.issued.serial.clone(),
+            domains: v.domains.to_vec(),
+            key_type: v.key_type,
+            not_before: v.issued.not_before,
+            not_after: v.issued.not_after,
+            renew_at: v.renew_at,
+            job_id: v.job_id,
+            fence: lease.fence(),
+            history,
+            updated_at: now,
+            challenge: v.challenge,
+            ari_id: v.issued.ari_id.clone(),
+        };
+        let condition = match &previous {
+            Some((_, etag)) if !etag.0.is_empty() => Condition::Matches(etag),
+            Some(_) => Condition::None,
+            None => Condition::Absent,
+        };
+        metrics.s3("put");
+        match store
+            .put_json(&store.keys().pointer(v.name), &pointer, condition)
+            .await
+        {
+            Ok(_) => {
+                for old in pruned {
+                    metrics.s3("delete");
+                    if let Err(e) = store.delete(&store.keys().bundle(v.name, &old)).await {
+                        warn!(name = %v.name, version = %old, error = %e, "could not prune an old version");
+                    }
+                }
+                return Ok((pointer, previous.map(|(p, _)| p)));
+            }
+            Err(StorageError::Conflict(_)) => {
+                debug!(name = %v.name, "pointer changed under us; re-reading");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StorageError::Conflict(store.keys().pointer(v.name)).into())
+}
