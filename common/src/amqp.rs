@@ -170,13 +170,9 @@ impl Publisher {
         &self.channel
     }
 
-    /// Publishes one message and waits for its confirm.
-    ///
-    /// # Errors
-    /// Broker errors, unroutable (mandatory) or refused messages.
-    pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), BrokerError> {
-        let confirm = self
-            .channel
+    /// Sends one message; the returned future resolves to its confirm.
+    async fn start(&self, msg: &Outgoing<'_>) -> lapin::Result<lapin::PublisherConfirm> {
+        self.channel
             .basic_publish(
                 msg.exchange.into(),
                 msg.routing_key.into(),
@@ -187,7 +183,15 @@ impl Publisher {
                 msg.body,
                 msg.properties(),
             )
-            .await?;
+            .await
+    }
+
+    /// Publishes one message and waits for its confirm.
+    ///
+    /// # Errors
+    /// Broker errors, unroutable (mandatory) or refused messages.
+    pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), BrokerError> {
+        let confirm = self.start(&msg).await?;
         check(confirm.await?, msg.exchange, msg.routing_key)
     }
 
@@ -203,20 +207,7 @@ impl Publisher {
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         let mut pending = Vec::with_capacity(msgs.len());
         for msg in msgs {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    msg.exchange.into(),
-                    msg.routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: msg.mandatory,
-                        ..BasicPublishOptions::default()
-                    },
-                    msg.body,
-                    msg.properties(),
-                )
-                .await;
-            pending.push(confirm);
+            pending.push(self.start(msg).await);
         }
         let mut results = Vec::with_capacity(msgs.len());
         for (msg, confirm) in msgs.iter().zip(pending) {

@@ -49,7 +49,7 @@ pub const DUE_REASON: &str = "due";
 const PIPELINE_CHUNK: usize = 5000;
 
 /// Takes the scheduler lease if it is free, or extends it if this instance
-/// already holds it. KEYS[1] lease key, ARGV[1] this instance's value,
+/// already holds it. `KEYS[1]` lease key, `ARGV[1]` this instance's value,
 /// ARGV[2] TTL in milliseconds. Returns 1 when the caller holds the lease.
 const LEASE_ACQUIRE: &str = r#"
 local v = redis.call('GET', KEYS[1])

@@ -433,7 +433,7 @@ impl State {
     }
 }
 
-/// Deletes KEYS[1] only if it still holds ARGV[1].
+/// Deletes `KEYS[1]` only if it still holds `ARGV[1]`.
 pub const COMPARE_AND_DELETE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])

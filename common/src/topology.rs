@@ -61,6 +61,11 @@ pub const HDR_JOB_ID: &str = "x-certfleet-job-id";
 /// worker restart or a broker failover also counts as a delivery.
 pub const DELIVERY_LIMIT: i64 = 20;
 
+/// Delivery limit of the dead-letter queue: effectively none (a parked job
+/// must never be dropped), but explicit, because RabbitMQ 4 gives quorum
+/// queues a default of 20.
+pub const DEAD_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
 /// Retry delays, in order: the nth retry of a job waits `RETRY_DELAYS[n-1]`
 /// (the last one repeats). Transient CA or network trouble usually clears
 /// within seconds (10 s); a CA or service outage takes minutes (1 m, 5 m);
@@ -169,7 +174,16 @@ pub async fn declare_jobs(channel: &Channel) -> lapin::Result<()> {
         .queue_declare(
             DEAD_QUEUE.into(),
             durable(),
-            table(&[("x-queue-type", text("quorum"))]),
+            table(&[
+                ("x-queue-type", text("quorum")),
+                // `certfleet dlq list` reads and returns every message, which
+                // counts as a delivery; RabbitMQ 4 quorum queues default to a
+                // limit of 20 and would drop parked jobs after 20 listings.
+                (
+                    "x-delivery-limit",
+                    AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT),
+                ),
+            ]),
         )
         .await?;
     channel

@@ -6,7 +6,7 @@ use certfleet_common::event::EventKind;
 use certfleet_common::{CertName, ChallengeType, Envelope, Job, JobKind, KeyType, now_ms};
 use certfleet_tests::{TestEnv, init_logging, pki};
 
-fn issue_job(domains: &[String]) -> anyhow::Result<Envelope> {
+pub(crate) fn issue_job(domains: &[String]) -> anyhow::Result<Envelope> {
     Ok(Envelope::new(
         JobKind::Issue,
         Job {
@@ -56,6 +56,175 @@ async fn worker_issues_with_real_http01() -> anyhow::Result<()> {
         &domains[1],
     )?;
     worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Two workers on one queue, ten certificates: each issued exactly once
+/// (one version in S3, one event).
+#[tokio::test]
+async fn two_workers_ten_certificates_each_once() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("issue-ten").await?;
+    let a = env.start_worker(&[("CERTFLEET_CONCURRENCY", "4")]).await?;
+    let b = env.start_worker(&[("CERTFLEET_CONCURRENCY", "4")]).await?;
+    let mut events = env.events("cert.#").await?;
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        let job = issue_job(&[env.domain(&format!("h{i}")).await?])?;
+        env.publish_job(&job).await?;
+        jobs.push(job);
+    }
+    let got = events.collect(10, Duration::from_secs(120)).await;
+    assert_eq!(got.len(), 10, "events: {got:?}");
+    assert!(got.iter().all(|e| e.kind == EventKind::Issued));
+    let mut names: Vec<String> = got.iter().map(|e| e.name.to_string()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 10, "one event per certificate");
+    assert!(
+        events.quiet_for(Duration::from_secs(2)).await.is_none(),
+        "no extra event"
+    );
+    let store = env.store().await;
+    for job in &jobs {
+        let versions = store.list(&store.keys().versions(&job.job.name)).await?;
+        assert_eq!(versions.len(), 1, "{}: {versions:?}", job.job.name);
+    }
+    // Both workers took part (prefetch 4 each, ten jobs).
+    let ma = metric(&env, a.metrics_addr, "certfleet_jobs_handled_total").await?;
+    let mb = metric(&env, b.metrics_addr, "certfleet_jobs_handled_total").await?;
+    assert!(ma > 0.0 && mb > 0.0, "worker a handled {ma}, worker b {mb}");
+    a.stop().await;
+    b.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Sums a metric family from a worker's /metrics.
+pub(crate) async fn metric(
+    env: &TestEnv,
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> anyhow::Result<f64> {
+    let (_, body) = env
+        .http
+        .send(http::Method::GET, &format!("http://{addr}/metrics"), None)
+        .await?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Garbage and an envelope from the future are dead-lettered with a
+/// reason; the next valid job still succeeds.
+#[tokio::test]
+async fn garbage_is_dead_lettered_and_work_goes_on() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("issue-garbage").await?;
+    let worker = env.start_worker(&[]).await?;
+    let mut events = env.events("cert.#").await?;
+    env.publish_raw("job.issue.http-01", b"\x00\xffnot a job")
+        .await?;
+    let mut future = issue_job(&[env.domain("future").await?])?.encode()?;
+    future[0] = 9;
+    env.publish_raw("job.issue.http-01", &future).await?;
+    let job = issue_job(&[env.domain("valid").await?])?;
+    env.publish_job(&job).await?;
+    let event = events.next(Duration::from_secs(60)).await?;
+    assert_eq!(event.job_id, job.job_id);
+    assert_eq!(event.kind, EventKind::Issued);
+    let dead = dead_letters(&env, 2).await?;
+    assert_eq!(dead.len(), 2);
+    assert!(
+        dead.iter().all(|(kind, _)| kind == "undecodable"),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter()
+            .any(|(_, reason)| reason.contains("unknown envelope version 9")),
+        "{dead:?}"
+    );
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Reads (and acknowledges) up to `n` messages of the dead-letter queue:
+/// (error kind, reason) headers.
+pub(crate) async fn dead_letters(env: &TestEnv, n: usize) -> anyhow::Result<Vec<(String, String)>> {
+    use certfleet_common::topology::{DEAD_QUEUE, HDR_ERROR_KIND, HDR_REASON, header_str};
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let conn = env.connect().await?;
+    let ch = conn.create_channel().await?;
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while out.len() < n && tokio::time::Instant::now() < deadline {
+        match ch
+            .basic_get(DEAD_QUEUE.into(), BasicGetOptions::default())
+            .await?
+        {
+            Some(msg) => {
+                let h = msg.delivery.properties.headers().as_ref();
+                out.push((
+                    header_str(h, HDR_ERROR_KIND).unwrap_or_default(),
+                    header_str(h, HDR_REASON).unwrap_or_default(),
+                ));
+                msg.delivery.ack(BasicAckOptions::default()).await?;
+            }
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(out)
+}
+
+/// The documented Python subscriber parses a real event (docs/events.md).
+#[tokio::test]
+async fn python_subscriber_parses_a_real_event() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("issue-python").await?;
+    let worker = env.start_worker(&[]).await?;
+    let mut events = env.events("cert.#").await?;
+    let job = issue_job(&[env.domain("py").await?])?;
+    env.publish_job(&job).await?;
+    let raw = events.next_raw(Duration::from_secs(60)).await?;
+    worker.stop().await;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("event.json");
+    std::fs::write(&path, &raw)?;
+    let examples = certfleet_tests::repo_root().join("docs/examples");
+    let script = "import sys, json\n\
+        sys.path.insert(0, sys.argv[1])\n\
+        from subscriber import parse_event\n\
+        e = parse_event(open(sys.argv[2], 'rb').read())\n\
+        print(json.dumps({'name': e['name'], 'kind': e['kind'], 'serial': e['certificate']['serial']}))\n";
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&examples)
+        .arg(&path)
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let event = certfleet_common::Event::from_json(&raw)?;
+    assert_eq!(parsed["name"], event.name.as_str());
+    assert_eq!(parsed["kind"], "issued");
+    assert_eq!(
+        parsed["serial"],
+        event
+            .certificate
+            .as_ref()
+            .map(|c| c.serial.clone())
+            .unwrap_or_default()
+    );
     env.cleanup().await;
     Ok(())
 }

@@ -32,7 +32,9 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, Que
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
+pub mod acme_proxy;
 pub mod pki;
+pub mod private;
 
 fn var(name: &str, default: &str) -> String {
     std::env::var(name)
@@ -559,12 +561,17 @@ pub struct Events {
 impl Events {
     /// The next event, or an error after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Event> {
+        Ok(Event::from_json(&self.next_raw(timeout).await?)?)
+    }
+
+    /// The next event's body as published.
+    pub async fn next_raw(&mut self, timeout: Duration) -> anyhow::Result<Vec<u8>> {
         let d = tokio::time::timeout(timeout, self.consumer.next())
             .await
             .context("no event in time")?
             .ok_or_else(|| anyhow!("event consumer ended"))??;
         d.ack(BasicAckOptions::default()).await?;
-        Ok(Event::from_json(&d.data)?)
+        Ok(d.data)
     }
 
     /// Collects events until `n` arrived or `timeout` passed.

@@ -12,6 +12,7 @@
 //! - `events`: events, retries and dead letters, all confirmed.
 //! - `ratelimit`: CA limits counted fleet-wide in Redis.
 //! - [`http01`] and `serve`: the challenge responder and the metrics server.
+//! - `scheduler`: the renewal due-scan when `--schedule-every` is set.
 //! - [`metrics`] and [`shutdown`].
 //!
 //! [`start`] binds the listeners and spawns everything; tests call it
@@ -28,6 +29,7 @@ pub(crate) mod lease;
 pub mod metrics;
 pub(crate) mod process;
 pub(crate) mod ratelimit;
+pub(crate) mod scheduler;
 pub(crate) mod serve;
 pub mod shutdown;
 pub(crate) mod store;
@@ -123,6 +125,21 @@ impl Running {
     }
 }
 
+/// Binds with `SO_REUSEPORT`, so several workers on one host (or a worker
+/// and its replacement during a rolling restart) can all answer http-01 on
+/// the same address: any of them can, since the answers live in Redis.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 fn worker_id() -> String {
     let host = certfleet_common::amqp::connection_name("w")
         .trim_start_matches("w@")
@@ -137,13 +154,11 @@ fn worker_id() -> String {
 /// # Errors
 /// A listener that cannot be bound, an unreadable CA file.
 pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let http01 = TcpListener::bind(cfg.worker.http01_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: cfg.worker.http01_listen,
-            what: "http-01",
-            source,
-        })?;
+    let http01 = bind_shared(cfg.worker.http01_listen).map_err(|source| StartError::Bind {
+        addr: cfg.worker.http01_listen,
+        what: "http-01",
+        source,
+    })?;
     let metrics_listener =
         TcpListener::bind(cfg.worker.metrics_listen)
             .await
@@ -221,9 +236,17 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             servers.clone(),
         ))
     };
+    let schedule = ctx
+        .cfg
+        .worker
+        .schedule_every
+        .map(|every| tokio::spawn(scheduler::run(ctx.clone(), every, shutdown.clone())));
     let task = tokio::spawn(
         async move {
             consumer::run(ctx, shutdown).await;
+            if let Some(s) = schedule {
+                let _ = s.await;
+            }
             // The responder stays up until the jobs are drained: a job in
             // its grace period may still be validating.
             servers.cancel();

@@ -87,14 +87,7 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 
 /// Parses a whole number at least 1 and at most `max`.
 pub fn parse_count(s: &str, max: u32) -> Result<NonZeroU32, String> {
-    let n: u32 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a whole number"))?;
-    if n > max {
-        return Err(format!("{n} is more than the maximum {max}"));
-    }
-    NonZeroU32::new(n).ok_or_else(|| "must be at least 1".to_string())
+    NonZeroU32::new(parse_u32(s, max)?).ok_or_else(|| "must be at least 1".to_string())
 }
 
 /// Parses a whole number (zero allowed) up to `max`.

@@ -1,0 +1,380 @@
+//! Reporting: `certfleet status JOB_ID|NAME` and `certfleet list`.
+//!
+//! S3 is the source of truth for certificates (the pointer of each name);
+//! Redis adds what is in motion: job status records, the name's pending job
+//! (dedup marker) and whether an ACME order is in flight. Redis being down
+//! makes the status of a name less complete, not wrong, so that part is
+//! best effort.
+
+use certfleet_common::error::chain;
+use certfleet_common::state::{JobStatus, State, StateError};
+use certfleet_common::storage::StorageError;
+use certfleet_common::{CertName, Config, Pointer, Store};
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::cli::out;
+
+/// Pointers read at once by `list`.
+pub const LIST_CONCURRENCY: usize = 32;
+
+/// Why `status` or `list` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatusError {
+    /// Neither a job id nor a certificate name.
+    #[error("{0:?} is neither a job id (UUID) nor a certificate name")]
+    BadTarget(String),
+    /// No status record for this job id.
+    #[error("unknown job {0} (status records are kept for 14 days)")]
+    UnknownJob(Uuid),
+    /// No pointer and no pending job for this name.
+    #[error("no certificate named {0}, and no job is queued for it")]
+    UnknownName(CertName),
+    /// Redis failed where it is the only source.
+    #[error("cannot read the job status from redis")]
+    State(#[source] StateError),
+    /// Storage failed.
+    #[error("cannot read certificates from storage")]
+    Storage(#[source] StorageError),
+    /// Some pointers could not be read (the others were listed).
+    #[error("{0} certificate pointers could not be read (see above)")]
+    Unreadable(usize),
+    /// JSON output failed.
+    #[error("cannot write JSON")]
+    Json(#[source] serde_json::Error),
+}
+
+impl StatusError {
+    /// Whether this is bad usage (exit 64).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, StatusError::BadTarget(_))
+    }
+}
+
+/// What `status` was asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A job id.
+    Job(Uuid),
+    /// A certificate name.
+    Name(CertName),
+}
+
+impl Target {
+    /// A UUID is a job, anything else must be a certificate name.
+    ///
+    /// # Errors
+    /// [`StatusError::BadTarget`].
+    pub fn parse(s: &str) -> Result<Self, StatusError> {
+        if let Ok(id) = Uuid::parse_str(s.trim()) {
+            return Ok(Target::Job(id));
+        }
+        CertName::parse(s.trim())
+            .map(Target::Name)
+            .map_err(|_| StatusError::BadTarget(s.to_string()))
+    }
+}
+
+/// RFC 3339 to the second (storage keeps nanoseconds; nobody needs them).
+fn when(t: OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// `in 3d 4h` or `5h ago`, for humans.
+fn relative(t: OffsetDateTime, now: OffsetDateTime) -> String {
+    let d = t - now;
+    let secs = d.whole_seconds().unsigned_abs();
+    let text = if secs >= 86_400 {
+        format!("{}d {}h", secs / 86_400, (secs % 86_400) / 3600)
+    } else if secs >= 3600 {
+        format!("{}h {}m", secs / 3600, (secs % 3600) / 60)
+    } else if secs >= 60 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    };
+    if d.is_negative() {
+        format!("{text} ago")
+    } else {
+        format!("in {text}")
+    }
+}
+
+fn job_line(s: &JobStatus) -> String {
+    let state = serde_json::to_value(s.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{:?}", s.state));
+    let mut line = format!(
+        "{state}, attempt {}, updated {}",
+        s.attempt,
+        when(s.updated_at)
+    );
+    if !s.detail.is_empty() {
+        line.push_str(&format!(": {}", s.detail));
+    }
+    line
+}
+
+/// `certfleet status JOB_ID|NAME`.
+///
+/// # Errors
+/// A bad target (usage), an unknown job or name, or the service that is the
+/// only source being down.
+pub async fn status(config: &Config, target: &str) -> Result<(), StatusError> {
+    match Target::parse(target)? {
+        Target::Job(id) => job_status(config, id).await,
+        Target::Name(name) => name_status(config, &name).await,
+    }
+}
+
+async fn job_status(config: &Config, id: Uuid) -> Result<(), StatusError> {
+    let state = State::from_config(config, 2).map_err(StatusError::State)?;
+    let s = state
+        .status(&id)
+        .await
+        .map_err(StatusError::State)?
+        .ok_or(StatusError::UnknownJob(id))?;
+    out(format_args!("job:      {}", s.job_id));
+    out(format_args!("name:     {}", s.name));
+    out(format_args!("kind:     {}", s.kind.as_str()));
+    out(format_args!("status:   {}", job_line(&s)));
+    Ok(())
+}
+
+/// What Redis knows about a name.
+struct Motion {
+    pending: Option<(String, Option<JobStatus>)>,
+    order_in_flight: bool,
+}
+
+async fn motion(state: &State, name: &CertName) -> Result<Motion, StateError> {
+    let pending = match state.pending_holder(name).await? {
+        Some(id) => {
+            let status = match id.parse::<Uuid>() {
+                Ok(uuid) => state.status(&uuid).await?,
+                Err(_) => None,
+            };
+            Some((id, status))
+        }
+        None => None,
+    };
+    let mut c = state.conn().await?;
+    let order_in_flight = exists(&mut c, &state.keys().order(name)).await?;
+    Ok(Motion {
+        pending,
+        order_in_flight,
+    })
+}
+
+async fn name_status(config: &Config, name: &CertName) -> Result<(), StatusError> {
+    let store = Store::from_config(config).await;
+    let pointer = store.pointer(name).await.map_err(StatusError::Storage)?;
+    let state = State::from_config(config, 2).map_err(StatusError::State)?;
+    let motion = motion(&state, name).await;
+    let now = OffsetDateTime::now_utc();
+    let known = pointer.is_some() || matches!(&motion, Ok(m) if m.pending.is_some());
+    if !known {
+        if let Err(e) = &motion {
+            tracing::warn!(error = %chain(e), "redis unavailable: cannot tell whether a job is queued");
+        }
+        return Err(StatusError::UnknownName(name.clone()));
+    }
+    out(format_args!("name:        {name}"));
+    match &pointer {
+        Some((p, _)) => print_pointer(p, now),
+        None => out("certificate: none stored yet"),
+    }
+    match motion {
+        Ok(m) => {
+            match m.pending {
+                Some((id, Some(s))) => out(format_args!("pending job: {id} ({})", job_line(&s))),
+                Some((id, None)) => out(format_args!("pending job: {id} (no status record)")),
+                None => out("pending job: none"),
+            }
+            out(format_args!(
+                "order:       {}",
+                if m.order_in_flight {
+                    "in flight"
+                } else {
+                    "none in flight"
+                }
+            ));
+        }
+        Err(e) => out(format_args!("pending job: unknown (redis: {})", chain(&e))),
+    }
+    Ok(())
+}
+
+fn print_pointer(p: &Pointer, now: OffsetDateTime) {
+    out(format_args!("domains:     {}", p.domains.join(", ")));
+    out(format_args!("serial:      {}", p.serial));
+    out(format_args!("key type:    {}", p.key_type));
+    out(format_args!("challenge:   {}", p.challenge));
+    out(format_args!("not before:  {}", when(p.not_before)));
+    out(format_args!(
+        "not after:   {} ({})",
+        when(p.not_after),
+        relative(p.not_after, now)
+    ));
+    let due = if p.renew_at <= now { ", due" } else { "" };
+    out(format_args!(
+        "renew at:    {} ({}{due})",
+        when(p.renew_at),
+        relative(p.renew_at, now)
+    ));
+    out(format_args!("version:     {}", p.version));
+    out(format_args!(
+        "stored by:   job {} at {}",
+        p.job_id,
+        when(p.updated_at)
+    ));
+    if p.history.is_empty() {
+        out("history:     none");
+    } else {
+        out(format_args!("history:     {}", p.history.join(", ")));
+    }
+}
+
+/// One certificate in `list --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListEntry {
+    /// Name.
+    pub name: CertName,
+    /// Domains.
+    pub domains: Vec<String>,
+    /// Serial, hex.
+    pub serial: String,
+    /// Validity start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// When it will be renewed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub renew_at: OffsetDateTime,
+    /// Storage version.
+    pub version: String,
+    /// Key type.
+    pub key_type: String,
+    /// Challenge type.
+    pub challenge: String,
+}
+
+impl From<Pointer> for ListEntry {
+    fn from(p: Pointer) -> Self {
+        Self {
+            name: p.name,
+            domains: p.domains,
+            serial: p.serial,
+            not_before: p.not_before,
+            not_after: p.not_after,
+            renew_at: p.renew_at,
+            version: p.version,
+            key_type: p.key_type.as_str().to_string(),
+            challenge: p.challenge.as_str().to_string(),
+        }
+    }
+}
+
+/// A pointer read: the pointer with its ETag, `None` if it is gone.
+type PointerRead = Result<Option<(Pointer, certfleet_common::storage::ETag)>, StorageError>;
+
+/// `certfleet list [--json]`: every certificate with a pointer, by name.
+///
+/// # Errors
+/// Storage unavailable; pointers that cannot be read are reported and the
+/// others still listed (exit 1 at the end).
+pub async fn list(config: &Config, json: bool) -> Result<(), StatusError> {
+    let store = Store::from_config(config).await;
+    let names = store.names().await.map_err(StatusError::Storage)?;
+    let store = &store;
+    let results: Vec<(CertName, PointerRead)> = stream::iter(names)
+        .map(|name| async move {
+            let r = store.pointer(&name).await;
+            (name, r)
+        })
+        .buffered(LIST_CONCURRENCY)
+        .collect()
+        .await;
+    let mut entries: Vec<ListEntry> = Vec::with_capacity(results.len());
+    let mut unreadable = 0;
+    for (name, result) in results {
+        match result {
+            Ok(Some((p, _))) => entries.push(p.into()),
+            Ok(None) => {}
+            Err(e) => {
+                unreadable += 1;
+                eprintln!("{name}: {}", chain(&e));
+            }
+        }
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&entries).map_err(StatusError::Json)?;
+        out(text);
+    } else if !entries.is_empty() {
+        let width = entries
+            .iter()
+            .map(|e| e.name.as_str().len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        out(format_args!(
+            "{:<width$}  {:<20}  {:<20}  {:<32}  DOMAINS",
+            "NAME", "NOT AFTER", "RENEW AT", "SERIAL"
+        ));
+        for e in &entries {
+            out(format_args!(
+                "{:<width$}  {:<20}  {:<20}  {:<32}  {}",
+                e.name.as_str(),
+                when(e.not_after),
+                when(e.renew_at),
+                e.serial,
+                e.domains.join(",")
+            ));
+        }
+    }
+    if unreadable > 0 {
+        return Err(StatusError::Unreadable(unreadable));
+    }
+    Ok(())
+}
+
+/// Whether a key exists (the one Redis command `status` needs that
+/// [`State`] does not offer: the order record belongs to the worker).
+async fn exists(c: &mut deadpool_redis::Connection, key: &str) -> Result<bool, StateError> {
+    use deadpool_redis::redis::AsyncCommands as _;
+    Ok(c.exists(key).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn targets() {
+        let id = "0192e4a0-0000-7000-8000-000000000001";
+        assert!(matches!(Target::parse(id), Ok(Target::Job(_))));
+        assert!(matches!(
+            Target::parse("www.example.com"),
+            Ok(Target::Name(_))
+        ));
+        let err = Target::parse("Not a name").map(|_| ()).expect_err("bad");
+        assert!(err.is_usage());
+    }
+
+    #[test]
+    fn relative_times() {
+        let now = datetime!(2026-01-01 00:00 UTC);
+        assert_eq!(relative(datetime!(2026-01-31 05:00 UTC), now), "in 30d 5h");
+        assert_eq!(relative(datetime!(2025-12-31 22:30 UTC), now), "1h 30m ago");
+        assert_eq!(relative(now, now), "in 0s");
+    }
+}

@@ -1,0 +1,237 @@
+//! `certfleet renew NAME...` (dedup through the names' pending markers)
+//! and `certfleet renew --due` (the due-scan of
+//! [`certfleet_common::schedule`]).
+
+use std::collections::HashMap;
+
+use certfleet_common::error::chain;
+use certfleet_common::schedule::{self, ScanOutcome};
+use certfleet_common::state::State;
+use certfleet_common::storage::StorageError;
+use certfleet_common::{CertName, ChallengeType, Config, Envelope, Job, JobKind, KeyType, Store};
+use futures_util::stream::{self, StreamExt};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::wait::EventWaiter;
+use super::{
+    REASON_CLI, STATUS_CONCURRENCY, SubmitError, open_publisher, publish_all, record_queued,
+};
+use crate::cli::{RenewArgs, close_broker, out};
+
+/// `certfleet renew NAME...` and `certfleet renew --due`.
+///
+/// # Errors
+/// Unknown names (before publishing), storage, Redis or broker errors, jobs
+/// not accepted, and with `--wait` failed jobs, a timeout or an
+/// interruption.
+pub async fn renew(
+    config: &Config,
+    args: &RenewArgs,
+    shutdown: CancellationToken,
+) -> Result<(), SubmitError> {
+    if args.due {
+        return renew_due(config, args).await;
+    }
+    let mut names: Vec<CertName> = Vec::new();
+    for n in &args.names {
+        let name = CertName::parse(n).map_err(SubmitError::Name)?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        return Err(SubmitError::Usage("no certificate names given".into()));
+    }
+    let store = Store::from_config(config).await;
+    let pointers: Vec<(CertName, Result<_, StorageError>)> = stream::iter(names.iter().cloned())
+        .map(|name| {
+            let store = &store;
+            async move {
+                let r = store.pointer(&name).await;
+                (name, r)
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let mut challenges: Vec<(CertName, ChallengeType)> = Vec::new();
+    let mut unknown: Vec<CertName> = Vec::new();
+    for (name, result) in pointers {
+        match result {
+            Ok(Some((pointer, _))) => challenges.push((name, pointer.challenge)),
+            Ok(None) => unknown.push(name),
+            Err(source) => return Err(SubmitError::Storage { name, source }),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(SubmitError::UnknownNames(unknown));
+    }
+    let state = State::from_config(config, STATUS_CONCURRENCY).map_err(SubmitError::State)?;
+    let (conn, publisher) = open_publisher(config).await?;
+    let result = async {
+        let waiter = if args.wait {
+            let refs: Vec<&CertName> = names.iter().collect();
+            Some(EventWaiter::open(&conn, &refs).await?)
+        } else {
+            None
+        };
+        let now = certfleet_common::now_ms();
+        let envelopes: Vec<Envelope> = challenges
+            .iter()
+            .map(|(name, challenge)| {
+                Envelope::new(
+                    JobKind::Renew,
+                    Job {
+                        name: name.clone(),
+                        domains: Vec::new(),
+                        key_type: KeyType::default(),
+                        challenge: *challenge,
+                        reason: REASON_CLI.into(),
+                    },
+                    now,
+                )
+            })
+            .collect();
+        let claims: Vec<(CertName, Uuid)> = envelopes
+            .iter()
+            .map(|e| (e.job.name.clone(), e.job_id))
+            .collect();
+        let claimed = state
+            .pending_claim_many(&claims)
+            .await
+            .map_err(SubmitError::State)?;
+        let mut wait_for: HashMap<Uuid, CertName> = HashMap::new();
+        let mut to_send: Vec<&Envelope> = Vec::new();
+        for (envelope, mine) in envelopes.iter().zip(&claimed) {
+            if *mine {
+                to_send.push(envelope);
+                continue;
+            }
+            let holder = state
+                .pending_holder(&envelope.job.name)
+                .await
+                .ok()
+                .flatten();
+            match holder {
+                Some(id) => {
+                    eprintln!("{}: already queued as job {id}", envelope.job.name);
+                    if let Ok(id) = id.parse::<Uuid>() {
+                        wait_for.insert(id, envelope.job.name.clone());
+                    }
+                }
+                // Released between the claim and the read: the job just ended.
+                None => eprintln!(
+                    "{}: already queued (that job just finished)",
+                    envelope.job.name
+                ),
+            }
+        }
+        let results = if to_send.is_empty() {
+            Vec::new()
+        } else {
+            match publish_all(&publisher, &to_send).await {
+                Ok(r) => r,
+                Err(e) => {
+                    for envelope in &to_send {
+                        release(&state, envelope).await;
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let mut accepted: Vec<&Envelope> = Vec::new();
+        let mut failed = 0;
+        for (envelope, result) in to_send.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    out(format_args!("{} {}", envelope.job_id, envelope.job.name));
+                    wait_for.insert(envelope.job_id, envelope.job.name.clone());
+                    accepted.push(envelope);
+                }
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("{}: not accepted: {}", envelope.job.name, chain(&e));
+                    release(&state, envelope).await;
+                }
+            }
+        }
+        record_queued(Some(&state), &accepted, "queued (certfleet renew)").await;
+        let wait_result = match waiter {
+            Some(waiter) if !wait_for.is_empty() => {
+                waiter.wait(wait_for, args.timeout, shutdown).await
+            }
+            _ => Ok(()),
+        };
+        if failed > 0 {
+            return Err(SubmitError::Incomplete {
+                failed,
+                total: to_send.len(),
+                what: "renew jobs were not accepted by the broker",
+            });
+        }
+        wait_result
+    }
+    .await;
+    close_broker(&conn).await;
+    result
+}
+
+async fn release(state: &State, envelope: &Envelope) {
+    if let Err(e) = state
+        .pending_release(&envelope.job.name, &envelope.job_id)
+        .await
+    {
+        tracing::warn!(cert_name = %envelope.job.name, error = %chain(&e),
+            "cannot release the dedup marker; the name waits until it expires");
+    }
+}
+
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// `certfleet renew --due [--within D] [--dry-run]`.
+async fn renew_due(config: &Config, args: &RenewArgs) -> Result<(), SubmitError> {
+    let within = match args.within {
+        Some(w) => time::Duration::try_from(w)
+            .map_err(|_| SubmitError::Usage("--within is too long".into()))?,
+        None => time::Duration::ZERO,
+    };
+    let state = State::from_config(config, 8).map_err(SubmitError::State)?;
+    let store = Store::from_config(config).await;
+    let report = if args.dry_run {
+        schedule::due_list(&state, &store, within).await?
+    } else {
+        let (conn, publisher) = open_publisher(config).await?;
+        let r = schedule::due_scan(&state, &store, &publisher, within, false).await;
+        close_broker(&conn).await;
+        r?
+    };
+    for e in &report.entries {
+        let what = match &e.outcome {
+            ScanOutcome::Due => e.challenge.to_string(),
+            ScanOutcome::Queued { job_id } => job_id.to_string(),
+            ScanOutcome::AlreadyQueued { job_id: Some(id) } => format!("already queued (job {id})"),
+            ScanOutcome::AlreadyQueued { job_id: None } => "already queued".into(),
+            ScanOutcome::Failed { reason } => format!("failed: {reason}"),
+        };
+        out(format_args!("{} {} {what}", e.name, rfc3339(e.renew_at)));
+    }
+    eprintln!("{report}");
+    if report.failed() > 0 {
+        return Err(SubmitError::Incomplete {
+            failed: report.failed(),
+            total: report.entries.len(),
+            what: "renew jobs were not accepted by the broker",
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! `--wait`: a subscription to the events of the certificates being
+//! submitted, opened before their jobs are published, and the wait for the
+//! events whose `job_id` is one of ours.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use certfleet_common::config::parse::format_duration;
+use certfleet_common::event::{Event, EventKind};
+use certfleet_common::{CertName, topology};
+use futures_util::stream::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::SubmitError;
+
+/// Above this many names, `--wait` binds its queue to every certificate
+/// event (`cert.#`) and filters by job id, instead of one binding per name.
+const MAX_WAIT_BINDINGS: usize = 200;
+
+/// A subscription to the events of some certificate names, opened before
+/// their jobs are published.
+pub(super) struct EventWaiter {
+    consumer: lapin::Consumer,
+    _channel: lapin::Channel,
+}
+
+impl EventWaiter {
+    pub(super) async fn open(
+        conn: &lapin::Connection,
+        names: &[&CertName],
+    ) -> Result<Self, SubmitError> {
+        Self::subscribe(conn, names)
+            .await
+            .map_err(SubmitError::Subscribe)
+    }
+
+    async fn subscribe(conn: &lapin::Connection, names: &[&CertName]) -> lapin::Result<Self> {
+        let channel = conn.create_channel().await?;
+        topology::declare_events(&channel).await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let unique: HashSet<&CertName> = names.iter().copied().collect();
+        let patterns: Vec<String> = if unique.len() > MAX_WAIT_BINDINGS {
+            vec!["cert.#".to_string()]
+        } else {
+            unique.iter().map(|n| format!("cert.*.{n}")).collect()
+        };
+        for pattern in patterns {
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    topology::EVENTS_EXCHANGE.into(),
+                    pattern.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            consumer,
+            _channel: channel,
+        })
+    }
+
+    /// Waits for an outcome of every job in `jobs`. With one job, its
+    /// failure is the returned error; with several, each outcome is printed
+    /// on stderr as it arrives and the failures are counted.
+    pub(super) async fn wait(
+        mut self,
+        mut jobs: HashMap<Uuid, CertName>,
+        timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<(), SubmitError> {
+        let single = jobs.len() == 1;
+        let total = jobs.len();
+        let mut failures: Vec<SubmitError> = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let pending = |jobs: &HashMap<Uuid, CertName>| jobs.keys().copied().collect::<Vec<_>>();
+        while !jobs.is_empty() {
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => {
+                    return Err(SubmitError::Interrupted { pending: pending(&jobs) });
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(SubmitError::TimedOut {
+                        after: format_duration(timeout),
+                        pending: pending(&jobs),
+                    });
+                }
+                d = self.consumer.next() => d,
+            };
+            let delivery = match delivery {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    return Err(SubmitError::WaitLost {
+                        pending: pending(&jobs),
+                        source: Some(e),
+                    });
+                }
+                None => {
+                    return Err(SubmitError::WaitLost {
+                        pending: pending(&jobs),
+                        source: None,
+                    });
+                }
+            };
+            let event = match Event::from_json(&delivery.data) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::debug!(error = %e, routing_key = %delivery.routing_key, "ignoring an event that does not parse");
+                    continue;
+                }
+            };
+            let Some(name) = jobs.get(&event.job_id).cloned() else {
+                continue;
+            };
+            match event.kind {
+                EventKind::Issued | EventKind::Renewed => {
+                    jobs.remove(&event.job_id);
+                    eprintln!("{}", stored_summary(&event));
+                }
+                EventKind::Failed => {
+                    jobs.remove(&event.job_id);
+                    let failure = SubmitError::JobFailed {
+                        job_id: event.job_id,
+                        name,
+                        reason: failure_reason(&event),
+                    };
+                    if !single {
+                        eprintln!("{failure}");
+                    }
+                    failures.push(failure);
+                }
+                EventKind::Revoked => {}
+            }
+        }
+        match failures.len() {
+            0 => Ok(()),
+            1 if single => Err(failures.remove(0)),
+            n => Err(SubmitError::Incomplete {
+                failed: n,
+                total,
+                what: "jobs failed",
+            }),
+        }
+    }
+}
+
+/// `issued www.example.com: serial 0a1b, not after 2026-02-23T08:00:00Z`.
+fn stored_summary(event: &Event) -> String {
+    let mut line = format!("{} {}", event.kind.as_str(), event.name);
+    if let Some(cert) = &event.certificate {
+        let not_after = cert
+            .not_after
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| cert.not_after.to_string());
+        line.push_str(&format!(": serial {}, not after {not_after}", cert.serial));
+    }
+    line
+}
+
+/// The CA's reason (`error.detail`) and problem type, if any.
+fn failure_reason(event: &Event) -> String {
+    let Some(error) = &event.error else {
+        return "no reason given".into();
+    };
+    let problem_type = error
+        .problem
+        .as_ref()
+        .and_then(|p| p.get("type"))
+        .and_then(|t| t.as_str());
+    match problem_type {
+        Some(t) => format!("{} ({t})", error.detail),
+        None => format!("{} ({})", error.detail, error.kind),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reason_has_detail_and_type() -> Result<(), serde_json::Error> {
+        let mut event: Event = serde_json::from_str(include_str!(
+            "../../../common/tests/fixtures/event-issued-v1.json"
+        ))?;
+        event.kind = EventKind::Failed;
+        event.certificate = None;
+        event.error = Some(certfleet_common::event::Failure {
+            kind: "acme".into(),
+            detail: "CAA record forbids issuance".into(),
+            problem: Some(serde_json::json!({"type": "urn:ietf:params:acme:error:caa"})),
+        });
+        assert_eq!(
+            failure_reason(&event),
+            "CAA record forbids issuance (urn:ietf:params:acme:error:caa)"
+        );
+        Ok(())
+    }
+}
