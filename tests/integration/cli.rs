@@ -28,7 +28,10 @@ async fn bad_config_value_exits_64_without_connecting() -> anyhow::Result<()> {
             .await?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{bin} {args:?}: {stderr}");
-        assert!(stderr.contains("CERTFLEET_CONCURRENCY=\"lots\""), "{stderr}");
+        assert!(
+            stderr.contains("CERTFLEET_CONCURRENCY=\"lots\""),
+            "{stderr}"
+        );
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
     let accepted = tokio::time::timeout(Duration::from_millis(200), trap.accept()).await;
@@ -53,8 +56,14 @@ async fn bad_input_is_refused_and_nothing_published() -> anyhow::Result<()> {
         (vec!["issue", "*.example.com"], "dns-01"),
         (vec!["issue", &long_label], "longer than 63"),
         (vec!["issue", "localhost"], "localhost"),
-        (vec!["issue", "ok.example.com", "--key-type", "rsa-1024"], "rsa-1024"),
-        (vec!["issue", "ok.example.com", "--name", "../etc"], "../etc"),
+        (
+            vec!["issue", "ok.example.com", "--key-type", "rsa-1024"],
+            "rsa-1024",
+        ),
+        (
+            vec!["issue", "ok.example.com", "--name", "../etc"],
+            "../etc",
+        ),
         (vec!["issue", "ok.example.com", "--timeout", "10"], "10"),
         (vec!["issue"], "DOMAIN"),
     ];
@@ -62,11 +71,17 @@ async fn bad_input_is_refused_and_nothing_published() -> anyhow::Result<()> {
         let out = env.command("certfleet")?.args(args).output().await?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
-        assert!(stderr.contains(needle), "{args:?} should mention {needle:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?} should mention {needle:?}: {stderr}"
+        );
     }
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("bulk.txt");
-    std::fs::write(&file, "good.example.com\nbad..example.com\n# comment\nalso-good.example.com key=rsa-2048\n")?;
+    std::fs::write(
+        &file,
+        "good.example.com\nbad..example.com\n# comment\nalso-good.example.com key=rsa-2048\n",
+    )?;
     let out = env
         .command("certfleet")?
         .arg("submit")
@@ -76,16 +91,33 @@ async fn bad_input_is_refused_and_nothing_published() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("bulk.txt:2"), "names the line: {stderr}");
-    assert_eq!(env.queue_len(topology::WORK_QUEUE).await?, 0, "nothing was published");
+    assert_eq!(
+        env.queue_len(topology::WORK_QUEUE).await?,
+        0,
+        "nothing was published"
+    );
 
     let out = env
         .command("certfleet")?
-        .args(["issue", "Bücher.Example.com", "www.bücher.example.com", "bücher.example.com"])
+        .args([
+            "issue",
+            "Bücher.Example.com",
+            "www.bücher.example.com",
+            "bücher.example.com",
+        ])
         .output()
         .await?;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(uuid::Uuid::parse_str(&id).is_ok(), "prints the job id: {id:?}");
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok(),
+        "prints the job id: {id:?}"
+    );
     assert_eq!(env.queue_len(topology::WORK_QUEUE).await?, 1);
     let status = env.state()?.status(&uuid::Uuid::parse_str(&id)?).await?;
     let status = status.ok_or_else(|| anyhow::anyhow!("no status record"))?;
@@ -109,8 +141,17 @@ async fn issue_wait_status_pull() -> anyhow::Result<()> {
         .args(["issue", &a, &b, "--wait", "--timeout", "60s"])
         .output()
         .await?;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = env.command("certfleet")?.args(["status", &a]).output().await?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env
+        .command("certfleet")?
+        .args(["status", &a])
+        .output()
+        .await?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0));
     assert!(text.contains(&b), "status lists the domains: {text}");
@@ -121,7 +162,12 @@ async fn issue_wait_status_pull() -> anyhow::Result<()> {
         .arg(dir.path())
         .output()
         .await?;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.path().join(&a).join("fullchain.pem").exists());
     // A name that has no certificate: exit 1.
     let out = env
@@ -147,10 +193,18 @@ async fn broker_down_is_an_error() -> anyhow::Result<()> {
     let out = env
         .command("certfleet")?
         .args(["issue", "a.example.com"])
-        .env("CERTFLEET_AMQP_URL", format!("amqp://guest:guest@{addr}/%2f"))
+        .env(
+            "CERTFLEET_AMQP_URL",
+            format!("amqp://guest:guest@{addr}/%2f"),
+        )
         .output()
         .await?;
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty(), "no job id printed");
     env.cleanup().await;
     Ok(())

@@ -1,5 +1,9 @@
 //! Integration tests against the real services of `scripts/stack.sh`.
 //! One binary, one module per area (ripgrep's layout).
 
+mod cli;
+mod faults;
+mod fixtures;
 mod issue;
 mod services;
+mod watch;
