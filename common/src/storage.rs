@@ -167,6 +167,10 @@ pub struct Bundle {
     pub chain_pem: String,
     /// The private key.
     pub key: SealedKey,
+    /// The job that obtained it: lets a retry of that job find a bundle it
+    /// stored but could not make current, instead of ordering again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<Uuid>,
 }
 
 impl Bundle {

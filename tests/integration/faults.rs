@@ -104,3 +104,347 @@ async fn sigterm_exits_zero_within_grace() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+use certfleet_tests::acme_proxy::AcmeProxy;
+use certfleet_tests::private::{self, PEBBLE_WITH_LONG_SLEEP, PEBBLE_WITH_SLEEP, Private, Service};
+
+/// kill -9 of a worker after its order was created and before finalize:
+/// another worker resumes the same order; one version, one event.
+#[tokio::test]
+async fn kill_9_mid_order_resumes_same_order() -> anyhow::Result<()> {
+    init_logging();
+    let base = TestEnv::new("fault-kill9").await?;
+    // Pebble that takes its time validating, so the order is mid-flight.
+    let pebble = Private::start(Service::Pebble, PEBBLE_WITH_LONG_SLEEP).await?;
+    let env = private::env_for(&base, &[&pebble]).await?;
+    let mut events = env.events("cert.#").await?;
+    let mut a = env
+        .command("certfleet-worker")?
+        .env("CERTFLEET_LEASE_TTL", "3s")
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env
+        .queue_len(certfleet_common::topology::WORK_QUEUE)
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "worker A never declared its queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = issue_job(&[env.domain("k").await?])?;
+    env.publish_job(&job).await?;
+    // Wait for the order record: the order exists at the CA.
+    let state = env.state()?;
+    let key = state.keys().order(&job.job.name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = state.conn().await?;
+        let exists: bool = deadpool_redis::redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut *c)
+            .await?;
+        if exists {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "worker A never created the order"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = a.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    let _ = a.wait().await;
+    assert!(
+        env.store().await.pointer(&job.job.name).await?.is_none(),
+        "killed before storing"
+    );
+
+    let b = env.start_worker(&[("CERTFLEET_LEASE_TTL", "3s")]).await?;
+    let event = events.next(Duration::from_secs(90)).await?;
+    assert_eq!(event.job_id, job.job_id);
+    assert!(
+        events.quiet_for(Duration::from_secs(2)).await.is_none(),
+        "one event"
+    );
+    let versions = versions_per_name(&env, std::slice::from_ref(&job.job.name)).await?;
+    assert_eq!(versions, vec![1]);
+    let resumed =
+        crate::issue::metric(&env, b.metrics_addr, "certfleet_acme_orders_resumed_total").await?;
+    let created =
+        crate::issue::metric(&env, b.metrics_addr, "certfleet_acme_orders_created_total").await?;
+    println!("kill -9: worker B resumed {resumed} order(s), created {created}");
+    assert_eq!(
+        (resumed, created),
+        (1.0, 0.0),
+        "B resumed A's order instead of opening another"
+    );
+    b.stop().await;
+    base.cleanup().await;
+    Ok(())
+}
+
+/// 50 jobs across 2 workers while RabbitMQ restarts mid-run: all issued,
+/// none twice.
+#[tokio::test]
+async fn broker_restart_mid_run() -> anyhow::Result<()> {
+    init_logging();
+    let base = TestEnv::new("fault-broker").await?;
+    let broker = Private::start(Service::RabbitMq, &[]).await?;
+    let pebble = Private::start(Service::Pebble, PEBBLE_WITH_SLEEP).await?;
+    let env = private::env_for(&base, &[&broker, &pebble]).await?;
+    let a = env.start_worker(&[("CERTFLEET_CONCURRENCY", "8")]).await?;
+    let b = env.start_worker(&[("CERTFLEET_CONCURRENCY", "8")]).await?;
+    let mut names = Vec::new();
+    for i in 0..50 {
+        let job = issue_job(&[env.domain(&format!("b{i}")).await?])?;
+        names.push(job.job.name.clone());
+        env.publish_job(&job).await?;
+    }
+    let store = env.store().await;
+    let stored = |store: &certfleet_common::Store, names: &[CertName]| {
+        let store = store.clone();
+        let names = names.to_vec();
+        async move {
+            let mut n = 0;
+            for name in &names {
+                if store.pointer(name).await.ok().flatten().is_some() {
+                    n += 1;
+                }
+            }
+            n
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored(&store, &names).await < 5 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "nothing issued before the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = stored(&store, &names).await;
+    broker.restart().await?;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while stored(&store, &names).await < 50 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of 50 issued after the restart",
+            stored(&store, &names).await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let versions = versions_per_name(&env, &names).await?;
+    println!("broker restart: {before} stored before the restart, 50 after; versions {versions:?}");
+    assert!(versions.iter().all(|v| *v == 1), "none twice: {versions:?}");
+    assert_eq!(
+        env.queue_len(certfleet_common::topology::DEAD_QUEUE)
+            .await?,
+        0
+    );
+    a.stop().await;
+    b.stop().await;
+    base.cleanup().await;
+    Ok(())
+}
+
+/// Redis stopped for 10 s mid-run: no duplicate versions; everything is
+/// issued after it returns (with its data lost).
+#[tokio::test]
+async fn redis_outage_mid_run() -> anyhow::Result<()> {
+    init_logging();
+    let base = TestEnv::new("fault-redis").await?;
+    let redis = Private::start(Service::Redis, &[]).await?;
+    let pebble = Private::start(Service::Pebble, PEBBLE_WITH_SLEEP).await?;
+    let env = private::env_for(&base, &[&redis, &pebble]).await?;
+    let worker = env
+        .start_worker(&[
+            ("CERTFLEET_CONCURRENCY", "8"),
+            ("CERTFLEET_LEASE_TTL", "6s"),
+        ])
+        .await?;
+    let mut events = env.events("cert.#").await?;
+    let mut names = Vec::new();
+    for i in 0..20 {
+        let job = issue_job(&[env.domain(&format!("r{i}")).await?])?;
+        names.push(job.job.name.clone());
+        env.publish_job(&job).await?;
+    }
+    let first = events.next(Duration::from_secs(60)).await?;
+    redis.stop().await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    redis.start_again().await?;
+    let mut seen: HashSet<String> = HashSet::from([first.name.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while seen.len() < 20 && Instant::now() < deadline {
+        if let Ok(e) = events.next(Duration::from_secs(5)).await {
+            assert_eq!(e.kind, certfleet_common::EventKind::Issued, "{e:?}");
+            seen.insert(e.name.to_string());
+        }
+    }
+    assert_eq!(seen.len(), 20, "all issued after Redis returned");
+    let versions = versions_per_name(&env, &names).await?;
+    println!("redis outage: 20 issued; versions {versions:?}");
+    assert!(
+        versions.iter().all(|v| *v == 1),
+        "no duplicate versions: {versions:?}"
+    );
+    worker.stop().await;
+    base.cleanup().await;
+    Ok(())
+}
+
+/// S3 unavailable: no event before the bundle is stored; the jobs complete
+/// once it returns.
+#[tokio::test]
+async fn s3_outage_delays_without_early_events() -> anyhow::Result<()> {
+    init_logging();
+    let base = TestEnv::new("fault-s3").await?;
+    let s3 = Private::start(Service::S3, &[]).await?;
+    let env = private::env_for(&base, &[&s3]).await?;
+    let worker = env.start_worker(&[]).await?;
+    let mut events = env.events("cert.#").await?;
+    s3.stop().await?;
+    let mut names = Vec::new();
+    for i in 0..5 {
+        let job = issue_job(&[env.domain(&format!("o{i}")).await?])?;
+        names.push(job.job.name.clone());
+        env.publish_job(&job).await?;
+    }
+    assert!(
+        events.quiet_for(Duration::from_secs(6)).await.is_none(),
+        "no event while storage is down"
+    );
+    s3.start_again().await?;
+    let store = env.store().await;
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while seen.len() < 5 && Instant::now() < deadline {
+        if let Ok(e) = events.next(Duration::from_secs(5)).await {
+            // The bundle the event names is in storage when the event arrives.
+            let cert = e
+                .certificate
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no cert"))?;
+            store.bundle(&cert.location.bundle_key).await?;
+            seen.insert(e.name.to_string());
+        }
+    }
+    assert_eq!(seen.len(), 5, "all complete once storage returns");
+    let versions = versions_per_name(&env, &names).await?;
+    assert!(versions.iter().all(|v| *v == 1), "{versions:?}");
+    worker.stop().await;
+    base.cleanup().await;
+    Ok(())
+}
+
+/// A `rateLimited` answer delays the job by its Retry-After instead of
+/// burning attempts.
+#[tokio::test]
+async fn rate_limited_waits_retry_after_without_burning_attempts() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("fault-ratelimit").await?;
+    let proxy = AcmeProxy::start(&env).await?;
+    let vars = proxy.vars();
+    let worker = env
+        .start_worker(&[private::pairs(&vars), vec![("CERTFLEET_MAX_ATTEMPTS", "1")]].concat())
+        .await?;
+    let mut events = env.events("cert.#").await?;
+    proxy.reject_new_orders(2, 3);
+    let job = issue_job(&[env.domain("rl").await?])?;
+    let started = Instant::now();
+    env.publish_job(&job).await?;
+    let event = events.next(Duration::from_secs(90)).await?;
+    let took = started.elapsed();
+    // With one attempt allowed, a counted retry would have failed the job.
+    assert_eq!(event.kind, certfleet_common::EventKind::Issued, "{event:?}");
+    assert_eq!(event.attempt, 1);
+    assert_eq!(proxy.new_orders_rejected(), 2);
+    assert!(
+        took >= Duration::from_secs(6),
+        "waited the Retry-After twice: {took:?}"
+    );
+    println!("rate limited twice (Retry-After 3 s): issued after {took:?}, attempt 1");
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Fencing: a worker whose lease was overtaken (here: a newer writer put a
+/// pointer with a higher fencing token while the order ran) never replaces
+/// that pointer.
+#[tokio::test]
+async fn stale_writer_never_replaces_a_newer_pointer() -> anyhow::Result<()> {
+    use certfleet_common::storage::{Condition, POINTER_SCHEMA};
+    init_logging();
+    let base = TestEnv::new("fault-fence").await?;
+    let pebble = Private::start(Service::Pebble, PEBBLE_WITH_SLEEP).await?;
+    let env = private::env_for(&base, &[&pebble]).await?;
+    let worker = env.start_worker(&[]).await?;
+    let mut events = env.events("cert.#").await?;
+    let job = issue_job(&[env.domain("fence").await?])?;
+    env.publish_job(&job).await?;
+    // Once the order exists, a newer writer takes the name over.
+    let state = env.state()?;
+    let key = state.keys().order(&job.job.name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = state.conn().await?;
+        let exists: bool = deadpool_redis::redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut *c)
+            .await?;
+        if exists {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no order");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let store = env.store().await;
+    let now = time::OffsetDateTime::now_utc();
+    let newer = certfleet_common::Pointer {
+        schema: POINTER_SCHEMA.into(),
+        name: job.job.name.clone(),
+        version: "99990101T000000Z-newer".into(),
+        bundle_key: store.keys().bundle(&job.job.name, "99990101T000000Z-newer"),
+        serial: "newer".into(),
+        domains: job.job.domains.clone(),
+        key_type: job.job.key_type,
+        not_before: now,
+        not_after: now + time::Duration::days(90),
+        renew_at: now + time::Duration::days(60),
+        job_id: uuid::Uuid::new_v4(),
+        fence: 1_000_000_000,
+        history: vec![],
+        updated_at: now,
+        challenge: certfleet_common::ChallengeType::Http01,
+        ari_id: None,
+    };
+    store
+        .put_json(
+            &store.keys().pointer(&job.job.name),
+            &newer,
+            Condition::None,
+        )
+        .await?;
+    // The job ends (it finds the name already served) without replacing it.
+    let event = events.next(Duration::from_secs(90)).await?;
+    assert_eq!(event.job_id, job.job_id);
+    let (after, _) = store
+        .pointer(&job.job.name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("pointer gone"))?;
+    assert_eq!(
+        after.serial, "newer",
+        "the stale writer replaced a newer pointer"
+    );
+    assert_eq!(after.fence, 1_000_000_000);
+    worker.stop().await;
+    base.cleanup().await;
+    Ok(())
+}

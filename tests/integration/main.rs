@@ -5,5 +5,6 @@ mod cli;
 mod faults;
 mod fixtures;
 mod issue;
+mod renew;
 mod services;
 mod watch;

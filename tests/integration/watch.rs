@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::issue::issue_job;
 
 /// Waits until `DIR/<name>/cert.pem` holds a certificate with `serial`.
-async fn wait_for_serial(dir: &Path, name: &CertName, serial: &str) -> anyhow::Result<PathBuf> {
+pub(crate) async fn wait_for_serial(
+    dir: &Path,
+    name: &CertName,
+    serial: &str,
+) -> anyhow::Result<PathBuf> {
     let path = dir.join(name.as_str());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -186,11 +186,13 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let pool_size = (cfg.worker.concurrency.get() as usize / 2).clamp(8, 64);
     let state = State::from_config(&cfg, pool_size)?;
     let store = Store::from_config(&cfg).await;
+    let local_answers = Arc::new(http01::LocalAnswers::default());
     let acme = acme::Acme::new(
         cfg.acme.clone(),
         store.clone(),
         state.clone(),
         metrics.clone(),
+        local_answers.clone(),
     )?;
     let id = worker_id();
     let ctx = Arc::new(Ctx {
@@ -219,7 +221,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         tokio::spawn(serve::serve(
             http01,
             "http01",
-            move |req| http01::respond(req, state.clone(), m.clone()),
+            move |req| http01::respond(req, state.clone(), local_answers.clone(), m.clone()),
             servers.clone(),
         ))
     };

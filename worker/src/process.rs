@@ -29,13 +29,13 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Ctx;
 use crate::acme::client::capture_retry_after;
-use crate::acme::order::Request;
+use crate::acme::order::{Obtained, Request};
 use crate::error::JobError;
 use crate::events::Outbox;
 use crate::keys;
 use crate::lease::Lease;
 use crate::metrics::Outcome;
-use crate::store::{NewVersion, read_pointer, store_version};
+use crate::store::{NewVersion, orphan_of_job, read_pointer, store_version};
 
 /// What to do with the delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +124,7 @@ pub(crate) async fn handle(
         }
         let result = capture_retry_after(async {
             tokio::select! {
-                r = run_job(ctx, outbox, &envelope) => r,
+                r = run_job(ctx, outbox, &envelope, delivery.redelivered) => r,
                 _ = hard_stop.cancelled() => Err(JobError::Shutdown),
             }
         })
@@ -263,7 +263,12 @@ async fn fail(
 }
 
 /// Runs the job under the name's lease.
-async fn run_job(ctx: &Arc<Ctx>, outbox: &Outbox, env: &Envelope) -> Result<Outcome, JobError> {
+async fn run_job(
+    ctx: &Arc<Ctx>,
+    outbox: &Outbox,
+    env: &Envelope,
+    redelivered: bool,
+) -> Result<Outcome, JobError> {
     match env.kind {
         JobKind::Issue | JobKind::Renew => {}
         JobKind::Revoke => {
@@ -285,7 +290,7 @@ async fn run_job(ctx: &Arc<Ctx>, outbox: &Outbox, env: &Envelope) -> Result<Outc
         .ok_or_else(|| JobError::Busy(name.to_string()))?;
     let lost = lease.lost().clone();
     let result = tokio::select! {
-        r = run_leased(ctx, outbox, env, &mut lease) => r,
+        r = run_leased(ctx, outbox, env, &mut lease, redelivered) => r,
         _ = lost.cancelled() => Err(JobError::LostLease(name.to_string())),
     };
     lease.release().await;
@@ -297,6 +302,7 @@ async fn run_leased(
     outbox: &Outbox,
     env: &Envelope,
     lease: &mut Lease,
+    redelivered: bool,
 ) -> Result<Outcome, JobError> {
     let name = &env.job.name;
     let metrics = &ctx.metrics.service;
@@ -346,12 +352,34 @@ async fn run_leased(
         key_type,
         replaces: replaces.as_deref(),
     };
-    let obtained = match ctx.acme.obtain(&req).await {
-        Err(JobError::Acme(p)) if p.kind == "accountDoesNotExist" => {
-            ctx.acme.reset_account().await;
-            return Err(JobError::Acme(p));
-        }
-        other => other?,
+    // A retry or redelivery may find what an earlier attempt stored.
+    let orphan = if env.attempt > 1 || redelivered {
+        orphan_of_job(
+            &ctx.store,
+            metrics,
+            name,
+            env.job_id,
+            previous.as_ref().map(|(p, _)| p),
+        )
+        .await?
+    } else {
+        None
+    };
+    let obtained = match orphan {
+        Some((issued, key_pem)) => Obtained {
+            chain_pem: format!("{}{}", issued.cert_pem, issued.chain_pem),
+            key_pem,
+            tokens: Vec::new(),
+            resumed: true,
+            replaced: false,
+        },
+        None => match ctx.acme.obtain(&req).await {
+            Err(JobError::Acme(p)) if p.kind == "accountDoesNotExist" => {
+                ctx.acme.reset_account().await;
+                return Err(JobError::Acme(p));
+            }
+            other => other?,
+        },
     };
     let issued = keys::parse_chain(&obtained.chain_pem)?;
     if !keys::key_matches(&obtained.key_pem, &issued.cert_pem) {

@@ -60,7 +60,8 @@ pub(crate) async fn store_version(
     v: NewVersion<'_>,
 ) -> Result<(Pointer, Option<Pointer>), JobError> {
     let now = OffsetDateTime::now_utc();
-    let version = version_id(v.issued.not_before.max(now), &v.issued.serial);
+    // From the certificate alone, so a retry writes the same key.
+    let version = version_id(v.issued.not_before, &v.issued.serial);
     let bundle_key = store.keys().bundle(v.name, &version);
     let bundle = Bundle {
         schema: BUNDLE_SCHEMA.into(),
@@ -71,6 +72,7 @@ pub(crate) async fn store_version(
         key: store
             .sealer()
             .seal(v.key_pem.expose(), &Bundle::seal_context(v.name, &version))?,
+        job_id: Some(v.job_id),
     };
     metrics.s3("put");
     match store
@@ -153,4 +155,47 @@ pub(crate) async fn store_version(
         }
     }
     Err(StorageError::Conflict(store.keys().pointer(v.name)).into())
+}
+
+/// A bundle this job stored in an earlier attempt that never became
+/// current (the pointer flip failed: Redis or S3 went away in between). A
+/// retry adopts it instead of ordering a second certificate, which matters
+/// most when Redis lost the order record too.
+pub(crate) async fn orphan_of_job(
+    store: &Store,
+    metrics: &ServiceMetrics,
+    name: &CertName,
+    job_id: Uuid,
+    current: Option<&Pointer>,
+) -> Result<Option<(Issued, Secret<String>)>, JobError> {
+    metrics.s3("list");
+    let mut keys = store.list(&store.keys().versions(name)).await?;
+    keys.sort();
+    for key in keys.iter().rev() {
+        let known = current.is_some_and(|p| {
+            p.bundle_key == *key
+                || p.history
+                    .iter()
+                    .any(|v| store.keys().bundle(name, v) == *key)
+        });
+        if known {
+            continue;
+        }
+        metrics.s3("get");
+        let bundle = match store.bundle(key).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(%key, error = %e, "skipping an unreadable bundle");
+                continue;
+            }
+        };
+        if bundle.job_id != Some(job_id) {
+            continue;
+        }
+        let issued = crate::keys::parse_chain(&format!("{}{}", bundle.cert_pem, bundle.chain_pem))?;
+        let key_pem = store.open_key(&bundle)?;
+        debug!(%key, "adopting the bundle an earlier attempt stored");
+        return Ok(Some((issued, key_pem)));
+    }
+    Ok(None)
 }

@@ -74,6 +74,7 @@ pub(crate) struct Acme {
     account_key: String,
     limiter: RateLimiter,
     metrics: Metrics,
+    local_answers: std::sync::Arc<crate::http01::LocalAnswers>,
 }
 
 impl Acme {
@@ -82,6 +83,7 @@ impl Acme {
         store: Store,
         state: State,
         metrics: Metrics,
+        local_answers: std::sync::Arc<crate::http01::LocalAnswers>,
     ) -> Result<Self, client::ClientError> {
         let http = AcmeHttp::new(
             cfg.ca_certs.as_deref(),
@@ -104,11 +106,16 @@ impl Acme {
             account_key,
             limiter,
             metrics,
+            local_answers,
         })
     }
 
     pub(crate) fn limiter(&self) -> &RateLimiter {
         &self.limiter
+    }
+
+    pub(crate) fn local_answers(&self) -> &crate::http01::LocalAnswers {
+        &self.local_answers
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

@@ -18,8 +18,8 @@ use certfleet_common::secret::Secret;
 use deadpool_redis::redis::AsyncCommands;
 
 use instant_acme::{
-    AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder, Order,
-    OrderStatus, RetryPolicy,
+    AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType, Identifier,
+    NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -132,6 +132,7 @@ impl Acme {
         if tokens.is_empty() {
             return Ok(());
         }
+        self.local_answers().remove(tokens);
         let keys: Vec<String> = tokens
             .iter()
             .map(|t| self.state().keys().http01(t))
@@ -246,6 +247,8 @@ impl Acme {
                 JobError::Invalid(format!("the CA offers no http-01 challenge for {name}"))
             })?;
             let key_auth = challenge.key_authorization();
+            self.local_answers()
+                .insert(&challenge.token, key_auth.as_str(), HTTP01_TTL);
             {
                 let mut c = self.state().conn().await?;
                 let _: () = c
@@ -258,7 +261,11 @@ impl Acme {
                     .map_err(certfleet_common::state::StateError::from)?;
             }
             tokens.push(challenge.token.clone());
-            challenge.set_ready().await.map_err(acme_error)?;
+            // A resumed order may have told the CA already (a worker died
+            // after `set_ready`): the answer is back in Redis, that is enough.
+            if challenge.status == ChallengeStatus::Pending {
+                challenge.set_ready().await.map_err(acme_error)?;
+            }
         }
         Ok(tokens)
     }

@@ -1,0 +1,415 @@
+//! Issue 4: renewal at fleet scale.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use certfleet_common::event::EventKind;
+use certfleet_common::{CertName, topology};
+use certfleet_tests::acme_proxy::AcmeProxy;
+use certfleet_tests::private::{self, Private, Service};
+use certfleet_tests::{TestEnv, init_logging};
+use time::OffsetDateTime;
+
+use crate::issue::issue_job;
+
+/// Issues one certificate per label through `env`'s worker; returns names.
+async fn issue_all(env: &TestEnv, labels: &[&str]) -> anyhow::Result<Vec<CertName>> {
+    let mut events = env.events("cert.issued.#").await?;
+    let mut names = Vec::new();
+    for l in labels {
+        let job = issue_job(&[env.domain(l).await?])?;
+        names.push(job.job.name.clone());
+        env.publish_job(&job).await?;
+    }
+    let got = events.collect(labels.len(), Duration::from_secs(90)).await;
+    anyhow::ensure!(
+        got.len() == labels.len(),
+        "issued {} of {}",
+        got.len(),
+        labels.len()
+    );
+    Ok(names)
+}
+
+/// `certfleet renew NAME --wait` gives a new serial, keeps history, and a
+/// watching webserver swaps its files and runs its hook.
+#[tokio::test]
+async fn renew_name_wait_new_serial_and_watch_swaps() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("renew-name").await?;
+    let worker = env.start_worker(&[]).await?;
+    let names = issue_all(&env, &["r"]).await?;
+    let name = &names[0];
+    let store = env.store().await;
+    let (before, _) = store
+        .pointer(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs)?;
+    let hook_log = dir.path().join("hook.log");
+    let mut watch = env
+        .command("certfleet")?
+        .args(["watch", "--queue", "renew-web", "--dir"])
+        .arg(&certs)
+        .arg("--on-change")
+        .arg(format!(
+            "echo \"$CERTFLEET_EVENT $CERTFLEET_CERT_SERIAL\" >> {}",
+            hook_log.display()
+        ))
+        .spawn()?;
+    crate::watch::wait_for_serial(&certs, name, &before.serial).await?;
+
+    let mut events = env.events("cert.renewed.#").await?;
+    let out = env
+        .command("certfleet")?
+        .args(["renew", name.as_str(), "--wait", "--timeout", "60s"])
+        .output()
+        .await?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event = events.next(Duration::from_secs(10)).await?;
+    assert_eq!(event.kind, EventKind::Renewed);
+    let cert = event
+        .certificate
+        .ok_or_else(|| anyhow::anyhow!("no cert"))?;
+    assert_eq!(
+        cert.previous_serial.as_deref(),
+        Some(before.serial.as_str())
+    );
+    assert_ne!(cert.serial, before.serial);
+    let (after, _) = store
+        .pointer(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    assert_eq!(after.serial, cert.serial);
+    assert_eq!(
+        after.history,
+        vec![before.version.clone()],
+        "the old version is kept"
+    );
+    assert_eq!(store.list(&store.keys().versions(name)).await?.len(), 2);
+    crate::watch::wait_for_serial(&certs, name, &cert.serial).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&hook_log).is_ok_and(|l| l.contains(&cert.serial)) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "hook did not run for the renewal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &watch.id().unwrap_or(0).to_string()])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(10), watch.wait()).await;
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// History is capped: with `CERTFLEET_HISTORY=1`, three renewals leave the
+/// current version and one earlier one.
+#[tokio::test]
+async fn history_is_capped() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("renew-history").await?;
+    let worker = env.start_worker(&[("CERTFLEET_HISTORY", "1")]).await?;
+    let names = issue_all(&env, &["h"]).await?;
+    for _ in 0..3 {
+        let out = env
+            .command("certfleet")?
+            .env("CERTFLEET_HISTORY", "1")
+            .args(["renew", names[0].as_str(), "--wait", "--timeout", "60s"])
+            .output()
+            .await?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let store = env.store().await;
+    let versions = store.list(&store.keys().versions(&names[0])).await?;
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Published renew jobs, read back from the work queue: names.
+async fn queued_names(env: &TestEnv) -> anyhow::Result<Vec<String>> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let conn = env.connect().await?;
+    let ch = conn.create_channel().await?;
+    let mut names = Vec::new();
+    while let Some(msg) = ch
+        .basic_get(topology::WORK_QUEUE.into(), BasicGetOptions::default())
+        .await?
+    {
+        let envelope = certfleet_common::Envelope::decode(&msg.delivery.data)?;
+        assert_eq!(envelope.kind, certfleet_common::JobKind::Renew);
+        names.push(envelope.job.name.to_string());
+        msg.delivery.ack(BasicAckOptions::default()).await?;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    names.sort();
+    Ok(names)
+}
+
+/// `renew --due --within` queues exactly the certificates due in that
+/// window; two scans at once publish each name once; a second scan while
+/// the jobs wait publishes nothing.
+#[tokio::test]
+async fn due_scan_exact_and_deduplicated() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("renew-due").await?;
+    let worker = env.start_worker(&[]).await?;
+    let names = issue_all(&env, &["d1", "d2", "d3"]).await?;
+    worker.stop().await;
+    let store = env.store().await;
+    let mut latest = OffsetDateTime::now_utc();
+    for n in &names {
+        let (p, _) = store
+            .pointer(n)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+        latest = latest.max(p.renew_at);
+    }
+    // Nothing is due now; everything is due within the last renewal time.
+    let out = env
+        .command("certfleet")?
+        .args(["renew", "--due", "--dry-run"])
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(0));
+    for n in &names {
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(n.as_str()));
+    }
+    let within = format!(
+        "{}h",
+        (latest - OffsetDateTime::now_utc()).whole_hours() + 2
+    );
+    let (a, b) = tokio::join!(
+        env.command("certfleet")?
+            .args(["renew", "--due", "--within", &within])
+            .output(),
+        env.command("certfleet")?
+            .args(["renew", "--due", "--within", &within])
+            .output(),
+    );
+    let (a, b) = (a?, b?);
+    assert_eq!(
+        a.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&a.stderr)
+    );
+    assert_eq!(
+        b.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    assert_eq!(
+        queued_names(&env).await?,
+        want,
+        "each due name exactly once"
+    );
+    let out = env
+        .command("certfleet")?
+        .args(["renew", "--due", "--within", &within])
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        queued_names(&env).await?.is_empty(),
+        "already-queued names are not queued again"
+    );
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Redis loses everything (FLUSHALL on a private Redis): `index rebuild`
+/// restores the same due list from S3, and a due-scan alone notices the
+/// lost index and rebuilds it.
+#[tokio::test]
+async fn flushall_then_rebuild_restores_due_list() -> anyhow::Result<()> {
+    init_logging();
+    let base = TestEnv::new("renew-flush").await?;
+    let redis = Private::start(Service::Redis, &[]).await?;
+    let env = private::env_for(&base, &[&redis]).await?;
+    let worker = env.start_worker(&[]).await?;
+    let names = issue_all(&env, &["f1", "f2", "f3"]).await?;
+    worker.stop().await;
+    let state = env.state()?;
+    let far = OffsetDateTime::now_utc() + time::Duration::days(3650);
+    let before: BTreeSet<(String, i64)> = state
+        .index_due(far)
+        .await?
+        .into_iter()
+        .map(|e| (e.name.to_string(), e.renew_at))
+        .collect();
+    assert_eq!(before.len(), names.len());
+    let flush = || async {
+        let mut c = state.conn().await?;
+        let _: () = deadpool_redis::redis::cmd("FLUSHALL")
+            .query_async(&mut *c)
+            .await?;
+        anyhow::Ok(())
+    };
+    flush().await?;
+    assert!(state.index_due(far).await?.is_empty());
+    let out = env
+        .command("certfleet")?
+        .args(["index", "rebuild"])
+        .output()
+        .await?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: BTreeSet<(String, i64)> = state
+        .index_due(far)
+        .await?
+        .into_iter()
+        .map(|e| (e.name.to_string(), e.renew_at))
+        .collect();
+    assert_eq!(after, before);
+
+    flush().await?;
+    let out = env
+        .command("certfleet")?
+        .args(["renew", "--due", "--dry-run", "--within", "3650d"])
+        .output()
+        .await?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for n in &names {
+        assert!(text.contains(n.as_str()), "{n} missing from {text}");
+    }
+    assert_eq!(
+        state.index_due(far).await?.len(),
+        names.len(),
+        "the scan rebuilt the index"
+    );
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Plain Pebble has no ARI: the renewal time is when a third of the
+/// lifetime remains, and renewals carry no `replaces`.
+#[tokio::test]
+async fn without_ari_renewal_time_is_two_thirds_of_lifetime() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("renew-noari").await?;
+    let worker = env.start_worker(&[]).await?;
+    let names = issue_all(&env, &["n"]).await?;
+    let store = env.store().await;
+    let (p, _) = store
+        .pointer(&names[0])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    let expected = certfleet_common::renewal::renewal_time(p.not_before, p.not_after, None, 0.0);
+    assert_eq!(p.renew_at, expected);
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// With ARI (a fixture in front of Pebble), the CA's window sets the
+/// renewal time, and the renewal order says `replaces`.
+#[tokio::test]
+async fn ari_window_drives_renewal_and_replaces_is_sent() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("renew-ari").await?;
+    let start = OffsetDateTime::now_utc() + time::Duration::days(20);
+    let end = start + time::Duration::days(2);
+    let proxy = AcmeProxy::start(&env).await?.with_ari(Some((start, end)));
+    let vars = proxy.vars();
+    let worker = env.start_worker(&private::pairs(&vars)).await?;
+    let names = issue_all(&env, &["a"]).await?;
+    let store = env.store().await;
+    let (first, _) = store
+        .pointer(&names[0])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    let start_s = start.unix_timestamp();
+    let end_s = end.unix_timestamp();
+    let got = first.renew_at.unix_timestamp();
+    assert!(
+        (start_s - 1..=end_s + 1).contains(&got),
+        "renew_at {} outside the ARI window {start}..{end}",
+        first.renew_at
+    );
+    let ari_id = first
+        .ari_id
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no ARI id stored"))?;
+    assert!(proxy.renewal_info_seen().contains(&ari_id));
+    let out = env
+        .command("certfleet")?
+        .envs(vars.iter().cloned())
+        .args(["renew", names[0].as_str(), "--wait", "--timeout", "60s"])
+        .output()
+        .await?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        proxy.replaces_seen(),
+        vec![ari_id],
+        "the renewal order replaces the old certificate"
+    );
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// `certfleet-worker --schedule-every`: a certificate whose renewal time
+/// has come is renewed without anyone running `renew`.
+#[tokio::test]
+async fn worker_scheduler_renews_what_is_due() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("renew-sched").await?;
+    let worker = env
+        .start_worker(&[("CERTFLEET_SCHEDULE_EVERY", "1s")])
+        .await?;
+    let names = issue_all(&env, &["s"]).await?;
+    let mut events = env.events("cert.renewed.#").await?;
+    // Make it due now.
+    let state = env.state()?;
+    state
+        .index_put(
+            &names[0],
+            OffsetDateTime::now_utc() - time::Duration::minutes(1),
+            certfleet_common::ChallengeType::Http01,
+        )
+        .await?;
+    let event = events.next(Duration::from_secs(30)).await?;
+    assert_eq!(event.name, names[0]);
+    assert_eq!(event.kind, EventKind::Renewed);
+    // Renewed once: the new renewal time is in the future again.
+    assert!(events.quiet_for(Duration::from_secs(3)).await.is_none());
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
