@@ -448,3 +448,149 @@ async fn stale_writer_never_replaces_a_newer_pointer() -> anyhow::Result<()> {
     base.cleanup().await;
     Ok(())
 }
+
+/// A job that fails for good is announced (`cert.failed`) and parked with
+/// its reason; `certfleet dlq` lists, shows, replays and purges.
+#[tokio::test]
+async fn dead_letters_are_visible_and_replayable() -> anyhow::Result<()> {
+    use certfleet_common::{Envelope, Job, JobKind, KeyType, now_ms};
+    init_logging();
+    let env = TestEnv::new("fault-dlq").await?;
+    let worker = env.start_worker(&[]).await?;
+    let mut events = env.events("cert.#").await?;
+    // Renewing a name that has no certificate cannot succeed.
+    let domain = env.domain("later").await?;
+    let name = CertName::from_domain(&domain)?;
+    let renew = Envelope::new(
+        JobKind::Renew,
+        Job {
+            name: name.clone(),
+            domains: vec![],
+            key_type: KeyType::EcdsaP256,
+            challenge: certfleet_common::ChallengeType::Http01,
+            reason: "test".into(),
+        },
+        now_ms(),
+    );
+    env.publish_job(&renew).await?;
+    let failed = events.next(Duration::from_secs(30)).await?;
+    assert_eq!(failed.kind, certfleet_common::EventKind::Failed);
+    let reason = failed.error.map(|e| e.detail).unwrap_or_default();
+    assert!(reason.contains("no certificate named"), "{reason}");
+    env.publish_raw("job.issue.http-01", b"garbage").await?;
+
+    let run = |args: Vec<String>| {
+        let cmd = env.command("certfleet");
+        async move {
+            let out = cmd?.args(&args).output().await?;
+            anyhow::Ok((
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listing = loop {
+        let (code, out, err) = run(vec!["dlq".into(), "list".into()]).await?;
+        assert_eq!(code, Some(0), "{err}");
+        if out.contains("undecodable") && out.contains(&renew.job_id.to_string()) {
+            break out;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "dlq list never showed both: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(listing.contains(name.as_str()), "{listing}");
+    let (code, shown, _) = run(vec!["dlq".into(), "show".into(), renew.job_id.to_string()]).await?;
+    assert_eq!(code, Some(0));
+    assert!(shown.contains("no certificate named"), "{shown}");
+    // Listing twice lost nothing.
+    assert_eq!(
+        env.queue_len(certfleet_common::topology::DEAD_QUEUE)
+            .await?,
+        2
+    );
+
+    // Fix the cause (issue the certificate), then replay the job.
+    let issue = issue_job(std::slice::from_ref(&domain))?;
+    env.publish_job(&issue).await?;
+    let issued = events.next(Duration::from_secs(60)).await?;
+    assert_eq!(issued.kind, certfleet_common::EventKind::Issued);
+    let (code, _, err) = run(vec![
+        "dlq".into(),
+        "replay".into(),
+        renew.job_id.to_string(),
+    ])
+    .await?;
+    assert_eq!(code, Some(0), "{err}");
+    let renewed = events.next(Duration::from_secs(60)).await?;
+    assert_eq!(renewed.kind, certfleet_common::EventKind::Renewed);
+    assert_eq!(
+        renewed.job_id, renew.job_id,
+        "the replayed job keeps its id"
+    );
+    assert_eq!(
+        env.queue_len(certfleet_common::topology::DEAD_QUEUE)
+            .await?,
+        1
+    );
+
+    let (code, _, _) = run(vec!["dlq".into(), "purge".into()]).await?;
+    assert_eq!(code, Some(64), "purge wants --yes");
+    let (code, _, err) = run(vec!["dlq".into(), "purge".into(), "--yes".into()]).await?;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        env.queue_len(certfleet_common::topology::DEAD_QUEUE)
+            .await?,
+        0
+    );
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// A transient failure that never clears is retried through the delay
+/// queues and, after `max_attempts`, reported with the CA's problem and
+/// parked as `exhausted`.
+#[tokio::test]
+async fn attempts_exhausted_are_dead_lettered_with_the_problem() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("fault-exhaust").await?;
+    let worker = env.start_worker(&[("CERTFLEET_MAX_ATTEMPTS", "2")]).await?;
+    let mut events = env.events("cert.#").await?;
+    // Resolves to an address where nobody answers http-01.
+    let domain = format!("nobody.{}.certfleet.test", env.id);
+    let body = serde_json::json!({"host": domain, "addresses": ["127.254.254.254"]});
+    env.http
+        .send(
+            http::Method::POST,
+            &format!("{}/add-a", env.stack.challtestsrv),
+            Some(body.to_string()),
+        )
+        .await?;
+    let job = issue_job(&[domain])?;
+    let started = Instant::now();
+    env.publish_job(&job).await?;
+    let event = events.next(Duration::from_secs(60)).await?;
+    assert_eq!(event.kind, certfleet_common::EventKind::Failed);
+    assert_eq!(event.attempt, 2, "failed on the last attempt");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "waited the first backoff step"
+    );
+    let error = event.error.ok_or_else(|| anyhow::anyhow!("no error"))?;
+    assert_eq!(error.kind, "exhausted");
+    assert!(
+        error.problem.is_some(),
+        "the CA's problem document travels with it"
+    );
+    let dead = crate::issue::dead_letters(&env, 1).await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, "exhausted");
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
