@@ -76,6 +76,6 @@ Try it by hand (the stack keeps running; stop it with make stack-down):
   $BIN/certfleet issue shop.demo.test --wait        # any name resolves to 127.0.0.1 in Pebble's DNS
   $BIN/certfleet status shop.demo.test
   $BIN/certfleet pull --dir /tmp/certs             # what a webserver does once
-  $BIN/certfleet renew --due --within 90d --dry-run
+  $BIN/certfleet renew --due --within 2000d --dry-run
   curl -s http://$CERTFLEET_METRICS_LISTEN/metrics | grep certfleet_jobs
 EOT
