@@ -210,6 +210,22 @@ impl Envelope {
         }
     }
 
+    /// A renew job for a stored certificate: `domains` empty, so the worker
+    /// renews the stored domains with the stored key type.
+    pub fn renewal(name: CertName, challenge: ChallengeType, reason: &str, now_ms: i64) -> Self {
+        Self::new(
+            JobKind::Renew,
+            Job {
+                name,
+                domains: Vec::new(),
+                key_type: KeyType::default(),
+                challenge,
+                reason: reason.to_string(),
+            },
+            now_ms,
+        )
+    }
+
     /// The routing key: `job.<kind>.<challenge>`.
     pub fn routing_key(&self) -> String {
         crate::topology::job_routing_key(self.kind, self.job.challenge)

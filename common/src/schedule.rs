@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::amqp::{BrokerError, CONTENT_TYPE_JOB, Outgoing, Publisher};
 use crate::domain::CertName;
 use crate::error::{Classify, Disposition};
-use crate::job::{ChallengeType, CodecError, Envelope, Job, JobKind, KeyType};
+use crate::job::{ChallengeType, CodecError, Envelope};
 use crate::state::{COMPARE_AND_DELETE, JobState, JobStatus, STATUS_TTL, State, StateError};
 use crate::storage::{StorageError, Store};
 use crate::topology;
@@ -340,19 +340,7 @@ pub async fn due_scan(
     let now_ms = crate::now_ms();
     let envelopes: Vec<Envelope> = due
         .iter()
-        .map(|d| {
-            Envelope::new(
-                JobKind::Renew,
-                Job {
-                    name: d.name.clone(),
-                    domains: Vec::new(),
-                    key_type: KeyType::default(),
-                    challenge: d.challenge,
-                    reason: DUE_REASON.to_string(),
-                },
-                now_ms,
-            )
-        })
+        .map(|d| Envelope::renewal(d.name.clone(), d.challenge, DUE_REASON, now_ms))
         .collect();
     let claims: Vec<(CertName, Uuid)> = envelopes
         .iter()

@@ -7,7 +7,7 @@ use certfleet_common::CertName;
 use certfleet_tests::{TestEnv, init_logging};
 use tokio::time::Instant;
 
-use crate::issue::issue_job;
+use crate::issue::{issue_job, publish_issues, wait_for_order};
 
 /// Counts stored versions per name; panics on a missing one.
 pub(crate) async fn versions_per_name(
@@ -37,12 +37,7 @@ async fn shutdown_mid_run_loses_nothing_duplicates_nothing() -> anyhow::Result<(
         ])
         .await?;
     let mut events = env.events("cert.#").await?;
-    let mut names = Vec::new();
-    for i in 0..40 {
-        let job = issue_job(&[env.domain(&format!("s{i}")).await?])?;
-        names.push(job.job.name.clone());
-        env.publish_job(&job).await?;
-    }
+    let names = publish_issues(&env, "s", 40).await?;
     // Stop as soon as the first certificate is out: the rest are in flight.
     let first_event = events.next(Duration::from_secs(60)).await?;
     let stopping = Instant::now();
@@ -137,24 +132,7 @@ async fn kill_9_mid_order_resumes_same_order() -> anyhow::Result<()> {
     let job = issue_job(&[env.domain("k").await?])?;
     env.publish_job(&job).await?;
     // Wait for the order record: the order exists at the CA.
-    let state = env.state()?;
-    let key = state.keys().order(&job.job.name);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut c = state.conn().await?;
-        let exists: bool = deadpool_redis::redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut *c)
-            .await?;
-        if exists {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "worker A never created the order"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_order(&env, &job.job.name).await?;
     let pid = a.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
     std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -200,12 +178,7 @@ async fn broker_restart_mid_run() -> anyhow::Result<()> {
     let env = private::env_for(&base, &[&broker, &pebble]).await?;
     let a = env.start_worker(&[("CERTFLEET_CONCURRENCY", "8")]).await?;
     let b = env.start_worker(&[("CERTFLEET_CONCURRENCY", "8")]).await?;
-    let mut names = Vec::new();
-    for i in 0..50 {
-        let job = issue_job(&[env.domain(&format!("b{i}")).await?])?;
-        names.push(job.job.name.clone());
-        env.publish_job(&job).await?;
-    }
+    let names = publish_issues(&env, "b", 50).await?;
     let store = env.store().await;
     let stored = |store: &certfleet_common::Store, names: &[CertName]| {
         let store = store.clone();
@@ -269,12 +242,7 @@ async fn redis_outage_mid_run() -> anyhow::Result<()> {
         ])
         .await?;
     let mut events = env.events("cert.#").await?;
-    let mut names = Vec::new();
-    for i in 0..20 {
-        let job = issue_job(&[env.domain(&format!("r{i}")).await?])?;
-        names.push(job.job.name.clone());
-        env.publish_job(&job).await?;
-    }
+    let names = publish_issues(&env, "r", 20).await?;
     let first = events.next(Duration::from_secs(60)).await?;
     redis.stop().await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -310,12 +278,7 @@ async fn s3_outage_delays_without_early_events() -> anyhow::Result<()> {
     let worker = env.start_worker(&[]).await?;
     let mut events = env.events("cert.#").await?;
     s3.stop().await?;
-    let mut names = Vec::new();
-    for i in 0..5 {
-        let job = issue_job(&[env.domain(&format!("o{i}")).await?])?;
-        names.push(job.job.name.clone());
-        env.publish_job(&job).await?;
-    }
+    let names = publish_issues(&env, "o", 5).await?;
     assert!(
         events.quiet_for(Duration::from_secs(6)).await.is_none(),
         "no event while storage is down"
@@ -390,21 +353,7 @@ async fn stale_writer_never_replaces_a_newer_pointer() -> anyhow::Result<()> {
     let job = issue_job(&[env.domain("fence").await?])?;
     env.publish_job(&job).await?;
     // Once the order exists, a newer writer takes the name over.
-    let state = env.state()?;
-    let key = state.keys().order(&job.job.name);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut c = state.conn().await?;
-        let exists: bool = deadpool_redis::redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut *c)
-            .await?;
-        if exists {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no order");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_order(&env, &job.job.name).await?;
     let store = env.store().await;
     let now = time::OffsetDateTime::now_utc();
     let newer = certfleet_common::Pointer {
@@ -453,7 +402,7 @@ async fn stale_writer_never_replaces_a_newer_pointer() -> anyhow::Result<()> {
 /// its reason; `certfleet dlq` lists, shows, replays and purges.
 #[tokio::test]
 async fn dead_letters_are_visible_and_replayable() -> anyhow::Result<()> {
-    use certfleet_common::{Envelope, Job, JobKind, KeyType, now_ms};
+    use certfleet_common::{Envelope, now_ms};
     init_logging();
     let env = TestEnv::new("fault-dlq").await?;
     let worker = env.start_worker(&[]).await?;
@@ -461,15 +410,10 @@ async fn dead_letters_are_visible_and_replayable() -> anyhow::Result<()> {
     // Renewing a name that has no certificate cannot succeed.
     let domain = env.domain("later").await?;
     let name = CertName::from_domain(&domain)?;
-    let renew = Envelope::new(
-        JobKind::Renew,
-        Job {
-            name: name.clone(),
-            domains: vec![],
-            key_type: KeyType::EcdsaP256,
-            challenge: certfleet_common::ChallengeType::Http01,
-            reason: "test".into(),
-        },
+    let renew = Envelope::renewal(
+        name.clone(),
+        certfleet_common::ChallengeType::Http01,
+        "test",
         now_ms(),
     );
     env.publish_job(&renew).await?;

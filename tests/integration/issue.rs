@@ -20,6 +20,44 @@ pub(crate) fn issue_job(domains: &[String]) -> anyhow::Result<Envelope> {
     ))
 }
 
+/// Publishes `n` issue jobs for fresh names `<prefix><i>`; returns their names.
+pub(crate) async fn publish_issues(
+    env: &TestEnv,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<CertName>> {
+    let mut names = Vec::with_capacity(n);
+    for i in 0..n {
+        let job = issue_job(&[env.domain(&format!("{prefix}{i}")).await?])?;
+        names.push(job.job.name.clone());
+        env.publish_job(&job).await?;
+    }
+    Ok(names)
+}
+
+/// Waits until the worker stored an order record for `name` (the order
+/// exists at the CA).
+pub(crate) async fn wait_for_order(env: &TestEnv, name: &CertName) -> anyhow::Result<()> {
+    let state = env.state()?;
+    let key = state.keys().order(name);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = state.conn().await?;
+        let exists: bool = deadpool_redis::redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut *c)
+            .await?;
+        if exists {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no order was created for {name}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Worker + Pebble with real http-01 validation: the bundle in S3 chains
 /// to Pebble's root, the key matches, the SANs are the requested names.
 #[tokio::test]
@@ -69,27 +107,22 @@ async fn two_workers_ten_certificates_each_once() -> anyhow::Result<()> {
     let a = env.start_worker(&[("CERTFLEET_CONCURRENCY", "4")]).await?;
     let b = env.start_worker(&[("CERTFLEET_CONCURRENCY", "4")]).await?;
     let mut events = env.events("cert.#").await?;
-    let mut jobs = Vec::new();
-    for i in 0..10 {
-        let job = issue_job(&[env.domain(&format!("h{i}")).await?])?;
-        env.publish_job(&job).await?;
-        jobs.push(job);
-    }
+    let names = publish_issues(&env, "h", 10).await?;
     let got = events.collect(10, Duration::from_secs(120)).await;
     assert_eq!(got.len(), 10, "events: {got:?}");
     assert!(got.iter().all(|e| e.kind == EventKind::Issued));
-    let mut names: Vec<String> = got.iter().map(|e| e.name.to_string()).collect();
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), 10, "one event per certificate");
+    let mut seen: Vec<String> = got.iter().map(|e| e.name.to_string()).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 10, "one event per certificate");
     assert!(
         events.quiet_for(Duration::from_secs(2)).await.is_none(),
         "no extra event"
     );
     let store = env.store().await;
-    for job in &jobs {
-        let versions = store.list(&store.keys().versions(&job.job.name)).await?;
-        assert_eq!(versions.len(), 1, "{}: {versions:?}", job.job.name);
+    for name in &names {
+        let versions = store.list(&store.keys().versions(name)).await?;
+        assert_eq!(versions.len(), 1, "{name}: {versions:?}");
     }
     // Both workers took part (prefetch 4 each, ten jobs).
     let ma = metric(&env, a.metrics_addr, "certfleet_jobs_handled_total").await?;

@@ -8,7 +8,7 @@ use certfleet_common::error::chain;
 use certfleet_common::schedule::{self, ScanOutcome};
 use certfleet_common::state::State;
 use certfleet_common::storage::StorageError;
-use certfleet_common::{CertName, ChallengeType, Config, Envelope, Job, JobKind, KeyType, Store};
+use certfleet_common::{CertName, ChallengeType, Config, Envelope, Store};
 use futures_util::stream::{self, StreamExt};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -80,19 +80,7 @@ pub async fn renew(
         let now = certfleet_common::now_ms();
         let envelopes: Vec<Envelope> = challenges
             .iter()
-            .map(|(name, challenge)| {
-                Envelope::new(
-                    JobKind::Renew,
-                    Job {
-                        name: name.clone(),
-                        domains: Vec::new(),
-                        key_type: KeyType::default(),
-                        challenge: *challenge,
-                        reason: REASON_CLI.into(),
-                    },
-                    now,
-                )
-            })
+            .map(|(name, challenge)| Envelope::renewal(name.clone(), *challenge, REASON_CLI, now))
             .collect();
         let claims: Vec<(CertName, Uuid)> = envelopes
             .iter()
