@@ -402,6 +402,7 @@ async fn run_leased(
         &ctx.store,
         metrics,
         lease,
+        previous.clone(),
         NewVersion {
             name,
             domains: &domains,

@@ -53,10 +53,16 @@ pub(crate) async fn read_pointer(
 
 /// Stores a new version and makes it current. Returns the new pointer and
 /// the one it replaced.
+///
+/// `read` is the pointer as read when the lease was taken. Its ETag guards
+/// the flip (`If-Match`): if anyone wrote the pointer since, the write is
+/// refused and the pointer read again, fencing token checked; otherwise no
+/// second read is needed.
 pub(crate) async fn store_version(
     store: &Store,
     metrics: &ServiceMetrics,
     lease: &Lease,
+    read: Option<(Pointer, ETag)>,
     v: NewVersion<'_>,
 ) -> Result<(Pointer, Option<Pointer>), JobError> {
     let now = OffsetDateTime::now_utc();
@@ -86,8 +92,12 @@ pub(crate) async fn store_version(
     }
 
     // Flip the pointer; retry a lost If-Match race a few times.
+    let mut known = Some(read);
     for _ in 0..3 {
-        let previous = read_pointer(store, metrics, v.name).await?;
+        let previous = match known.take() {
+            Some(read) => read,
+            None => read_pointer(store, metrics, v.name).await?,
+        };
         if !lease.still_held().await? {
             return Err(JobError::LostLease(v.name.to_string()));
         }
