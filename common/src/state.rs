@@ -190,15 +190,57 @@ impl State {
         challenge: ChallengeType,
     ) -> Result<(), StateError> {
         let mut c = self.conn().await?;
-        let _: () = redis::pipe()
-            .zadd(self.keys.expiry(), name.as_str(), renew_at.unix_timestamp())
+        let mut pipe = redis::pipe();
+        self.index_put_into(&mut pipe, name, renew_at, challenge);
+        let _: () = pipe.query_async(&mut *c).await?;
+        Ok(())
+    }
+
+    /// Adds the commands of [`State::index_put`] to a pipeline (so a caller
+    /// can send them with its own in one round trip).
+    pub fn index_put_into(
+        &self,
+        pipe: &mut redis::Pipeline,
+        name: &CertName,
+        renew_at: OffsetDateTime,
+        challenge: ChallengeType,
+    ) {
+        pipe.zadd(self.keys.expiry(), name.as_str(), renew_at.unix_timestamp())
+            .ignore()
             .hset(self.keys.expiry_meta(), name.as_str(), challenge.as_str())
+            .ignore()
             .set_nx(
                 self.keys.expiry_built(),
                 OffsetDateTime::now_utc().unix_timestamp(),
             )
-            .query_async(&mut *c)
-            .await?;
+            .ignore();
+    }
+
+    /// Adds "release the dedup marker if `job_id` holds it" to a pipeline.
+    pub fn pending_release_into(&self, pipe: &mut redis::Pipeline, name: &CertName, job_id: &Uuid) {
+        pipe.cmd("EVAL")
+            .arg(COMPARE_AND_DELETE)
+            .arg(1)
+            .arg(self.keys.pending(name))
+            .arg(job_id.to_string())
+            .ignore();
+    }
+
+    /// Adds "write this status record" to a pipeline.
+    ///
+    /// # Errors
+    /// The record does not serialize (never for a valid one).
+    pub fn set_status_into(
+        &self,
+        pipe: &mut redis::Pipeline,
+        status: &JobStatus,
+    ) -> Result<(), StateError> {
+        let json = serde_json::to_string(status).map_err(|e| StateError::Corrupt {
+            key: self.keys.job(&status.job_id),
+            detail: e.to_string(),
+        })?;
+        pipe.set_ex(self.keys.job(&status.job_id), json, STATUS_TTL.as_secs())
+            .ignore();
         Ok(())
     }
 

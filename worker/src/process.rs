@@ -416,9 +416,6 @@ async fn run_leased(
         },
     )
     .await?;
-    ctx.state
-        .index_put(name, renew_at, env.job.challenge)
-        .await?;
     let previous_serial = replaced
         .as_ref()
         .or(previous.as_ref().map(|(p, _)| p))
@@ -427,7 +424,6 @@ async fn run_leased(
     outbox
         .event(&ctx.event(env, kind, &pointer, previous_serial))
         .await?;
-    ctx.mark_done(env).await?;
     info!(
         serial = %pointer.serial,
         not_after = %pointer.not_after,
@@ -435,14 +431,7 @@ async fn run_leased(
         ari_replaces = obtained.replaced,
         "certificate stored"
     );
-    if let Err(e) = ctx.acme.drop_record(name).await {
-        warn!(error = %e, "could not clear the order record (it expires on its own)");
-    }
-    if let Err(e) = ctx.acme.clear_tokens(&obtained.tokens).await {
-        warn!(error = %e, "could not clear challenge keys (they expire on their own)");
-    }
-    ctx.finish(env, JobState::Done, &format!("serial {}", pointer.serial))
-        .await;
+    ctx.complete(env, &pointer, &obtained.tokens).await?;
     Ok(Outcome::Stored)
 }
 
@@ -455,6 +444,51 @@ fn event_kind(kind: JobKind) -> EventKind {
 }
 
 impl Ctx {
+    /// After the event is confirmed, in one round trip: index the new
+    /// version, mark the job done, forget the order record and challenge
+    /// answers, record the status, release the dedup marker. If this fails,
+    /// the redelivered job finds the stored version and does it again.
+    async fn complete(
+        &self,
+        env: &Envelope,
+        p: &Pointer,
+        tokens: &[String],
+    ) -> Result<(), JobError> {
+        self.acme.local_answers().remove(tokens);
+        let keys = self.state.keys();
+        let mut pipe = deadpool_redis::redis::pipe();
+        self.state
+            .index_put_into(&mut pipe, &p.name, p.renew_at, p.challenge);
+        pipe.set_ex(keys.done(&env.job_id), 1, STATUS_TTL.as_secs())
+            .ignore()
+            .del(keys.order(&p.name))
+            .ignore();
+        if !tokens.is_empty() {
+            let answers: Vec<String> = tokens.iter().map(|t| keys.http01(t)).collect();
+            pipe.del(answers).ignore();
+        }
+        self.state.set_status_into(
+            &mut pipe,
+            &JobStatus {
+                job_id: env.job_id,
+                name: env.job.name.clone(),
+                kind: env.kind,
+                state: JobState::Done,
+                attempt: env.attempt,
+                detail: format!("serial {}", p.serial),
+                updated_at: OffsetDateTime::now_utc(),
+            },
+        )?;
+        self.state
+            .pending_release_into(&mut pipe, &env.job.name, &env.job_id);
+        let mut c = self.state.conn().await?;
+        let _: () = pipe
+            .query_async(&mut *c)
+            .await
+            .map_err(certfleet_common::state::StateError::from)?;
+        Ok(())
+    }
+
     /// Best-effort status record (a Redis hiccup must not fail the job).
     pub(crate) async fn status(&self, env: &Envelope, state: JobState, detail: &str) {
         let status = JobStatus {
