@@ -206,14 +206,20 @@ impl State {
         challenge: ChallengeType,
     ) {
         pipe.zadd(self.keys.expiry(), name.as_str(), renew_at.unix_timestamp())
-            .ignore()
-            .hset(self.keys.expiry_meta(), name.as_str(), challenge.as_str())
-            .ignore()
-            .set_nx(
-                self.keys.expiry_built(),
-                OffsetDateTime::now_utc().unix_timestamp(),
-            )
             .ignore();
+        // The meta hash is sparse: http-01, the default, is not stored, so
+        // a due-scan over a fleet without dns-01 names reads no hash at all.
+        if challenge == ChallengeType::Http01 {
+            pipe.hdel(self.keys.expiry_meta(), name.as_str()).ignore();
+        } else {
+            pipe.hset(self.keys.expiry_meta(), name.as_str(), challenge.as_str())
+                .ignore();
+        }
+        pipe.set_nx(
+            self.keys.expiry_built(),
+            OffsetDateTime::now_utc().unix_timestamp(),
+        )
+        .ignore();
     }
 
     /// Adds "release the dedup marker if `job_id` holds it" to a pipeline.
@@ -263,15 +269,21 @@ impl State {
             pipe.zadd_multiple(&tmp, &items);
             let meta: Vec<(&str, &str)> = chunk
                 .iter()
+                .filter(|(_, _, c)| *c != ChallengeType::Http01)
                 .map(|(n, _, c)| (n.as_str(), c.as_str()))
                 .collect();
-            pipe.hset_multiple(&tmp_meta, &meta);
+            if !meta.is_empty() {
+                pipe.hset_multiple(&tmp_meta, &meta);
+            }
         }
-        if entries.is_empty() {
-            pipe.del(self.keys.expiry()).del(self.keys.expiry_meta());
-        } else {
-            pipe.rename(&tmp, self.keys.expiry())
-                .rename(&tmp_meta, self.keys.expiry_meta());
+        // RENAME of a key that does not exist fails: delete, then rename
+        // only what was written.
+        pipe.del(self.keys.expiry()).del(self.keys.expiry_meta());
+        if !entries.is_empty() {
+            pipe.rename(&tmp, self.keys.expiry());
+        }
+        if entries.iter().any(|(_, _, c)| *c != ChallengeType::Http01) {
+            pipe.rename(&tmp_meta, self.keys.expiry_meta());
         }
         pipe.set(
             self.keys.expiry_built(),
@@ -321,28 +333,20 @@ impl State {
         let raw: Vec<(String, i64)> = c
             .zrangebyscore_withscores(self.keys.expiry(), "-inf", until.unix_timestamp())
             .await?;
-        let mut challenges: Vec<Option<String>> = Vec::with_capacity(raw.len());
-        for chunk in raw.chunks(10_000) {
-            let names: Vec<&str> = chunk.iter().map(|(n, _)| n.as_str()).collect();
-            let got: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(self.keys.expiry_meta())
-                .arg(&names)
-                .query_async(&mut *c)
-                .await?;
-            challenges.extend(got);
-        }
+        // Sparse: only names that are not http-01 are in the hash.
+        let meta: std::collections::HashMap<String, String> =
+            c.hgetall(self.keys.expiry_meta()).await?;
         let corrupt = |detail: String| StateError::Corrupt {
             key: self.keys.expiry(),
             detail,
         };
         raw.into_iter()
-            .zip(challenges)
-            .map(|((n, t), ch)| {
-                let name = CertName::parse(&n).map_err(|e| corrupt(e.to_string()))?;
-                let challenge = match ch {
+            .map(|(n, t)| {
+                let challenge = match meta.get(&n) {
                     Some(c) => c.parse().map_err(corrupt)?,
                     None => ChallengeType::Http01,
                 };
+                let name = CertName::parse(&n).map_err(|e| corrupt(e.to_string()))?;
                 Ok(DueEntry {
                     name,
                     renew_at: t,

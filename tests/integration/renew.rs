@@ -413,3 +413,64 @@ async fn worker_scheduler_renews_what_is_due() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// The expiry index keeps each name's challenge type through puts, a
+/// replace (rebuild) and a due-scan, and removes names cleanly.
+#[tokio::test]
+async fn expiry_index_round_trip() -> anyhow::Result<()> {
+    use certfleet_common::ChallengeType::{Dns01, Http01};
+    let env = TestEnv::new("renew-index").await?;
+    let state = env.state()?;
+    let now = OffsetDateTime::now_utc();
+    let a = CertName::parse("a.example.com")?;
+    let b = CertName::parse("b.example.com")?;
+    state
+        .index_put(&a, now - time::Duration::hours(1), Http01)
+        .await?;
+    state
+        .index_put(&b, now - time::Duration::hours(2), Dns01)
+        .await?;
+    let due = state.index_due(now).await?;
+    assert_eq!(due.len(), 2);
+    assert_eq!(
+        (due[0].name.clone(), due[0].challenge),
+        (b.clone(), Dns01),
+        "soonest first"
+    );
+    assert_eq!(due[1].challenge, Http01);
+    // b switches to http-01; a is not due yet.
+    state
+        .index_put(&b, now - time::Duration::hours(2), Http01)
+        .await?;
+    state
+        .index_put(&a, now + time::Duration::hours(1), Dns01)
+        .await?;
+    let due = state.index_due(now).await?;
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].challenge, Http01);
+    let t = now.unix_timestamp();
+    state
+        .index_replace(&[(a.clone(), t - 5, Dns01), (b.clone(), t - 10, Http01)])
+        .await?;
+    let due = state.index_due(now).await?;
+    assert_eq!(
+        due.iter()
+            .map(|d| (d.name.as_str(), d.challenge))
+            .collect::<Vec<_>>(),
+        vec![("b.example.com", Http01), ("a.example.com", Dns01)]
+    );
+    state.index_remove(&a).await?;
+    state.index_replace(&[]).await?;
+    assert!(
+        state
+            .index_due(now + time::Duration::days(1))
+            .await?
+            .is_empty()
+    );
+    assert!(
+        !state.index_lost().await?,
+        "an empty but built index is not lost"
+    );
+    env.cleanup().await;
+    Ok(())
+}
