@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# make bench: certfleet against lego and against the CA's own ceiling, side
+# by side, in one run. Results: bench/results/<timestamp>/ (one JSON per
+# step, logs, report.md, chart.png) and bench/results/latest.{md,png}.
+#
+# Options (environment):
+#   N=200        certificates per certfleet run (N=1000 for the long run)
+#   C=64         worker concurrency of the main runs
+#   SWEEP=1      every mode at C in 1 8 C 256 (default delay: 128 instead
+#                of 256; default: only instant mode sweeps, http-01 runs at
+#                C, default delay at C and 1000 certificates at 128)
+#   LEGO_N=100   lego sequential, instant mode (x8 runs min(N, 200))
+#   LEGO_SLOW_N=20  lego sequential with real validation (~5 s each)
+#   LEGO_SLOW_PAR_N=80  lego x8 with real validation
+#   FANOUT="1 10 100"  subscriber counts; FANOUT_CERTS=10 certificates each
+#   BENCH_IP=127.240.0.2  loopback address the bench's domains resolve to
+#   BENCH_PEBBLE_PORT=14600 BENCH_PEBBLE_MGMT_PORT=15600
+#   BENCH_CHALLTESTSRV_DNS_PORT=8653 BENCH_CHALLTESTSRV_MGMT_PORT=8655
+#   BENCH_STACK_DIR=.stack/bench-pebble   state of the private Pebble
+#   NO_BUILD=1   use the release binaries as they are
+#
+# The shared stack (RabbitMQ, Redis, S3) must be up (`make bench` starts
+# it); the bench works in vhosts and prefixes of its own. The CA is a
+# private Pebble (scripts/stack.sh with its own STACK_DIR and ports),
+# restarted in the right validation mode before every step, so each step
+# starts from an empty CA; the shared Pebble is never touched.
+#
+# Pebble 2.4 (Debian) deadlocks (every request hangs; its MemoryStore
+# locks) with 256 orders in flight under the default validation delay, with
+# instant-acme alone as well as with certfleet; 128 works. So the default-
+# delay runs stop at 128 in flight.
+set -euo pipefail
+# The whole script is one function, read before it runs: editing this file
+# during a run cannot change the run.
+main() {
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+N=${N:-200}
+C=${C:-64}
+SWEEP=${SWEEP:-0}
+LEGO_N=${LEGO_N:-100}
+LEGO_SLOW_N=${LEGO_SLOW_N:-20}
+LEGO_SLOW_PAR_N=${LEGO_SLOW_PAR_N:-80}
+FANOUT=${FANOUT:-1 10 100}
+FANOUT_CERTS=${FANOUT_CERTS:-10}
+BENCH_IP=${BENCH_IP:-127.240.0.2}
+# The private Pebble: its own state directory and ports.
+B_STACK_DIR=${BENCH_STACK_DIR:-$REPO/.stack/bench-pebble}
+B_PEBBLE_PORT=${BENCH_PEBBLE_PORT:-14600}
+B_PEBBLE_MGMT_PORT=${BENCH_PEBBLE_MGMT_PORT:-15600}
+B_DNS_PORT=${BENCH_CHALLTESTSRV_DNS_PORT:-8653}
+B_CHALLTESTSRV_PORT=${BENCH_CHALLTESTSRV_MGMT_PORT:-8655}
+export RUST_BACKTRACE=0
+
+TS=$(date -u +%Y%m%dT%H%M%SZ)
+RUN=$(tr '[:upper:]' '[:lower:]' <<<"$TS")
+OUT=$REPO/bench/results/$TS
+BIN=$REPO/target/release
+mkdir -p "$OUT/logs"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+min() { echo $(($1 < $2 ? $1 : $2)); }
+max() { echo $(($1 > $2 ? $1 : $2)); }
+
+# ------------------------------------------------------------ prerequisites
+
+# lego (the comparison), DejaVu (chart text), perf (profile; optional).
+need=()
+command -v lego >/dev/null || need+=(lego)
+[[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || need+=(fonts-dejavu-core)
+command -v perf >/dev/null || need+=(linux-perf)
+if ((${#need[@]})); then
+  if ((EUID == 0)); then
+    log "apt-get install ${need[*]}"
+    apt=(apt-get -y -q -o DPkg::Lock::Timeout=300 install --no-install-recommends)
+    { DEBIAN_FRONTEND=noninteractive "${apt[@]}" "${need[@]}" ||
+      { apt-get -q update && DEBIAN_FRONTEND=noninteractive "${apt[@]}" "${need[@]}"; }
+    } >"$OUT/logs/apt.log" 2>&1 || log "apt-get failed (log: $OUT/logs/apt.log); going on without ${need[*]}"
+  else
+    log "missing: ${need[*]} (as root: apt-get install ${need[*]}); going on without them"
+  fi
+fi
+
+# The shared stack's addresses (as for the integration tests).
+eval "$(scripts/stack.sh env)"
+scripts/stack.sh status rabbitmq redis s3 >/dev/null ||
+  { log "the shared stack is not up: run 'make bench' (or scripts/stack.sh up)"; exit 1; }
+
+if [[ -z ${NO_BUILD:-} ]]; then
+  log "building release binaries"
+  cargo build --release --locked --workspace --bins 2>&1 | tail -n 3 >&2
+fi
+
+# ----------------------------------------------------------------- settings
+
+{
+  echo "N: $N"
+  echo "C: $C"
+  echo "SWEEP: $SWEEP"
+  echo "lego sample sizes: instant ${LEGO_N} sequential / $(min "$N" 200) x8; real validation ${LEGO_SLOW_N} sequential / ${LEGO_SLOW_PAR_N} x8"
+  echo "fan-out: subscribers ${FANOUT}; ${FANOUT_CERTS} certificates each"
+  echo "BENCH_IP: $BENCH_IP"
+  echo "nproc: $(nproc)"
+  echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "memory: $(free -g | awk '/^Mem:/{print $2 " GiB"}')"
+  echo "kernel: $(uname -r)"
+  echo "certfleet: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (uncommitted changes)')"
+  echo "rustc: $(rustc --version 2>/dev/null || echo '?')"
+  for p in pebble lego rabbitmq-server redis-server; do
+    echo "$p: $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo '?')"
+  done
+  echo "moto: $("$REPO/.stack/venv/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null || echo '?')"
+  echo "instant-acme: $(grep -A1 '^name = "instant-acme"' Cargo.lock | sed -n 's/version = "\(.*\)"/\1/p')"
+  echo "other load: the shared stack and this machine may be used by other work during the run (see 'machine busy')"
+} >"$OUT/settings.txt"
+
+# ------------------------------------------------------------ private Pebble
+
+PEBBLE_DIR=$B_STACK_DIR/pebble
+private_stack() { # CMD...: scripts/stack.sh for the private Pebble
+  env STACK_DIR="$B_STACK_DIR" PEBBLE_PORT="$B_PEBBLE_PORT" PEBBLE_MGMT_PORT="$B_PEBBLE_MGMT_PORT" \
+    CHALLTESTSRV_DNS_PORT="$B_DNS_PORT" CHALLTESTSRV_MGMT_PORT="$B_CHALLTESTSRV_PORT" \
+    "$@" >>"$OUT/logs/pebble-stack.log" 2>&1
+}
+pebble_up() { # MODE: (re)start the private Pebble in MODE
+  local mode=$1 va
+  case $mode in
+    instant) va=(PEBBLE_VA_NOSLEEP=1 PEBBLE_VA_ALWAYS_VALID=1) ;;
+    http01) va=(PEBBLE_VA_NOSLEEP=1) ;;
+    # 0, not empty: stack.sh defaults an empty PEBBLE_VA_NOSLEEP to 1.
+    delay) va=(PEBBLE_VA_NOSLEEP=0) ;;
+  esac
+  private_stack env -u PEBBLE_VA_ALWAYS_VALID -u PEBBLE_VA_NOSLEEP "${va[@]}" scripts/stack.sh restart pebble ||
+    { log "the private Pebble did not start"; tail -n 20 "$OUT/logs/pebble-stack.log" >&2; FAILED+=("pebble-$mode"); return 1; }
+}
+pebble_down() { private_stack scripts/stack.sh down pebble || true; }
+trap pebble_down EXIT
+
+ca_args() { # MODE: sets CA, the flags naming the private CA for the bench binaries
+  CA=(--mode "$1" --directory "https://127.0.0.1:$B_PEBBLE_PORT/dir" --ca-certs "$PEBBLE_DIR/ca.pem"
+    --challtestsrv "http://127.0.0.1:$B_CHALLTESTSRV_PORT" --pebble-pid-file "$PEBBLE_DIR/pebble.pid"
+    --ip "$BENCH_IP")
+}
+
+FAILED=()
+RETRIED=()
+step() { # NAME CMD...: run a step, its stderr to logs/NAME.log; go on if it fails
+  local name=$1; shift
+  log "$name"
+  if "$@" 2>"$OUT/logs/$name.log"; then
+    tail -n 1 "$OUT/logs/$name.log" | sed 's/^/        /' >&2
+  else
+    log "step $name FAILED (log: $OUT/logs/$name.log)"
+    tail -n 5 "$OUT/logs/$name.log" >&2
+    FAILED+=("$name")
+    return 1
+  fi
+}
+
+# step_ca MODE NAME CMD...: a step against the private Pebble, on a fresh
+# Pebble; if any certificate failed (Pebble 2.4 can deadlock under load),
+# once more on a new one, whose result replaces the first.
+step_ca() {
+  local mode=$1 name=$2; shift 2
+  pebble_up "$mode" || return 0
+  step "$name" "$@" && return 0
+  mv "$OUT/logs/$name.log" "$OUT/logs/$name.try1.log"
+  unset 'FAILED[${#FAILED[@]}-1]'
+  RETRIED+=("$name")
+  log "retrying $name on a restarted Pebble"
+  pebble_up "$mode" || return 0
+  step "$name" "$@" || true
+}
+
+# The highest concurrency per mode (see the Pebble deadlock above).
+top_for() { if [[ $1 == delay ]]; then echo 128; else echo 256; fi; } # MODE
+
+# Certificates per run at concurrency c: enough to keep c orders in flight.
+n_for() { # C MODE
+  local c=$1
+  if ((c == C)); then echo "$N"
+  elif ((c >= 128)); then max "$N" $((2 * c))
+  elif ((c == 1)); then if [[ $2 == instant ]]; then echo 20; else echo 10; fi
+  else min "$N" $((c * 5))
+  fi
+}
+
+sweep_for() { # MODE
+  if [[ $SWEEP == 1 || $1 == instant ]]; then
+    printf '%s\n' 1 8 "$C" "$(top_for "$1")" | sort -n | uniq | tr '\n' ' '
+  else
+    echo "$C"
+  fi
+}
+
+# The names of a certfleet run (lego's runs use those of the main run).
+label_for() { printf '%s-c%s-n%s-%s' "$1" "$2" "$3" "$RUN"; } # MODE C N
+
+certfleet() { # MODE C N [extra args]
+  local mode=$1 c=$2 n=$3; shift 3
+  local label; label=$(label_for "$mode" "$c" "$n")
+  ca_args "$mode"
+  step_ca "$mode" "certfleet-$mode-c$c-n$n" "$BIN/bench-throughput" "${CA[@]}" --concurrency "$c" --n "$n" \
+    --label "$label" --worker-bin "$BIN/certfleet-worker" --log "$OUT/logs/worker-$mode-c$c-n$n.log" \
+    --out "$OUT/throughput-certfleet-$mode-c$c-n$n.json" "$@"
+}
+
+ceiling() { # MODE C N
+  local mode=$1 c=$2 n=$3
+  ca_args "$mode"
+  step_ca "$mode" "ceiling-$mode-c$c" "$BIN/bench-ceiling" "${CA[@]}" --concurrency "$c" --n "$n" \
+    --label "$(printf 'ceil-%s-c%s-%s' "$mode" "$c" "$RUN")" --out "$OUT/throughput-ceiling-$mode-c$c.json"
+}
+
+lego_run() { # MODE P N
+  local mode=$1 p=$2 n=$3
+  local label; label=$(label_for "$mode" "$C" "$N")   # certfleet's main run's names
+  ca_args "$mode"
+  step_ca "$mode" "lego-$mode-x$p" "$BIN/bench-lego" "${CA[@]}" --parallel "$p" --n "$n" --full-n "$N" \
+    --label "$label" --dir "$OUT/lego-$mode-x$p" --out "$OUT/throughput-lego-$mode-x$p.json"
+}
+
+# -------------------------------------------------------------------- modes
+
+for mode in instant http01 delay; do
+  log "== $(tr '[:lower:]' '[:upper:]' <<<"$mode") mode"
+
+  for c in $(sweep_for "$mode"); do certfleet "$mode" "$c" "$(n_for "$c" "$mode")"; done
+  if [[ $mode == delay ]] && [[ " $(sweep_for delay) " != *" 128 "* || $(n_for 128 delay) -lt 1000 ]]; then
+    # The 1,000-certificate target, measured (at the most Pebble takes).
+    certfleet delay 128 "$(max "$N" 1000)"
+  fi
+  if [[ $mode == instant ]] && command -v perf >/dev/null; then
+    # A separate run with the profiler attached (its numbers are not used).
+    log "profiling the worker (perf, instant mode, C=$C)"
+    pebble_up instant || true
+    ca_args instant
+    if ! { "$BIN/bench-throughput" "${CA[@]}" --concurrency "$C" --n "$(max "$N" 400)" \
+      --label "$(printf 'prof-c%s-%s' "$C" "$RUN")" --worker-bin "$BIN/certfleet-worker" \
+      --log "$OUT/logs/worker-profile.log" --perf "$OUT/perf.data" \
+      >"$OUT/logs/profile-run.txt" 2>>"$OUT/logs/profile.log" &&
+      perf script -i "$OUT/perf.data" >"$OUT/perf-worker.txt" 2>>"$OUT/logs/profile.log"; }; then
+      log "profiling failed (log: $OUT/logs/profile.log)"
+    fi
+  fi
+  for c in $(sweep_for "$mode"); do ceiling "$mode" "$c" "$(n_for "$c" "$mode")"; done
+
+  if command -v lego >/dev/null; then
+    if [[ $mode == instant ]]; then
+      lego_run "$mode" 1 "$(min "$N" "$LEGO_N")"
+      lego_run "$mode" 8 "$(min "$N" 200)"
+    else
+      lego_run "$mode" 1 "$(min "$N" "$LEGO_SLOW_N")"
+      lego_run "$mode" 8 "$(min "$N" "$LEGO_SLOW_PAR_N")"
+    fi
+  else
+    FAILED+=("lego-missing")
+  fi
+
+  if [[ $mode == instant ]]; then
+    for m in $FANOUT; do
+      ca_args instant
+      step_ca instant "fanout-m$m" "$BIN/bench-fanout" "${CA[@]}" --subscribers "$m" \
+        --certificates "$FANOUT_CERTS" --label "$(printf 'fan-m%s-%s' "$m" "$RUN")" \
+        --worker-bin "$BIN/certfleet-worker" --dir "$OUT/fanout-m$m" --out "$OUT/fanout-m$(printf '%03d' "$m").json"
+    done
+  fi
+done
+pebble_down
+
+step storage "$BIN/bench-storage" --concurrency "$C" --n 600 --label "s3-$RUN" --out "$OUT/storage.json" || true
+step bookkeeping "$BIN/bench-bookkeeping" --label "book-$RUN" --out "$OUT/bookkeeping.json" || true
+
+if ((${#RETRIED[@]})); then
+  echo "retried once on a restarted Pebble (the first try had failures; logs/*.try1.log): ${RETRIED[*]}" >>"$OUT/settings.txt"
+fi
+if ((${#FAILED[@]})); then echo "failed steps: ${FAILED[*]}" >>"$OUT/settings.txt"; fi
+"$BIN/bench-report" "$OUT" --concurrency "$C" --latest "$REPO/bench/results/latest" >/dev/null
+log "report: $OUT/report.md (copied to bench/results/latest.md, chart latest.png)"
+if ((${#FAILED[@]})); then
+  log "failed steps: ${FAILED[*]}"
+  exit 1
+fi
+}
+
+main "$@"; exit

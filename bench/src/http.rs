@@ -1,0 +1,119 @@
+//! A small HTTP(S) client for the RabbitMQ management API,
+//! pebble-challtestsrv and a worker's `/metrics`: one hyper + rustls
+//! (aws-lc-rs) stack, as everywhere else in the workspace.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client trusting the public web roots plus, optionally, one PEM file.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Http {
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// `extra_roots` cannot be read.
+    pub fn new(extra_roots: Option<&Path>) -> anyhow::Result<Self> {
+        let tls = tls_config(extra_roots)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    /// Sends a request with an optional JSON body; user and password in the
+    /// URL become basic authentication. Returns status and body.
+    ///
+    /// # Errors
+    /// Bad URL, connection failure, timeout.
+    pub async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<(u16, String)> {
+        let parsed = url::Url::parse(url).with_context(|| format!("bad URL {url}"))?;
+        let mut clean = parsed.clone();
+        let _ = clean.set_username("");
+        let _ = clean.set_password(None);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(clean.as_str())
+            .header("content-type", "application/json");
+        if !parsed.username().is_empty() {
+            use base64::Engine as _;
+            let cred = format!("{}:{}", parsed.username(), parsed.password().unwrap_or(""));
+            req = req.header(
+                "authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(cred)
+                ),
+            );
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let rsp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
+            .await
+            .with_context(|| format!("{clean} timed out"))?
+            .with_context(|| format!("{clean}"))?;
+        let status = rsp.status().as_u16();
+        let body = rsp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// GET; fails unless the status is 2xx.
+    ///
+    /// # Errors
+    /// As [`Http::send`], or a non-2xx status.
+    pub async fn get_ok(&self, url: &str) -> anyhow::Result<String> {
+        let (status, body) = self.send(http::Method::GET, url, None).await?;
+        anyhow::ensure!((200..300).contains(&status), "GET {url}: {status} {body}");
+        Ok(body)
+    }
+}
+
+/// The rustls client configuration the worker uses: web roots plus the
+/// extra PEM roots, aws-lc-rs.
+///
+/// # Errors
+/// The roots file cannot be read or holds no certificate.
+pub fn tls_config(extra_roots: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_roots {
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            roots.add(cert?)?;
+            added += 1;
+        }
+        anyhow::ensure!(added > 0, "no certificate in {}", path.display());
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}

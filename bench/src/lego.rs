@@ -1,0 +1,261 @@
+//! What people run today: one `lego run` process per certificate, one at a
+//! time or P at once, against the same Pebble and the same names.
+//!
+//! lego runs in webroot mode (`--http --http.webroot DIR`) with ONE shared
+//! responder — `python3 -m http.server` serving DIR on the bench address,
+//! port 5002 — because concurrent lego processes in standalone mode cannot
+//! share the port. The account is registered once by an untimed warm-up
+//! run; every timed process reuses it from `--path`. Each process's time is
+//! start → exit; the CPU of all of them is this process's waited-for
+//! children time.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::http::Http;
+use crate::procfs::{self, CpuMeter};
+use crate::results::{Throughput, Tool};
+use crate::stack::{Ca, HTTP01_PORT, Mode, Stack};
+use crate::{names, stats};
+
+/// Longest time one lego process may take (it is killed after that).
+const LEGO_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The private CA.
+    pub ca: Ca,
+    /// lego processes at once.
+    pub parallel: u32,
+    /// Certificates (the first `n` names of the label).
+    pub n: usize,
+    /// Name label: the same as certfleet's run.
+    pub label: String,
+    /// Working directory (`--path`, webroot, logs).
+    pub dir: PathBuf,
+    /// The lego binary.
+    pub lego: PathBuf,
+    /// The certificates the report should show this run's rate for (when
+    /// `n` is smaller, the time for them is extrapolated and labelled so).
+    pub full_n: usize,
+}
+
+/// Runs it.
+///
+/// # Errors
+/// lego or the responder cannot start, or the warm-up fails.
+pub async fn run(stack: &Stack, opts: &Options) -> anyhow::Result<Throughput> {
+    let http = Http::new(None)?;
+    let names = names::list(&opts.label, opts.n);
+    let warmup = names::warmup(&opts.label, &format!("lego{}", opts.parallel));
+    opts.ca
+        .point_dns(&http, &[names.clone(), vec![warmup.clone()]].concat())
+        .await?;
+    let webroot = opts.dir.join("webroot");
+    std::fs::create_dir_all(webroot.join(".well-known/acme-challenge"))?;
+    std::fs::create_dir_all(opts.dir.join("path"))?;
+    let log = opts.dir.join("lego.log");
+    let responder = match opts.ca.mode {
+        Mode::Instant => None,
+        _ => Some(start_responder(&opts.ca, &webroot, &opts.dir.join("responder.log")).await?),
+    };
+    let result = drive(stack, opts, &names, &warmup, &webroot, &log).await;
+    if let Some(mut r) = responder {
+        let _ = r.kill().await;
+    }
+    result
+}
+
+async fn drive(
+    stack: &Stack,
+    opts: &Options,
+    names: &[String],
+    warmup: &str,
+    webroot: &Path,
+    log: &Path,
+) -> anyhow::Result<Throughput> {
+    let status = lego_once(opts, warmup, webroot, log).await?;
+    if status != Some(true) {
+        bail!(
+            "the lego warm-up run failed (log: {}); is Pebble trusted (LEGO_CA_CERTIFICATES)?",
+            log.display()
+        );
+    }
+    let mut pid_files = stack.service_pid_files();
+    pid_files.push(("pebble", opts.ca.pebble_pid_file.clone()));
+    let cpu = CpuMeter::start(&pid_files, &[]);
+    let children_before = procfs::children_cpu_seconds()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let names = Arc::new(names.to_vec());
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    // A process that hits LEGO_TIMEOUT means the CA is stuck: stop.
+    let stuck = Arc::new(AtomicBool::new(false));
+    for _ in 0..opts.parallel.max(1) {
+        let (next, names, opts, stuck) = (next.clone(), names.clone(), opts.clone(), stuck.clone());
+        let (webroot, log) = (webroot.to_path_buf(), log.to_path_buf());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut last = t0;
+            while !stuck.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = names.get(i) else { break };
+                let start = Instant::now();
+                match lego_once(&opts, name, &webroot, &log).await {
+                    Ok(Some(true)) => {
+                        last = Instant::now();
+                        lat.push(last.duration_since(start).as_secs_f64());
+                    }
+                    Ok(None) => {
+                        stuck.store(true, Ordering::Relaxed);
+                    }
+                    Ok(Some(false)) | Err(_) => {}
+                }
+            }
+            (lat, last)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut last = t0;
+    for t in tasks {
+        let (l, end) = t.await?;
+        latencies.extend(l);
+        last = last.max(end);
+    }
+    let elapsed = last.duration_since(t0).as_secs_f64();
+    let mut cpu_s = cpu.stop();
+    let lego_cpu = procfs::children_cpu_seconds()? - children_before;
+    cpu_s.insert("lego".into(), lego_cpu);
+    let ok = latencies.len();
+    // Names never tried because the CA got stuck count as failed.
+    let failed = names.len() - ok;
+    let certs_per_s = if elapsed > 0.0 {
+        ok as f64 / elapsed
+    } else {
+        0.0
+    };
+    let note = if opts.n < opts.full_n && certs_per_s > 0.0 {
+        format!(
+            "{} of {} names; {} would take {:.0} s at this rate (extrapolated)",
+            opts.n,
+            opts.full_n,
+            opts.full_n,
+            opts.full_n as f64 / certs_per_s
+        )
+    } else {
+        String::new()
+    };
+    Ok(Throughput {
+        tool: Tool::Lego,
+        mode: opts.ca.mode,
+        concurrency: opts.parallel,
+        n: opts.n,
+        ok,
+        failed,
+        elapsed_s: elapsed,
+        certs_per_s,
+        latency_s: stats::summary(&latencies),
+        client_cpu_s: lego_cpu,
+        cpu_s,
+        peak_rss_mib: None,
+        rss_at_max_in_flight_mib: None,
+        max_in_flight: None,
+        s3_requests: Default::default(),
+        acme_requests: None,
+        worker_job_mean_s: None,
+        note,
+    })
+}
+
+/// One `lego run` for `name`: whether it exited 0, or `None` if it was
+/// killed after [`LEGO_TIMEOUT`].
+async fn lego_once(
+    opts: &Options,
+    name: &str,
+    webroot: &Path,
+    log: &Path,
+) -> anyhow::Result<Option<bool>> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let run = Command::new(&opts.lego)
+        .env("LEGO_CA_CERTIFICATES", &opts.ca.ca_certs)
+        .arg("--server")
+        .arg(&opts.ca.directory)
+        .args([
+            "--accept-tos",
+            "--email",
+            "bench@example.test",
+            "--key-type",
+            "ec256",
+        ])
+        .arg("--path")
+        .arg(opts.dir.join("path"))
+        .args(["--domains", name, "--http", "--http.webroot"])
+        .arg(webroot)
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .status();
+    match tokio::time::timeout(LEGO_TIMEOUT, run).await {
+        Ok(status) => Ok(Some(
+            status
+                .with_context(|| format!("running {}", opts.lego.display()))?
+                .success(),
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
+/// `python3 -m http.server` on the bench address, port 5002, serving the
+/// webroot; returns once it accepts connections.
+async fn start_responder(ca: &Ca, webroot: &Path, log: &Path) -> anyhow::Result<Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut child = Command::new("python3")
+        .args(["-m", "http.server", "--bind", &ca.ip.to_string()])
+        .arg("--directory")
+        .arg(webroot)
+        .arg(HTTP01_PORT.to_string())
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting python3 -m http.server")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if tokio::net::TcpStream::connect(ca.http01_addr())
+            .await
+            .is_ok()
+        {
+            return Ok(child);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the webroot responder exited ({status}); log: {}",
+                log.display()
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the webroot responder did not listen on {}",
+                ca.http01_addr()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,364 @@
+//! Where things listen, and the bench's own slice of the shared services.
+//!
+//! RabbitMQ, Redis and S3 are the shared stack (`scripts/stack.sh env`
+//! exports their addresses, as for the integration tests). The CA is a
+//! private Pebble (+ challtestsrv) that `bench/run.sh` starts with its own
+//! `STACK_DIR` and ports, once per validation mode, so the shared Pebble is
+//! never restarted. Each step works in a [`Slice`]: its own vhost, Redis
+//! prefix and S3 prefix, and its domains resolve (through the private
+//! challtestsrv) to the bench's own loopback address, so nothing collides
+//! with tests running at the same time.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use certfleet_common::Config;
+use certfleet_common::config::Sources;
+use deadpool_redis::redis;
+use serde::{Deserialize, Serialize};
+
+use crate::http::Http;
+
+/// The port Pebble's VA connects to for http-01 (RFC 8555 §8.3: 80; Pebble
+/// uses its `httpPort`, 5002 in `scripts/stack.sh`).
+pub const HTTP01_PORT: u16 = 5002;
+
+/// The loopback address the bench's domains resolve to by default: outside
+/// 127.10.0.0–127.209.255.255, the range the test harness draws its
+/// per-test addresses from.
+pub const DEFAULT_IP: Ipv4Addr = Ipv4Addr::new(127, 240, 0, 2);
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The shared stack's addresses, from the variables `scripts/stack.sh env`
+/// prints (with the script's defaults).
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// AMQP URL without the vhost.
+    pub amqp_base: String,
+    /// RabbitMQ management API, with credentials.
+    pub rabbitmq_mgmt: String,
+    /// Redis URL.
+    pub redis_url: String,
+    /// S3 endpoint.
+    pub s3_endpoint: String,
+    /// Bucket.
+    pub bucket: String,
+    /// S3 credentials.
+    pub aws_key: String,
+    /// S3 credentials.
+    pub aws_secret: String,
+    /// The shared stack's state directory (pid files).
+    pub dir: PathBuf,
+}
+
+impl Stack {
+    /// Reads the environment.
+    pub fn from_env() -> Self {
+        let amqp = var(
+            "CERTFLEET_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        );
+        let amqp_base = match amqp.rfind('/') {
+            Some(i) if i > "amqp://".len() => amqp[..i].to_string(),
+            _ => amqp.clone(),
+        };
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        Self {
+            amqp_base,
+            rabbitmq_mgmt: var(
+                "CERTFLEET_TEST_RABBITMQ_MGMT_URL",
+                "http://guest:guest@127.0.0.1:15672",
+            )
+            .trim_end_matches('/')
+            .to_string(),
+            redis_url: var("CERTFLEET_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            s3_endpoint: var("CERTFLEET_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            bucket: var("CERTFLEET_S3_BUCKET", "certfleet"),
+            aws_key: var("AWS_ACCESS_KEY_ID", "test"),
+            aws_secret: var("AWS_SECRET_ACCESS_KEY", "test"),
+            dir: PathBuf::from(var(
+                "CERTFLEET_TEST_STACK_DIR",
+                &repo.join(".stack").display().to_string(),
+            )),
+        }
+    }
+
+    /// Pid files of the shared services, for CPU accounting.
+    pub fn service_pid_files(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![
+            ("rabbitmq", self.dir.join("rabbitmq/rabbitmq.pid")),
+            ("redis", self.dir.join("redis/redis.pid")),
+            ("s3", self.dir.join("s3/moto.pid")),
+        ]
+    }
+}
+
+/// How the CA validates.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `PEBBLE_VA_NOSLEEP=1 PEBBLE_VA_ALWAYS_VALID=1`: no request to the
+    /// client at all.
+    Instant,
+    /// `PEBBLE_VA_NOSLEEP=1`: real http-01 requests, no artificial delay.
+    Http01,
+    /// Pebble's default: each of the VA's three validation requests waits
+    /// 0–4 s first (`PEBBLE_VA_SLEEPTIME`, default 5).
+    Delay,
+}
+
+impl Mode {
+    /// Short name used in file names and domains.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Instant => "instant",
+            Mode::Http01 => "http01",
+            Mode::Delay => "delay",
+        }
+    }
+
+    /// A line for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mode::Instant => "instant validation (PEBBLE_VA_NOSLEEP=1 PEBBLE_VA_ALWAYS_VALID=1)",
+            Mode::Http01 => "real http-01 validation (PEBBLE_VA_NOSLEEP=1)",
+            Mode::Delay => "Pebble's default validation delay (0-4 s per VA request)",
+        }
+    }
+
+    /// All modes, in report order.
+    pub const ALL: [Mode; 3] = [Mode::Instant, Mode::Http01, Mode::Delay];
+}
+
+/// The private CA a step runs against (flags set by `bench/run.sh`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Ca {
+    /// Validation mode the private Pebble was started in.
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// The private Pebble's directory URL.
+    #[arg(long)]
+    pub directory: String,
+    /// PEM file trusted for the private Pebble's TLS.
+    #[arg(long)]
+    pub ca_certs: PathBuf,
+    /// The private pebble-challtestsrv's management API.
+    #[arg(long)]
+    pub challtestsrv: String,
+    /// The private Pebble's pid file (CPU accounting).
+    #[arg(long)]
+    pub pebble_pid_file: PathBuf,
+    /// Loopback address the bench's domains resolve to; the http-01
+    /// responder of the step listens on it, port 5002.
+    #[arg(long, default_value_t = DEFAULT_IP)]
+    pub ip: Ipv4Addr,
+}
+
+impl Ca {
+    /// Makes every name resolve to the bench's address (challtestsrv
+    /// `/add-a`). Needed only when Pebble really validates, harmless
+    /// otherwise.
+    ///
+    /// # Errors
+    /// challtestsrv unreachable or refusing.
+    pub async fn point_dns(&self, http: &Http, names: &[String]) -> anyhow::Result<()> {
+        if self.mode == Mode::Instant {
+            return Ok(());
+        }
+        let url = format!("{}/add-a", self.challtestsrv.trim_end_matches('/'));
+        for name in names {
+            let body = serde_json::json!({"host": name, "addresses": [self.ip.to_string()]});
+            let (status, text) = http
+                .send(http::Method::POST, &url, Some(body.to_string()))
+                .await
+                .context("pebble-challtestsrv add-a")?;
+            if status >= 300 {
+                bail!("add-a {name}: {status} {text}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The http-01 listen address of this step's responder.
+    pub fn http01_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from((self.ip, HTTP01_PORT))
+    }
+}
+
+/// One step's own vhost, Redis prefix and S3 prefix, and the `CERTFLEET_*`
+/// environment of a worker or subscriber working in it.
+pub struct Slice {
+    /// Unique id (`<step>-<run>`).
+    pub id: String,
+    /// The vhost.
+    pub vhost: String,
+    vars: HashMap<String, String>,
+    stack: Stack,
+    http: Http,
+}
+
+impl Slice {
+    /// Creates the vhost and picks the prefixes. With a CA, the worker
+    /// settings for it are included.
+    ///
+    /// # Errors
+    /// The management API refuses or cannot be reached.
+    pub async fn create(stack: &Stack, id: &str, ca: Option<&Ca>) -> anyhow::Result<Self> {
+        let http = Http::new(None)?;
+        let vhost = format!("cf-bench-{id}");
+        let mgmt = &stack.rabbitmq_mgmt;
+        let (status, body) = http
+            .send(
+                http::Method::PUT,
+                &format!("{mgmt}/api/vhosts/{vhost}"),
+                None,
+            )
+            .await
+            .context("creating a RabbitMQ vhost (is the stack up? scripts/stack.sh up)")?;
+        anyhow::ensure!(status < 300, "creating vhost {vhost}: {status} {body}");
+        let user = url::Url::parse(mgmt)
+            .ok()
+            .map(|u| u.username().to_string())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "guest".into());
+        let (status, body) = http
+            .send(
+                http::Method::PUT,
+                &format!("{mgmt}/api/permissions/{vhost}/{user}"),
+                Some(r#"{"configure":".*","write":".*","read":".*"}"#.into()),
+            )
+            .await?;
+        anyhow::ensure!(status < 300, "permissions on {vhost}: {status} {body}");
+
+        let mut vars: HashMap<String, String> = [
+            ("CERTFLEET_AMQP_URL", format!("{}/{vhost}", stack.amqp_base)),
+            ("CERTFLEET_REDIS_URL", stack.redis_url.clone()),
+            ("CERTFLEET_REDIS_PREFIX", format!("bench:{id}:")),
+            ("CERTFLEET_S3_BUCKET", stack.bucket.clone()),
+            ("CERTFLEET_S3_ENDPOINT", stack.s3_endpoint.clone()),
+            ("CERTFLEET_S3_REGION", "us-east-1".into()),
+            ("CERTFLEET_S3_PATH_STYLE", "true".into()),
+            ("CERTFLEET_S3_PREFIX", format!("bench/{id}/")),
+            ("AWS_ACCESS_KEY_ID", stack.aws_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", stack.aws_secret.clone()),
+            ("CERTFLEET_ACME_EMAIL", "bench@example.test".into()),
+            ("CERTFLEET_SHUTDOWN_GRACE", "5s".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(ca) = ca {
+            vars.insert("CERTFLEET_ACME_DIRECTORY".into(), ca.directory.clone());
+            vars.insert(
+                "CERTFLEET_ACME_CA_CERTS".into(),
+                ca.ca_certs.display().to_string(),
+            );
+            vars.insert(
+                "CERTFLEET_HTTP01_LISTEN".into(),
+                ca.http01_addr().to_string(),
+            );
+        }
+        let slice = Self {
+            id: id.to_string(),
+            vhost,
+            vars,
+            stack: stack.clone(),
+            http,
+        };
+        certfleet_common::Store::from_config(&slice.config()?)
+            .await
+            .ensure_bucket()
+            .await?;
+        Ok(slice)
+    }
+
+    /// The `CERTFLEET_*` variables.
+    pub fn vars(&self) -> &HashMap<String, String> {
+        &self.vars
+    }
+
+    /// The configuration, with `extra` variables on top.
+    ///
+    /// # Errors
+    /// An invalid value (a bug in the bench).
+    pub fn config_with(&self, extra: &[(&str, String)]) -> anyhow::Result<Config> {
+        let mut vars = self.vars.clone();
+        for (k, v) in extra {
+            vars.insert((*k).to_string(), v.clone());
+        }
+        Ok(Config::load(&Sources::new(&vars))?)
+    }
+
+    /// The configuration.
+    ///
+    /// # Errors
+    /// As [`Slice::config_with`].
+    pub fn config(&self) -> anyhow::Result<Config> {
+        self.config_with(&[])
+    }
+
+    /// Deletes the vhost (and every queue in it) and the Redis keys under
+    /// the prefix. S3 objects stay (moto keeps them in memory until the
+    /// stack restarts; they are a few KiB per certificate).
+    pub async fn cleanup(self) {
+        let url = format!("{}/api/vhosts/{}", self.stack.rabbitmq_mgmt, self.vhost);
+        if let Err(e) = self.http.send(http::Method::DELETE, &url, None).await {
+            tracing::warn!(error = %e, vhost = %self.vhost, "could not delete the vhost");
+        }
+        if let Err(e) =
+            delete_redis_prefix(&self.stack.redis_url, &format!("bench:{}:", self.id)).await
+        {
+            tracing::warn!(error = %e, "could not delete the bench's Redis keys");
+        }
+    }
+}
+
+/// Deletes every key under `prefix` (SCAN + UNLINK).
+async fn delete_redis_prefix(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
