@@ -256,45 +256,83 @@ struct Syncer {
 impl Syncer {
     /// Reads the name's current version; compares it with the disk.
     async fn fetch(&self, name: &CertName) -> Result<Fetched, WatchError> {
+        self.fetch_hinted(name, None).await
+    }
+
+    /// Like [`Syncer::fetch`], with the version an event announced. The
+    /// event is only a hint: the bundle is read from its canonical key (an
+    /// immutable object, never from a key the event names), and a version
+    /// that is not newer than the one on disk is ignored without reading
+    /// storage at all. This halves the requests per event (no pointer read),
+    /// which matters when a hundred webservers follow the same event.
+    async fn fetch_hinted(
+        &self,
+        name: &CertName,
+        hint: Option<(&str, &str)>,
+    ) -> Result<Fetched, WatchError> {
         let dir = self.dir.clone();
         let n = name.clone();
         let on_disk = files::blocking(move || dir.current(&n)).await?;
-        // Pointer first, then the bundle it names (never a bundle on its
-        // own): certificate and key of one version, read only when needed.
-        let Some((pointer, _)) = self.store.pointer(name).await? else {
-            return Ok(Fetched::Missing);
+        let announced = hint.filter(|(v, _)| files::check_version(v).is_ok());
+        let (version, serial) = match (announced, &on_disk) {
+            (Some((v, _)), Some(d)) if d.version.as_str() >= v => {
+                return Ok(Fetched::Unchanged {
+                    version: d.version.clone(),
+                });
+            }
+            (Some((v, s)), _) => (v.to_string(), s.to_string()),
+            (None, _) => {
+                // Pointer first, then the bundle it names (never a bundle on
+                // its own): certificate and key of one version.
+                let Some((pointer, _)) = self.store.pointer(name).await? else {
+                    return Ok(Fetched::Missing);
+                };
+                if on_disk
+                    .as_ref()
+                    .is_some_and(|d| d.version == pointer.version)
+                {
+                    return Ok(Fetched::Unchanged {
+                        version: pointer.version,
+                    });
+                }
+                (pointer.version, pointer.serial)
+            }
         };
-        if on_disk
-            .as_ref()
-            .is_some_and(|d| d.version == pointer.version)
+        let bundle = match self
+            .store
+            .bundle(&self.store.keys().bundle(name, &version))
+            .await
         {
-            return Ok(Fetched::Unchanged {
-                version: pointer.version,
-            });
-        }
-        let bundle = self.store.bundle(&pointer.bundle_key).await?;
+            Ok(b) => b,
+            // Pruned already (history is short and events can be late): the
+            // pointer knows what is current.
+            Err(certfleet_common::storage::StorageError::NotFound(_)) if announced.is_some() => {
+                return Box::pin(self.fetch_hinted(name, None)).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let bad = |reason: String| WatchError::Bundle {
             name: name.clone(),
             reason,
         };
-        if &bundle.name != name || bundle.version != pointer.version {
+        if &bundle.name != name || bundle.version != version {
             return Err(bad(format!(
-                "the pointer names version {} but its bundle holds {} version {}",
-                pointer.version, bundle.name, bundle.version
+                "the pointer names version {version} but its bundle holds {} version {}",
+                bundle.name, bundle.version
             )));
         }
         if !bundle.cert_pem.contains("-----BEGIN CERTIFICATE-----") {
             return Err(bad("the certificate is not PEM".into()));
         }
-        files::check_version(&pointer.version).map_err(bad)?;
+        files::check_version(&version).map_err(bad)?;
         let key_pem = self.store.open_key(&bundle)?;
         if !key_pem.expose().contains("PRIVATE KEY-----") {
             return Err(bad("the private key is not PEM".into()));
         }
         Ok(Fetched::New(Material {
             name: name.clone(),
-            version: pointer.version,
-            serial: pointer.serial,
+            version,
+            serial,
             cert_pem: bundle.cert_pem,
             chain_pem: bundle.chain_pem,
             key_pem,

@@ -62,24 +62,32 @@ pub(crate) struct Lease {
 
 impl Lease {
     /// Tries to take the lease on `name`; `None` if another worker holds it.
+    /// `status`, if given, is written in the same round trip.
     pub(crate) async fn acquire(
         state: &State,
         name: &CertName,
         owner: &str,
         ttl: Duration,
+        status: Option<&certfleet_common::state::JobStatus>,
     ) -> Result<Option<Self>, StateError> {
         let keys: &RedisKeys = state.keys();
         let key = keys.lease(name);
         let fence_key = keys.fence(name);
         let token = format!("{owner}:{}", uuid::Uuid::new_v4().simple());
-        let mut c = state.conn().await?;
-        let fence: Option<u64> = redis::Script::new(ACQUIRE)
-            .key(&key)
-            .key(&fence_key)
+        // One round trip: the job's status record, then the lease.
+        let mut pipe = redis::pipe();
+        if let Some(status) = status {
+            state.set_status_into(&mut pipe, status)?;
+        }
+        pipe.cmd("EVAL")
+            .arg(ACQUIRE)
+            .arg(2)
+            .arg(&key)
+            .arg(&fence_key)
             .arg(&token)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut *c)
-            .await?;
+            .arg(ttl.as_millis() as u64);
+        let mut c = state.conn().await?;
+        let (fence,): (Option<u64>,) = pipe.query_async(&mut *c).await?;
         let Some(fence) = fence else {
             return Ok(None);
         };

@@ -57,7 +57,8 @@ fn init_tracing(cfg: &Config) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cfg.log_format {
         certfleet_common::config::LogFormat::Json => builder.json().init(),
         certfleet_common::config::LogFormat::Text => builder.init(),

@@ -283,11 +283,25 @@ async fn run_job(
             env.job.challenge
         )));
     }
-    ctx.status(env, JobState::Running, "").await;
     let name = &env.job.name;
-    let mut lease = Lease::acquire(&ctx.state, name, &ctx.worker_id, ctx.cfg.worker.lease_ttl)
-        .await?
-        .ok_or_else(|| JobError::Busy(name.to_string()))?;
+    let running = JobStatus {
+        job_id: env.job_id,
+        name: name.clone(),
+        kind: env.kind,
+        state: JobState::Running,
+        attempt: env.attempt,
+        detail: String::new(),
+        updated_at: OffsetDateTime::now_utc(),
+    };
+    let mut lease = Lease::acquire(
+        &ctx.state,
+        name,
+        &ctx.worker_id,
+        ctx.cfg.worker.lease_ttl,
+        Some(&running),
+    )
+    .await?
+    .ok_or_else(|| JobError::Busy(name.to_string()))?;
     let lost = lease.lost().clone();
     let result = tokio::select! {
         r = run_leased(ctx, outbox, env, &mut lease, redelivered) => r,

@@ -319,12 +319,23 @@ impl Watcher {
     /// Makes the disk hold the name's current version; on failure, schedules
     /// a retry.
     async fn sync(&mut self, name: &CertName, event: &str, shutdown: &CancellationToken) -> Synced {
+        self.sync_hinted(name, event, None, shutdown).await
+    }
+
+    /// [`Watcher::sync`] with the version and serial an event announced.
+    async fn sync_hinted(
+        &mut self,
+        name: &CertName,
+        event: &str,
+        hint: Option<(&str, &str)>,
+        shutdown: &CancellationToken,
+    ) -> Synced {
         // Reading storage may be slow and is safe to abandon; writing is not
         // raced with shutdown (it is short and must not stop half-way).
         let fetched = tokio::select! {
             biased;
             () = shutdown.cancelled() => return Synced::Shutdown,
-            r = self.syncer.fetch(name) => r,
+            r = self.syncer.fetch_hinted(name, hint) => r,
         };
         let result = match fetched {
             Ok(Fetched::Missing) => {
@@ -388,7 +399,14 @@ impl Watcher {
         let name = &event.name;
         match event.kind {
             EventKind::Issued | EventKind::Renewed => {
-                match self.sync(name, event.kind.as_str(), shutdown).await {
+                let hint = event
+                    .certificate
+                    .as_ref()
+                    .map(|c| (c.version.as_str(), c.serial.as_str()));
+                match self
+                    .sync_hinted(name, event.kind.as_str(), hint, shutdown)
+                    .await
+                {
                     Synced::Shutdown => return Some(Ended::Shutdown),
                     Synced::Missing => {
                         tracing::warn!(cert_name = %name, kind = event.kind.as_str(), "event for a certificate storage does not hold; ignored")
