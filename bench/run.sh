@@ -279,8 +279,11 @@ if ((${#FAILED[@]})); then echo "failed steps: ${FAILED[*]}" >>"$OUT/settings.tx
 "$BIN/bench-report" "$OUT" --concurrency "$C" --latest "$REPO/bench/results/latest" >/dev/null
 log "report: $OUT/report.md (copied to bench/results/latest.md, chart latest.png)"
 if ((${#FAILED[@]})); then
-  log "failed steps: ${FAILED[*]}"
-  exit 1
+  # The report says which steps failed and keeps their logs; with the
+  # local Pebble's known hang under load this is a finding, not a broken
+  # run. BENCH_STRICT=1 makes it fatal.
+  log "failed steps (see the report): ${FAILED[*]}"
+  if [[ ${BENCH_STRICT:-0} == 1 ]]; then exit 1; fi
 fi
 }
 

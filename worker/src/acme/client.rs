@@ -27,6 +27,9 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::metrics::AcmeMetrics;
 
+/// Longest wait for the CA to start answering one ACME request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 tokio::task_local! {
     static RETRY_AFTER: Cell<Option<SystemTime>>;
 }
@@ -132,7 +135,18 @@ impl HttpClient for AcmeHttp {
         let fut = HttpClient::request(&self.inner, req);
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let rsp = fut.await;
+            // A CA that stops answering must not hold a job (and its lease)
+            // forever: the timeout is a retryable transport error.
+            let rsp = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(instant_acme::Error::Other(
+                    format!(
+                        "no answer from the CA within {}s",
+                        REQUEST_TIMEOUT.as_secs()
+                    )
+                    .into(),
+                )),
+            };
             match &rsp {
                 Ok(r) => {
                     let status = r.parts.status;
