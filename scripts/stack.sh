@@ -272,11 +272,14 @@ redis_logs() { tail -n 30 "$REDIS_DIR/start.log" "$REDIS_DIR/redis.log" 2>/dev/n
 redis_start() {
   ensure_port_free "$REDIS_PORT"
   mkdir -p "$REDIS_DIR"
-  # Daemonizes itself and writes its own pidfile. No snapshots; with
+  # In the foreground under start_bg, so its PID is known the moment it
+  # starts (a self-daemonizing redis writes its pidfile only after the fork,
+  # and a check in between would see no process). No snapshots; with
   # REDIS_APPENDONLY=yes data survives a restart (AOF in the state dir).
-  redis-server --bind "$LO" --port "$REDIS_PORT" --daemonize yes \
-    --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" \
-    --dir "$REDIS_DIR" --save "" --appendonly "$REDIS_APPENDONLY" </dev/null >"$REDIS_DIR/start.log" 2>&1
+  start_bg "$REDIS_DIR/redis.pid" "$REDIS_DIR/start.log" \
+    redis-server --bind "$LO" --port "$REDIS_PORT" --daemonize no \
+    --logfile "$REDIS_DIR/redis.log" \
+    --dir "$REDIS_DIR" --save "" --appendonly "$REDIS_APPENDONLY"
 }
 redis_stop() {
   if alive "$(redis_pid)"; then
