@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use certfleet_common::amqp::{CONTENT_TYPE_JOB, Outgoing};
+use certfleet_common::amqp::Outgoing;
 use certfleet_common::state::State;
 use certfleet_common::{CertName, ChallengeType, Store, schedule, topology};
 use lapin::options::QueuePurgeOptions;
@@ -112,15 +112,7 @@ async fn run_in(slice: &Slice, indexed: usize, jobs: usize) -> anyhow::Result<Bo
     let mut publish_runs_s = Vec::new();
     for _ in 0..PUBLISH_RUNS {
         let msgs: Vec<Outgoing<'_>> = (0..jobs)
-            .map(|i| Outgoing {
-                exchange: topology::JOBS_EXCHANGE,
-                routing_key: &keys[i],
-                body: &bodies[i],
-                content_type: CONTENT_TYPE_JOB,
-                message_id: Some(&ids[i]),
-                headers: None,
-                mandatory: true,
-            })
+            .map(|i| Outgoing::job(&keys[i], &bodies[i], Some(&ids[i])))
             .collect();
         let t = Instant::now();
         let results = publisher.publish_many(&msgs).await?;

@@ -29,11 +29,11 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::Http;
 use crate::procfs::{self, CpuMeter};
 use crate::results::{Throughput, Tool};
 use crate::stack::{Ca, Stack};
 use crate::{names, stats};
+use certfleet_tests::http::Http;
 
 /// The worker's order polling policy, copied from `POLL` in
 /// `worker/src/acme/order.rs` (crate-private there): 100 ms, × 1.5, up to
@@ -86,7 +86,7 @@ async fn drive(
     warmup: &str,
     tokens: &Tokens,
 ) -> anyhow::Result<Throughput> {
-    let tls = crate::http::tls_config(Some(&opts.ca.ca_certs))?;
+    let tls = certfleet_tests::http::tls_config(Some(&opts.ca.ca_certs))?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()

@@ -4,13 +4,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use certfleet_common::amqp::{self, CONTENT_TYPE_JOB, Outgoing, Publisher};
+use certfleet_common::amqp::{self, Outgoing, Publisher};
 use certfleet_common::{
     CertName, ChallengeType, Config, Envelope, Event, Job, JobKind, KeyType, topology,
 };
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 
 /// An issue job for one name (ECDSA P-256, http-01: the defaults).
 ///
@@ -59,15 +57,7 @@ impl Jobs {
         let body = envelope.encode()?;
         let id = envelope.job_id.to_string();
         self.publisher
-            .publish(Outgoing {
-                exchange: topology::JOBS_EXCHANGE,
-                routing_key: &envelope.routing_key(),
-                body: &body,
-                content_type: CONTENT_TYPE_JOB,
-                message_id: Some(&id),
-                headers: None,
-                mandatory: true,
-            })
+            .publish(Outgoing::job(&envelope.routing_key(), &body, Some(&id)))
             .await?;
         Ok(())
     }
@@ -93,37 +83,7 @@ impl Events {
     pub async fn subscribe(cfg: &Config, pattern: &str) -> anyhow::Result<Self> {
         let conn = amqp::connect(&cfg.amqp_url, "certfleet-bench-events").await?;
         let ch = conn.create_channel().await?;
-        topology::declare_events(&ch).await?;
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        ch.queue_bind(
-            q.name().clone(),
-            topology::EVENTS_EXCHANGE.into(),
-            pattern.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        let consumer = ch
-            .basic_consume(
-                q.name().clone(),
-                "bench-events".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer = topology::subscribe_events(&ch, &[pattern.to_string()]).await?;
         Ok(Self {
             _conn: conn,
             consumer,

@@ -19,11 +19,11 @@ use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::http::Http;
 use crate::procfs::{self, CpuMeter};
 use crate::results::{Throughput, Tool};
 use crate::stack::{Ca, HTTP01_PORT, Mode, Stack};
 use crate::{names, stats};
+use certfleet_tests::http::Http;
 
 /// Longest time one lego process may take (it is killed after that).
 const LEGO_TIMEOUT: Duration = Duration::from_secs(180);

@@ -26,7 +26,6 @@ pub mod bookkeeping;
 pub mod ceiling;
 pub mod chart;
 pub mod fanout;
-pub mod http;
 pub mod jobs;
 pub mod lego;
 pub mod names;
@@ -53,6 +52,24 @@ pub fn init() {
         )
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The end of a throughput step: prints its summary line, writes its record,
+/// and fails when any certificate failed. The record is written either way,
+/// and the non-zero exit lets run.sh retry the step on a restarted Pebble
+/// (Pebble 2.4 sometimes deadlocks under load; see bench/README.md).
+pub fn finish_throughput(
+    out: Option<&std::path::Path>,
+    r: results::Throughput,
+) -> anyhow::Result<()> {
+    eprintln!("{}", r.summary_line());
+    let failed = r.failed;
+    write_json(out, &results::Record::Throughput(r))?;
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} certificates failed or never finished"
+    );
+    Ok(())
 }
 
 /// Writes `value` as pretty JSON to `path`, or to stdout without one.

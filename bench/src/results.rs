@@ -88,6 +88,31 @@ pub struct Throughput {
 }
 
 impl Throughput {
+    /// One line for the bench log: counts, rate, latency, client CPU.
+    pub fn summary_line(&self) -> String {
+        let (who, par, cpu) = match self.tool {
+            Tool::Certfleet => ("certfleet", format!("c={}", self.concurrency), "worker"),
+            Tool::Ceiling => ("ceiling", format!("c={}", self.concurrency), "client"),
+            Tool::Lego => ("lego", format!("x{}", self.concurrency), "lego"),
+        };
+        let note = if self.note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.note)
+        };
+        format!(
+            "{who} {} {par} n={}: {} ok, {} failed, {:.2} certs/s, p50 {:.3} s, p99 {:.3} s, {cpu} CPU {:.2} ms/cert{note}",
+            self.mode.as_str(),
+            self.n,
+            self.ok,
+            self.failed,
+            self.certs_per_s,
+            self.latency_s.p50,
+            self.latency_s.p99,
+            self.client_cpu_ms_per_cert(),
+        )
+    }
+
     /// Client CPU milliseconds per issued certificate.
     pub fn client_cpu_ms_per_cert(&self) -> f64 {
         per_cert(self.client_cpu_s * 1000.0, self.ok)

@@ -19,7 +19,7 @@ use certfleet_common::config::Sources;
 use deadpool_redis::redis;
 use serde::{Deserialize, Serialize};
 
-use crate::http::Http;
+use certfleet_tests::http::Http;
 
 /// The port Pebble's VA connects to for http-01 (RFC 8555 §8.3: 80; Pebble
 /// uses its `httpPort`, 5002 in `scripts/stack.sh`).
@@ -229,29 +229,7 @@ impl Slice {
     pub async fn create(stack: &Stack, id: &str, ca: Option<&Ca>) -> anyhow::Result<Self> {
         let http = Http::new(None)?;
         let vhost = format!("cf-bench-{id}");
-        let mgmt = &stack.rabbitmq_mgmt;
-        let (status, body) = http
-            .send(
-                http::Method::PUT,
-                &format!("{mgmt}/api/vhosts/{vhost}"),
-                None,
-            )
-            .await
-            .context("creating a RabbitMQ vhost (is the stack up? scripts/stack.sh up)")?;
-        anyhow::ensure!(status < 300, "creating vhost {vhost}: {status} {body}");
-        let user = url::Url::parse(mgmt)
-            .ok()
-            .map(|u| u.username().to_string())
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "guest".into());
-        let (status, body) = http
-            .send(
-                http::Method::PUT,
-                &format!("{mgmt}/api/permissions/{vhost}/{user}"),
-                Some(r#"{"configure":".*","write":".*","read":".*"}"#.into()),
-            )
-            .await?;
-        anyhow::ensure!(status < 300, "permissions on {vhost}: {status} {body}");
+        http.create_vhost(&stack.rabbitmq_mgmt, &vhost).await?;
 
         let mut vars: HashMap<String, String> = [
             ("CERTFLEET_AMQP_URL", format!("{}/{vhost}", stack.amqp_base)),
@@ -324,8 +302,11 @@ impl Slice {
     /// the prefix. S3 objects stay (moto keeps them in memory until the
     /// stack restarts; they are a few KiB per certificate).
     pub async fn cleanup(self) {
-        let url = format!("{}/api/vhosts/{}", self.stack.rabbitmq_mgmt, self.vhost);
-        if let Err(e) = self.http.send(http::Method::DELETE, &url, None).await {
+        if let Err(e) = self
+            .http
+            .delete_vhost(&self.stack.rabbitmq_mgmt, &self.vhost)
+            .await
+        {
             tracing::warn!(error = %e, vhost = %self.vhost, "could not delete the vhost");
         }
         if let Err(e) =

@@ -22,7 +22,6 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::http::Http;
 use crate::jobs::{Events, Jobs, issue_envelope};
 use crate::procfs::{self, CpuMeter};
 use crate::prom::{Scrape, delta};
@@ -31,6 +30,7 @@ use crate::stack::{Ca, Slice, Stack};
 use crate::stats;
 use crate::worker::WorkerProcess;
 use crate::{names, worker};
+use certfleet_tests::http::Http;
 
 /// Longest wait for the next event before the run is called stuck (far
 /// longer than any certificate takes; Pebble 2.4 can deadlock under load,

@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::http::Http;
 use crate::prom::Scrape;
+use certfleet_tests::http::Http;
 
 /// How long a stopping worker may drain before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);

@@ -109,7 +109,21 @@ pub struct Outgoing<'a> {
     pub mandatory: bool,
 }
 
-impl Outgoing<'_> {
+impl<'a> Outgoing<'a> {
+    /// A job for the jobs exchange: persistent, mandatory (refused when no
+    /// queue is bound), the job id as message id.
+    pub fn job(routing_key: &'a str, body: &'a [u8], job_id: Option<&'a str>) -> Self {
+        Self {
+            exchange: crate::topology::JOBS_EXCHANGE,
+            routing_key,
+            body,
+            content_type: CONTENT_TYPE_JOB,
+            message_id: job_id,
+            headers: None,
+            mandatory: true,
+        }
+    }
+
     fn properties(&self) -> BasicProperties {
         let mut p = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)

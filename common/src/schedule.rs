@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::amqp::{BrokerError, CONTENT_TYPE_JOB, Outgoing, Publisher};
+use crate::amqp::{BrokerError, Outgoing, Publisher};
 use crate::domain::CertName;
 use crate::error::{Classify, Disposition};
 use crate::job::{ChallengeType, CodecError, Envelope};
@@ -306,6 +306,31 @@ pub async fn due_list(
     Ok(report)
 }
 
+/// Renewal envelopes (reason `reason`) for `names`, and for each whether
+/// this caller claimed the name's pending marker in one Redis round trip. A
+/// name whose marker another job holds is not claimed: it is already queued
+/// or running and must not be queued again.
+///
+/// # Errors
+/// Redis unreachable (nothing claimed).
+pub async fn claim_renewals(
+    state: &State,
+    names: impl IntoIterator<Item = (CertName, ChallengeType)>,
+    reason: &str,
+) -> Result<(Vec<Envelope>, Vec<bool>), StateError> {
+    let now_ms = crate::now_ms();
+    let envelopes: Vec<Envelope> = names
+        .into_iter()
+        .map(|(name, challenge)| Envelope::renewal(name, challenge, reason, now_ms))
+        .collect();
+    let claims: Vec<(CertName, Uuid)> = envelopes
+        .iter()
+        .map(|e| (e.job.name.clone(), e.job_id))
+        .collect();
+    let claimed = state.pending_claim_many(&claims).await?;
+    Ok((envelopes, claimed))
+}
+
 /// Finds the certificates due within `within` from now and queues a renew
 /// job for each one that has no job yet.
 ///
@@ -337,19 +362,13 @@ pub async fn due_scan(
     }
     let due = std::mem::take(&mut report.entries);
 
-    let now_ms = crate::now_ms();
-    let envelopes: Vec<Envelope> = due
-        .iter()
-        .map(|d| Envelope::renewal(d.name.clone(), d.challenge, DUE_REASON, now_ms))
-        .collect();
-    let claims: Vec<(CertName, Uuid)> = envelopes
-        .iter()
-        .map(|e| (e.job.name.clone(), e.job_id))
-        .collect();
-    let claimed = state
-        .pending_claim_many(&claims)
-        .await
-        .map_err(ScheduleError::Claim)?;
+    let (envelopes, claimed) = claim_renewals(
+        state,
+        due.iter().map(|d| (d.name.clone(), d.challenge)),
+        DUE_REASON,
+    )
+    .await
+    .map_err(ScheduleError::Claim)?;
 
     // Encode the claimed ones; on a (theoretical) encoding error give every
     // claim back before returning.
@@ -470,15 +489,7 @@ async fn publish_claimed(
         .iter()
         .zip(&routing_keys)
         .zip(&ids)
-        .map(|((body, routing_key), id)| Outgoing {
-            exchange: topology::JOBS_EXCHANGE,
-            routing_key,
-            body,
-            content_type: CONTENT_TYPE_JOB,
-            message_id: Some(id),
-            headers: None,
-            mandatory: true,
-        })
+        .map(|((body, routing_key), id)| Outgoing::job(routing_key, body, Some(id)))
         .collect();
     publisher
         .publish_many(&msgs)
@@ -519,19 +530,14 @@ async fn record_queued(state: &State, envelopes: &[&Envelope]) -> Result<(), Sta
         return Ok(());
     }
     let mut c = state.conn().await?;
-    let now = OffsetDateTime::now_utc();
     for chunk in envelopes.chunks(PIPELINE_CHUNK) {
         let mut pipe = redis::pipe();
         for e in chunk {
-            let status = JobStatus {
-                job_id: e.job_id,
-                name: e.job.name.clone(),
-                kind: e.kind,
-                state: JobState::Queued,
-                attempt: e.attempt,
-                detail: format!("queued by the renewal scheduler ({})", e.job.reason),
-                updated_at: now,
-            };
+            let status = JobStatus::of(
+                e,
+                JobState::Queued,
+                format!("queued by the renewal scheduler ({})", e.job.reason),
+            );
             let json = serde_json::to_string(&status).map_err(|err| StateError::Corrupt {
                 key: state.keys().job(&e.job_id),
                 detail: err.to_string(),

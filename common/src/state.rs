@@ -128,6 +128,21 @@ pub struct JobStatus {
     pub updated_at: OffsetDateTime,
 }
 
+impl JobStatus {
+    /// The record of `envelope`'s job in `state`, written now.
+    pub fn of(envelope: &crate::job::Envelope, state: JobState, detail: impl Into<String>) -> Self {
+        Self {
+            job_id: envelope.job_id,
+            name: envelope.job.name.clone(),
+            kind: envelope.kind,
+            state,
+            attempt: envelope.attempt,
+            detail: detail.into(),
+            updated_at: OffsetDateTime::now_utc(),
+        }
+    }
+}
+
 async fn conn(pool: &Pool) -> Result<deadpool_redis::Connection, StateError> {
     pool.get()
         .await

@@ -16,7 +16,9 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -271,6 +273,56 @@ pub async fn declare_events(channel: &Channel) -> lapin::Result<()> {
             EVENTS_EXCHANGE.into(),
             ExchangeKind::Topic,
             durable_exchange(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Follows events matching `patterns` on a temporary queue of this channel
+/// (server-named, exclusive, deleted with the channel's connection),
+/// without acknowledgements. The queue is bound before this returns, so no
+/// event published afterwards is missed. For a caller that waits while it
+/// runs (`issue --wait`, tests, the benchmark); a webserver that must not
+/// miss events while it is down uses [`declare_watch_queue`].
+///
+/// # Errors
+/// Any broker error.
+pub async fn subscribe_events(
+    channel: &Channel,
+    patterns: &[String],
+) -> lapin::Result<lapin::Consumer> {
+    declare_events(channel).await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for pattern in patterns {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                EVENTS_EXCHANGE.into(),
+                pattern.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
             FieldTable::default(),
         )
         .await

@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 
-use certfleet_common::amqp::{BrokerError, CONTENT_TYPE_JOB, Outgoing, Publisher};
+use certfleet_common::amqp::{BrokerError, Outgoing, Publisher};
 use certfleet_common::error::chain;
 use certfleet_common::job::CodecError;
 use certfleet_common::state::{JobState, JobStatus, State};
@@ -416,15 +416,7 @@ pub async fn replay(config: &Config, job_ids: &[String], all: bool) -> Result<()
             .iter()
             .zip(&bodies)
             .zip(&ids)
-            .map(|(((_, _, key), body), id)| Outgoing {
-                exchange: topology::JOBS_EXCHANGE,
-                routing_key: key,
-                body,
-                content_type: CONTENT_TYPE_JOB,
-                message_id: Some(id),
-                headers: None,
-                mandatory: true,
-            })
+            .map(|(((_, _, key), body), id)| Outgoing::job(key, body, Some(id)))
             .collect();
         let results = if msgs.is_empty() {
             Vec::new()
@@ -489,15 +481,7 @@ async fn record_replayed(config: &Config, envelopes: &[&Envelope]) {
         }
     };
     for e in envelopes {
-        let status = JobStatus {
-            job_id: e.job_id,
-            name: e.job.name.clone(),
-            kind: e.kind,
-            state: JobState::Queued,
-            attempt: e.attempt,
-            detail: "replayed from the dead-letter queue".into(),
-            updated_at: OffsetDateTime::now_utc(),
-        };
+        let status = JobStatus::of(e, JobState::Queued, "replayed from the dead-letter queue");
         if let Err(err) = state.set_status(&status).await {
             tracing::warn!(error = %chain(&err), "replayed, but the status records could not be written (redis)");
             return;

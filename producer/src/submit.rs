@@ -22,7 +22,7 @@ mod wait;
 use std::collections::HashMap;
 use std::path::Path;
 
-use certfleet_common::amqp::{BrokerError, CONTENT_TYPE_JOB, Outgoing, Publisher};
+use certfleet_common::amqp::{BrokerError, Outgoing, Publisher};
 use certfleet_common::domain::DomainError;
 use certfleet_common::error::chain;
 use certfleet_common::job::CodecError;
@@ -31,7 +31,6 @@ use certfleet_common::state::{JobState, JobStatus, State, StateError};
 use certfleet_common::storage::StorageError;
 use certfleet_common::{CertName, Config, Envelope, JobKind, topology};
 use futures_util::stream::{self, StreamExt};
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -227,19 +226,6 @@ async fn read_input(path: &Path) -> Result<(String, String), SubmitError> {
     Ok((label, text))
 }
 
-/// The message for one envelope.
-fn outgoing<'a>(body: &'a [u8], routing_key: &'a str, job_id: &'a str) -> Outgoing<'a> {
-    Outgoing {
-        exchange: topology::JOBS_EXCHANGE,
-        routing_key,
-        body,
-        content_type: CONTENT_TYPE_JOB,
-        message_id: Some(job_id),
-        headers: None,
-        mandatory: true,
-    }
-}
-
 /// Publishes envelopes pipelined and returns one result per envelope.
 async fn publish_all(
     publisher: &Publisher,
@@ -255,7 +241,7 @@ async fn publish_all(
         .iter()
         .zip(&keys)
         .zip(&ids)
-        .map(|((b, k), id)| outgoing(b, k, id))
+        .map(|((b, k), id)| Outgoing::job(k, b, Some(id)))
         .collect();
     Ok(publisher.publish_many(&msgs).await?)
 }
@@ -278,18 +264,9 @@ async fn record_queued(state: Option<&State>, envelopes: &[&Envelope], detail: &
     let Some(state) = state else {
         return;
     };
-    let now = OffsetDateTime::now_utc();
     let mut writes = stream::iter(envelopes)
         .map(|e| {
-            let status = JobStatus {
-                job_id: e.job_id,
-                name: e.job.name.clone(),
-                kind: e.kind,
-                state: JobState::Queued,
-                attempt: e.attempt,
-                detail: detail.to_string(),
-                updated_at: now,
-            };
+            let status = JobStatus::of(e, JobState::Queued, detail);
             async move { state.set_status(&status).await }
         })
         .buffer_unordered(STATUS_CONCURRENCY);
@@ -343,7 +320,7 @@ pub async fn issue(
         let routing_key = envelope.routing_key();
         let id = envelope.job_id.to_string();
         publisher
-            .publish(outgoing(&body, &routing_key, &id))
+            .publish(Outgoing::job(&routing_key, &body, Some(&id)))
             .await?;
         out(&id);
         record_queued(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use certfleet_common::topology;
-use certfleet_tests::{TestEnv, init_logging};
+use certfleet_tests::{TestEnv, init_logging, run_ok};
 use tokio::net::TcpListener;
 
 /// A bad `CERTFLEET_*` value: one line naming it, exit 64, and no
@@ -98,22 +98,14 @@ async fn bad_input_is_refused_and_nothing_published() -> anyhow::Result<()> {
     );
 
     let out = env
-        .command("certfleet")?
-        .args([
+        .certfleet(&[
             "issue",
             "Bücher.Example.com",
             "www.bücher.example.com",
             "bücher.example.com",
         ])
-        .output()
         .await?;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = out.trim().to_string();
     assert!(
         uuid::Uuid::parse_str(&id).is_ok(),
         "prints the job id: {id:?}"
@@ -136,38 +128,17 @@ async fn issue_wait_status_pull() -> anyhow::Result<()> {
     let worker = env.start_worker(&[]).await?;
     let a = env.domain("a").await?;
     let b = env.domain("b").await?;
-    let out = env
-        .command("certfleet")?
-        .args(["issue", &a, &b, "--wait", "--timeout", "60s"])
-        .output()
+    env.certfleet(&["issue", &a, &b, "--wait", "--timeout", "60s"])
         .await?;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = env
-        .command("certfleet")?
-        .args(["status", &a])
-        .output()
-        .await?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0));
+    let text = env.certfleet(&["status", &a]).await?;
     assert!(text.contains(&b), "status lists the domains: {text}");
     let dir = tempfile::tempdir()?;
-    let out = env
-        .command("certfleet")?
-        .args(["pull", "--dir"])
-        .arg(dir.path())
-        .output()
-        .await?;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(
+        env.command("certfleet")?
+            .args(["pull", "--dir"])
+            .arg(dir.path()),
+    )
+    .await?;
     assert!(dir.path().join(&a).join("fullchain.pem").exists());
     // A name that has no certificate: exit 1.
     let out = env

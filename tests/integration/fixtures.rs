@@ -157,16 +157,7 @@ impl HttpClient for Recorder {
 }
 
 fn recorder(ca: &std::path::Path) -> anyhow::Result<Recorder> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca)? {
-        roots.add(c?)?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = certfleet_tests::http::tls_config(Some(ca))?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
@@ -495,7 +486,7 @@ async fn private_pebble_with_sleep_kill_restart() -> anyhow::Result<()> {
     // env_for points the stack at the private Pebble, so a proxy built from
     // it fronts the private one.
     let proxy = AcmeProxy::start(&env).await?;
-    let http = certfleet_tests::Http::new(proxy.ca_path())?;
+    let http = certfleet_tests::Http::new(Some(proxy.ca_path()))?;
     let (status, dir) = http
         .send(http::Method::GET, &proxy.directory_url(), None)
         .await?;

@@ -7,7 +7,7 @@ use certfleet_common::event::EventKind;
 use certfleet_common::{CertName, topology};
 use certfleet_tests::acme_proxy::AcmeProxy;
 use certfleet_tests::private::{self, Private, Service};
-use certfleet_tests::{TestEnv, init_logging};
+use certfleet_tests::{TestEnv, init_logging, run_ok};
 use time::OffsetDateTime;
 
 use crate::issue::issue_job;
@@ -63,17 +63,8 @@ async fn renew_name_wait_new_serial_and_watch_swaps() -> anyhow::Result<()> {
     crate::watch::wait_for_serial(&certs, name, &before.serial).await?;
 
     let mut events = env.events("cert.renewed.#").await?;
-    let out = env
-        .command("certfleet")?
-        .args(["renew", name.as_str(), "--wait", "--timeout", "60s"])
-        .output()
+    env.certfleet(&["renew", name.as_str(), "--wait", "--timeout", "60s"])
         .await?;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let event = events.next(Duration::from_secs(10)).await?;
     assert_eq!(event.kind, EventKind::Renewed);
     let cert = event
@@ -122,18 +113,12 @@ async fn history_is_capped() -> anyhow::Result<()> {
     let worker = env.start_worker(&[("CERTFLEET_HISTORY", "1")]).await?;
     let names = issue_all(&env, &["h"]).await?;
     for _ in 0..3 {
-        let out = env
-            .command("certfleet")?
-            .env("CERTFLEET_HISTORY", "1")
-            .args(["renew", names[0].as_str(), "--wait", "--timeout", "60s"])
-            .output()
-            .await?;
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(
+            env.command("certfleet")?
+                .env("CERTFLEET_HISTORY", "1")
+                .args(["renew", names[0].as_str(), "--wait", "--timeout", "60s"]),
+        )
+        .await?;
     }
     let store = env.store().await;
     let versions = store.list(&store.keys().versions(&names[0])).await?;
@@ -183,40 +168,18 @@ async fn due_scan_exact_and_deduplicated() -> anyhow::Result<()> {
         latest = latest.max(p.renew_at);
     }
     // Nothing is due now; everything is due within the last renewal time.
-    let out = env
-        .command("certfleet")?
-        .args(["renew", "--due", "--dry-run"])
-        .output()
-        .await?;
-    assert_eq!(out.status.code(), Some(0));
+    let text = env.certfleet(&["renew", "--due", "--dry-run"]).await?;
     for n in &names {
-        assert!(!String::from_utf8_lossy(&out.stdout).contains(n.as_str()));
+        assert!(!text.contains(n.as_str()), "{n} is not due yet: {text}");
     }
     let within = format!(
         "{}h",
         (latest - OffsetDateTime::now_utc()).whole_hours() + 2
     );
-    let (a, b) = tokio::join!(
-        env.command("certfleet")?
-            .args(["renew", "--due", "--within", &within])
-            .output(),
-        env.command("certfleet")?
-            .args(["renew", "--due", "--within", &within])
-            .output(),
-    );
-    let (a, b) = (a?, b?);
-    assert_eq!(
-        a.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&a.stderr)
-    );
-    assert_eq!(
-        b.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&b.stderr)
-    );
+    let due = ["renew", "--due", "--within", &within];
+    let (a, b) = tokio::join!(env.certfleet(&due), env.certfleet(&due));
+    a?;
+    b?;
     let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     want.sort();
     assert_eq!(
@@ -224,12 +187,7 @@ async fn due_scan_exact_and_deduplicated() -> anyhow::Result<()> {
         want,
         "each due name exactly once"
     );
-    let out = env
-        .command("certfleet")?
-        .args(["renew", "--due", "--within", &within])
-        .output()
-        .await?;
-    assert_eq!(out.status.code(), Some(0));
+    env.certfleet(&due).await?;
     assert!(
         queued_names(&env).await?.is_empty(),
         "already-queued names are not queued again"
@@ -268,17 +226,7 @@ async fn flushall_then_rebuild_restores_due_list() -> anyhow::Result<()> {
     };
     flush().await?;
     assert!(state.index_due(far).await?.is_empty());
-    let out = env
-        .command("certfleet")?
-        .args(["index", "rebuild"])
-        .output()
-        .await?;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.certfleet(&["index", "rebuild"]).await?;
     let after: BTreeSet<(String, i64)> = state
         .index_due(far)
         .await?
@@ -288,18 +236,9 @@ async fn flushall_then_rebuild_restores_due_list() -> anyhow::Result<()> {
     assert_eq!(after, before);
 
     flush().await?;
-    let out = env
-        .command("certfleet")?
-        .args(["renew", "--due", "--dry-run", "--within", "3650d"])
-        .output()
+    let text = env
+        .certfleet(&["renew", "--due", "--dry-run", "--within", "3650d"])
         .await?;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
     for n in &names {
         assert!(text.contains(n.as_str()), "{n} missing from {text}");
     }
@@ -362,18 +301,14 @@ async fn ari_window_drives_renewal_and_replaces_is_sent() -> anyhow::Result<()> 
         .clone()
         .ok_or_else(|| anyhow::anyhow!("no ARI id stored"))?;
     assert!(proxy.renewal_info_seen().contains(&ari_id));
-    let out = env
-        .command("certfleet")?
-        .envs(vars.iter().cloned())
-        .args(["renew", names[0].as_str(), "--wait", "--timeout", "60s"])
-        .output()
-        .await?;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(env.command("certfleet")?.envs(vars.iter().cloned()).args([
+        "renew",
+        names[0].as_str(),
+        "--wait",
+        "--timeout",
+        "60s",
+    ]))
+    .await?;
     assert_eq!(
         proxy.replaces_seen(),
         vec![ari_id],

@@ -358,18 +358,7 @@ impl Drop for AcmeProxy {
 
 /// A client that trusts only the certificates of `ca_certs`.
 fn upstream_client(ca_certs: &Path) -> anyhow::Result<Upstream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_certs)
-        .with_context(|| format!("reading {}", ca_certs.display()))?
-    {
-        roots.add(cert?)?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = crate::http::tls_config(Some(ca_certs))?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()

@@ -13,26 +13,23 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use bytes::Bytes;
 use certfleet_common::config::Sources;
 use certfleet_common::state::State;
 use certfleet_common::storage::Store;
 use certfleet_common::{Config, Envelope, Event, amqp, topology};
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::http::Http;
+
 pub mod acme_proxy;
+pub mod http;
 pub mod pki;
 pub mod private;
 
@@ -115,75 +112,6 @@ impl Stack {
     }
 }
 
-/// A minimal HTTP(S) client trusting the stack's CA (management APIs).
-#[derive(Clone)]
-pub struct Http {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-}
-
-impl Http {
-    /// A client trusting `ca` in addition to nothing else.
-    pub fn new(ca: &std::path::Path) -> anyhow::Result<Self> {
-        use rustls_pki_types::CertificateDer;
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        if let Ok(iter) = CertificateDer::pem_file_iter(ca) {
-            for cert in iter.flatten() {
-                roots.add(cert)?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        })
-    }
-
-    /// Sends a request; returns status and body.
-    pub async fn send(
-        &self,
-        method: http::Method,
-        url: &str,
-        body: Option<String>,
-    ) -> anyhow::Result<(u16, String)> {
-        let parsed = url::Url::parse(url)?;
-        let mut clean = parsed.clone();
-        let _ = clean.set_username("");
-        let _ = clean.set_password(None);
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(clean.as_str())
-            .header("content-type", "application/json");
-        if !parsed.username().is_empty() {
-            use base64::Engine as _;
-            let cred = format!("{}:{}", parsed.username(), parsed.password().unwrap_or(""));
-            req = req.header(
-                "authorization",
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(cred)
-                ),
-            );
-        }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let rsp = tokio::time::timeout(Duration::from_secs(20), self.client.request(req))
-            .await
-            .context("HTTP request timed out")??;
-        let status = rsp.status().as_u16();
-        let body = rsp.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-}
-
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// One test's isolated slice of the stack.
@@ -218,34 +146,9 @@ impl TestEnv {
             (n % 250 + 2) as u8,
         );
         let vhost = format!("cf-{id}");
-        let http = Http::new(&stack.ca_certs)?;
-        let mgmt = stack.rabbitmq_mgmt.as_str().trim_end_matches('/');
-        let (status, body) = http
-            .send(
-                http::Method::PUT,
-                &format!("{mgmt}/api/vhosts/{vhost}"),
-                None,
-            )
-            .await
-            .context("creating a RabbitMQ vhost (is the stack up? scripts/stack.sh up)")?;
-        if status >= 300 {
-            bail!("creating vhost {vhost}: {status} {body}");
-        }
-        let user = if stack.rabbitmq_mgmt.username().is_empty() {
-            "guest"
-        } else {
-            stack.rabbitmq_mgmt.username()
-        };
-        let (status, body) = http
-            .send(
-                http::Method::PUT,
-                &format!("{mgmt}/api/permissions/{vhost}/{user}"),
-                Some(r#"{"configure":".*","write":".*","read":".*"}"#.into()),
-            )
+        let http = Http::new(Some(&stack.ca_certs))?;
+        http.create_vhost(stack.rabbitmq_mgmt.as_str(), &vhost)
             .await?;
-        if status >= 300 {
-            bail!("granting permissions on {vhost}: {status} {body}");
-        }
         let mut vars = HashMap::new();
         let set = |vars: &mut HashMap<String, String>, k: &str, v: String| {
             vars.insert(k.to_string(), v);
@@ -333,7 +236,7 @@ impl TestEnv {
         let (status, text) = self
             .http
             .send(
-                http::Method::POST,
+                ::http::Method::POST,
                 &format!("{}/add-a", self.stack.challtestsrv),
                 Some(body.to_string()),
             )
@@ -383,34 +286,7 @@ impl TestEnv {
     pub async fn events(&self, pattern: &str) -> anyhow::Result<Events> {
         let conn = self.connect().await?;
         let ch = conn.create_channel().await?;
-        topology::declare_events(&ch).await?;
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        ch.queue_bind(
-            q.name().clone(),
-            topology::EVENTS_EXCHANGE.into(),
-            pattern.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        let consumer = ch
-            .basic_consume(
-                q.name().clone(),
-                "test-events".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer = topology::subscribe_events(&ch, &[pattern.to_string()]).await?;
         Ok(Events {
             _conn: conn,
             consumer,
@@ -429,15 +305,7 @@ impl TestEnv {
         let publisher = amqp::Publisher::new(&conn).await?;
         topology::declare_jobs(publisher.channel()).await?;
         publisher
-            .publish(amqp::Outgoing {
-                exchange: topology::JOBS_EXCHANGE,
-                routing_key,
-                body,
-                content_type: amqp::CONTENT_TYPE_JOB,
-                message_id: None,
-                headers: None,
-                mandatory: true,
-            })
+            .publish(amqp::Outgoing::job(routing_key, body, None))
             .await?;
         let _ = conn.close(200, "done".into()).await;
         Ok(())
@@ -445,10 +313,8 @@ impl TestEnv {
 
     /// Message count of a queue in this vhost (management API).
     pub async fn queue_len(&self, queue: &str) -> anyhow::Result<u64> {
-        let mgmt = self.stack.rabbitmq_mgmt.as_str().trim_end_matches('/');
-        // The management API's counts lag by up to a few seconds; the
-        // passive declare is exact.
-        let _ = mgmt;
+        // A passive declare is exact (the management API's counts lag by
+        // up to a few seconds).
         let conn = self.connect().await?;
         let ch = conn.create_channel().await?;
         let q = ch
@@ -470,7 +336,7 @@ impl TestEnv {
         let (status, body) = self
             .http
             .send(
-                http::Method::GET,
+                ::http::Method::GET,
                 &format!("{}/roots/0", self.stack.pebble_mgmt),
                 None,
             )
@@ -498,6 +364,13 @@ impl TestEnv {
         Ok(path)
     }
 
+    /// Runs `certfleet ARGS...` with this test's environment and returns
+    /// its standard output; any exit other than 0 is an error carrying the
+    /// exit code and standard error.
+    pub async fn certfleet(&self, args: &[&str]) -> anyhow::Result<String> {
+        run_ok(self.command("certfleet")?.args(args)).await
+    }
+
     /// A command for a workspace binary with this test's environment.
     pub fn command(&self, name: &str) -> anyhow::Result<tokio::process::Command> {
         let mut cmd = tokio::process::Command::new(self.bin(name)?);
@@ -511,14 +384,9 @@ impl TestEnv {
 
     /// Deletes the vhost.
     pub async fn cleanup(self) {
-        let mgmt = self.stack.rabbitmq_mgmt.as_str().trim_end_matches('/');
         let _ = self
             .http
-            .send(
-                http::Method::DELETE,
-                &format!("{mgmt}/api/vhosts/{}", self.vhost),
-                None,
-            )
+            .delete_vhost(self.stack.rabbitmq_mgmt.as_str(), &self.vhost)
             .await;
     }
 }
@@ -570,7 +438,6 @@ impl Events {
             .await
             .context("no event in time")?
             .ok_or_else(|| anyhow!("event consumer ended"))??;
-        d.ack(BasicAckOptions::default()).await?;
         Ok(d.data)
     }
 
@@ -603,4 +470,19 @@ pub fn init_logging() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// Runs `cmd` and returns its standard output; any exit other than 0 is an
+/// error carrying the exit code and standard error.
+pub async fn run_ok(cmd: &mut tokio::process::Command) -> anyhow::Result<String> {
+    let out = cmd.output().await?;
+    if !out.status.success() {
+        bail!(
+            "{:?} exited with {:?}: {}",
+            cmd.as_std().get_program(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -466,7 +466,7 @@ impl Private {
         let base = self
             .challtestsrv_url()
             .ok_or_else(|| anyhow!("{} has no challtestsrv", self.kind.name()))?;
-        let http = Http::new(Path::new("/nonexistent"))?;
+        let http = Http::new(None)?;
         let (status, text) = http
             .send(
                 http::Method::POST,
@@ -658,7 +658,7 @@ pub async fn env_for(env: &TestEnv, private: &[&Private]) -> anyhow::Result<Test
             Service::Pebble => {
                 stack.acme_directory = p.url();
                 if let Some(ca) = p.ca_path() {
-                    http = Http::new(&ca)?;
+                    http = Http::new(Some(&ca))?;
                     stack.ca_certs = ca;
                 }
                 if let Some(m) = p.mgmt_url() {

@@ -483,15 +483,7 @@ impl Ctx {
         }
         self.state.set_status_into(
             &mut pipe,
-            &JobStatus {
-                job_id: env.job_id,
-                name: env.job.name.clone(),
-                kind: env.kind,
-                state: JobState::Done,
-                attempt: env.attempt,
-                detail: format!("serial {}", p.serial),
-                updated_at: OffsetDateTime::now_utc(),
-            },
+            &JobStatus::of(env, JobState::Done, format!("serial {}", p.serial)),
         )?;
         self.state
             .pending_release_into(&mut pipe, &env.job.name, &env.job_id);
@@ -505,15 +497,7 @@ impl Ctx {
 
     /// Best-effort status record (a Redis hiccup must not fail the job).
     pub(crate) async fn status(&self, env: &Envelope, state: JobState, detail: &str) {
-        let status = JobStatus {
-            job_id: env.job_id,
-            name: env.job.name.clone(),
-            kind: env.kind,
-            state,
-            attempt: env.attempt,
-            detail: detail.to_string(),
-            updated_at: OffsetDateTime::now_utc(),
-        };
+        let status = JobStatus::of(env, state, detail);
         if let Err(e) = self.state.set_status(&status).await {
             debug!(error = %e, "could not write the job status");
         }

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use certfleet_bench::lego::{self, Options};
-use certfleet_bench::results::Record;
 use certfleet_bench::stack::{Ca, Stack};
 use clap::Parser;
 
@@ -49,27 +48,5 @@ async fn main() -> anyhow::Result<()> {
         lego: args.lego,
     };
     let r = lego::run(&Stack::from_env(), &opts).await?;
-    eprintln!(
-        "lego {} x{} n={}: {} ok, {} failed, {:.2} certs/s, p50 {:.3} s, p99 {:.3} s, lego CPU {:.1} ms/cert {}",
-        r.mode.as_str(),
-        r.concurrency,
-        r.n,
-        r.ok,
-        r.failed,
-        r.certs_per_s,
-        r.latency_s.p50,
-        r.latency_s.p99,
-        r.client_cpu_ms_per_cert(),
-        r.note
-    );
-    let failed = r.failed;
-    certfleet_bench::write_json(args.out.as_deref(), &Record::Throughput(r))?;
-    // A run with failures exits non-zero (its result is written), so run.sh
-    // can retry it on a restarted Pebble: Pebble 2.4 sometimes deadlocks
-    // under load (see bench/README.md).
-    anyhow::ensure!(
-        failed == 0,
-        "{failed} certificates failed or never finished"
-    );
-    Ok(())
+    certfleet_bench::finish_throughput(args.out.as_deref(), r)
 }

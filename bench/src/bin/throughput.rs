@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use certfleet_bench::results::Record;
 use certfleet_bench::stack::{Ca, Stack};
 use certfleet_bench::throughput::{self, Options};
 use certfleet_bench::worker::default_bin_dir;
@@ -52,26 +51,5 @@ async fn main() -> anyhow::Result<()> {
         perf: args.perf,
     };
     let result = throughput::run(&Stack::from_env(), &opts).await?;
-    eprintln!(
-        "certfleet {} c={} n={}: {} ok, {} failed, {:.1} certs/s, p50 {:.3} s, p99 {:.3} s, worker CPU {:.2} ms/cert",
-        result.mode.as_str(),
-        result.concurrency,
-        result.n,
-        result.ok,
-        result.failed,
-        result.certs_per_s,
-        result.latency_s.p50,
-        result.latency_s.p99,
-        result.client_cpu_ms_per_cert()
-    );
-    let failed = result.failed;
-    certfleet_bench::write_json(args.out.as_deref(), &Record::Throughput(result))?;
-    // A run with failures exits non-zero (its result is written), so run.sh
-    // can retry it on a restarted Pebble: Pebble 2.4 sometimes deadlocks
-    // under load (see bench/README.md).
-    anyhow::ensure!(
-        failed == 0,
-        "{failed} certificates failed or never finished"
-    );
-    Ok(())
+    certfleet_bench::finish_throughput(args.out.as_deref(), result)
 }

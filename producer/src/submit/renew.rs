@@ -77,19 +77,10 @@ pub async fn renew(
         } else {
             None
         };
-        let now = certfleet_common::now_ms();
-        let envelopes: Vec<Envelope> = challenges
-            .iter()
-            .map(|(name, challenge)| Envelope::renewal(name.clone(), *challenge, REASON_CLI, now))
-            .collect();
-        let claims: Vec<(CertName, Uuid)> = envelopes
-            .iter()
-            .map(|e| (e.job.name.clone(), e.job_id))
-            .collect();
-        let claimed = state
-            .pending_claim_many(&claims)
-            .await
-            .map_err(SubmitError::State)?;
+        let (envelopes, claimed) =
+            schedule::claim_renewals(&state, challenges.iter().cloned(), REASON_CLI)
+                .await
+                .map_err(SubmitError::State)?;
         let mut wait_for: HashMap<Uuid, CertName> = HashMap::new();
         let mut to_send: Vec<&Envelope> = Vec::new();
         for (envelope, mine) in envelopes.iter().zip(&claimed) {

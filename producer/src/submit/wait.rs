@@ -9,8 +9,6 @@ use certfleet_common::config::parse::format_duration;
 use certfleet_common::event::{Event, EventKind};
 use certfleet_common::{CertName, topology};
 use futures_util::stream::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -39,47 +37,13 @@ impl EventWaiter {
 
     async fn subscribe(conn: &lapin::Connection, names: &[&CertName]) -> lapin::Result<Self> {
         let channel = conn.create_channel().await?;
-        topology::declare_events(&channel).await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
         let unique: HashSet<&CertName> = names.iter().copied().collect();
         let patterns: Vec<String> = if unique.len() > MAX_WAIT_BINDINGS {
             vec!["cert.#".to_string()]
         } else {
             unique.iter().map(|n| format!("cert.*.{n}")).collect()
         };
-        for pattern in patterns {
-            channel
-                .queue_bind(
-                    queue.name().clone(),
-                    topology::EVENTS_EXCHANGE.into(),
-                    pattern.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer = topology::subscribe_events(&channel, &patterns).await?;
         Ok(Self {
             consumer,
             _channel: channel,

@@ -1,6 +1,8 @@
-//! A small HTTP(S) client for the RabbitMQ management API,
-//! pebble-challtestsrv and a worker's `/metrics`: one hyper + rustls
-//! (aws-lc-rs) stack, as everywhere else in the workspace.
+//! A small HTTP(S) client for the RabbitMQ management API, Pebble's
+//! management API, pebble-challtestsrv and a worker's `/metrics`, shared by
+//! the tests and the benchmark: one hyper + rustls (aws-lc-rs) stack, as
+//! everywhere else in the workspace. It trusts only the roots it is given
+//! (all its traffic is to the local stack on loopback).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use hyper_util::rt::TokioExecutor;
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A client trusting the public web roots plus, optionally, one PEM file.
+/// A client trusting only the certificates of one PEM file, if any (plain
+/// `http://` needs none).
 #[derive(Clone)]
 pub struct Http {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -26,9 +29,9 @@ impl Http {
     /// Builds the client.
     ///
     /// # Errors
-    /// `extra_roots` cannot be read.
-    pub fn new(extra_roots: Option<&Path>) -> anyhow::Result<Self> {
-        let tls = tls_config(extra_roots)?;
+    /// `roots_file` cannot be read.
+    pub fn new(roots_file: Option<&Path>) -> anyhow::Result<Self> {
+        let tls = tls_config(roots_file)?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -90,17 +93,16 @@ impl Http {
     }
 }
 
-/// The rustls client configuration the worker uses: web roots plus the
-/// extra PEM roots, aws-lc-rs.
+/// A rustls client configuration (aws-lc-rs) trusting only the
+/// certificates of `roots` (none without it).
 ///
 /// # Errors
 /// The roots file cannot be read or holds no certificate.
-pub fn tls_config(extra_roots: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+pub fn tls_config(roots_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_roots {
+    if let Some(path) = roots_file {
         let mut added = 0;
         for cert in CertificateDer::pem_file_iter(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -116,4 +118,61 @@ pub fn tls_config(extra_roots: Option<&Path>) -> anyhow::Result<rustls::ClientCo
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth())
+}
+
+impl Http {
+    /// Creates `vhost` through the RabbitMQ management API at `mgmt` and
+    /// gives the management user (guest without one) every permission on it.
+    ///
+    /// # Errors
+    /// The management API cannot be reached or refuses.
+    pub async fn create_vhost(&self, mgmt: &str, vhost: &str) -> anyhow::Result<()> {
+        let mgmt = mgmt.trim_end_matches('/');
+        let (status, body) = self
+            .send(
+                http::Method::PUT,
+                &format!("{mgmt}/api/vhosts/{vhost}"),
+                None,
+            )
+            .await
+            .context("creating a RabbitMQ vhost (is the stack up? scripts/stack.sh up)")?;
+        anyhow::ensure!(status < 300, "creating vhost {vhost}: {status} {body}");
+        let user = url::Url::parse(mgmt)
+            .ok()
+            .map(|u| u.username().to_string())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "guest".into());
+        let (status, body) = self
+            .send(
+                http::Method::PUT,
+                &format!("{mgmt}/api/permissions/{vhost}/{user}"),
+                Some(r#"{"configure":".*","write":".*","read":".*"}"#.into()),
+            )
+            .await?;
+        anyhow::ensure!(
+            status < 300,
+            "granting permissions on {vhost}: {status} {body}"
+        );
+        Ok(())
+    }
+
+    /// Deletes `vhost` and every queue in it.
+    ///
+    /// # Errors
+    /// The management API cannot be reached or refuses.
+    pub async fn delete_vhost(&self, mgmt: &str, vhost: &str) -> anyhow::Result<()> {
+        let mgmt = mgmt.trim_end_matches('/');
+        let (status, body) = self
+            .send(
+                http::Method::DELETE,
+                &format!("{mgmt}/api/vhosts/{vhost}"),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(
+            status < 300 || status == 404,
+            "deleting vhost {vhost}: {status} {body}"
+        );
+        Ok(())
+    }
 }
