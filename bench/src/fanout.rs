@@ -187,7 +187,7 @@ async fn start_subscribers(
                 .await
                 .map(|d| d.consumer_count() > 0)
                 .unwrap_or(false);
-            let _ = ch.close(200, "probe".into()).await;
+            certfleet_common::amqp::close_channel(&ch, 200, "probe").await;
             if ready {
                 break;
             }
@@ -198,7 +198,7 @@ async fn start_subscribers(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let _ = conn.close(200, "done".into()).await;
+    certfleet_common::amqp::close(&conn, 200, "done").await;
     Ok(dirs)
 }
 

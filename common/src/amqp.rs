@@ -80,6 +80,37 @@ pub async fn connect(url: &SecretUrl, connection_name: &str) -> Result<Connectio
         })
 }
 
+/// How long a polite close (close, then the broker's close-ok) may take;
+/// after it the connection is dropped anyway.
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Closes `conn` politely, giving up after [`CLOSE_TIMEOUT`]. A close never
+/// holds a caller up for longer: lapin's close future has been seen never
+/// to resolve when the broker's close-ok and the end of the socket cross
+/// (a `renew --wait` hung after its job was done). Errors do not matter
+/// here: the connection is going away either way.
+pub async fn close(conn: &Connection, code: u16, reason: &str) {
+    if !conn.status().connected() {
+        return;
+    }
+    let closing = conn.close(code, ShortString::from(reason));
+    if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+        tracing::debug!(
+            reason,
+            "no close-ok from the broker in time; dropping the connection"
+        );
+    }
+}
+
+/// Closes `channel` politely, giving up after [`CLOSE_TIMEOUT`] (see
+/// [`close`]).
+pub async fn close_channel(channel: &Channel, code: u16, reason: &str) {
+    let closing = channel.close(code, ShortString::from(reason));
+    if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+        tracing::debug!(reason, "no close-ok for the channel in time; dropping it");
+    }
+}
+
 /// `certfleet-worker@<hostname>` and the like.
 pub fn connection_name(program: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -88,8 +88,10 @@ impl Keys {
     }
 }
 
-/// A version id: sortable by time, unique by serial
-/// (`20261125T083000Z-3f1a9c0b2e7d4a5b`).
+/// A version id: sortable by notBefore to the second, unique by serial
+/// (`20261125T083000Z-3f1a9c0b2e7d4a5b`). Two versions of one second (a
+/// renewal right after issuance) do not order by their text: the pointer
+/// says which is current.
 pub fn version_id(at: OffsetDateTime, serial_hex: &str) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
     let serial: String = serial_hex.chars().take(32).collect();

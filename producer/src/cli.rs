@@ -363,9 +363,7 @@ pub(crate) async fn connect_broker(config: &Config) -> Result<lapin::Connection,
 /// Closes a connection politely (flushes and tells the broker); errors do
 /// not matter any more at this point.
 pub(crate) async fn close_broker(conn: &lapin::Connection) {
-    if conn.status().connected() {
-        let _ = conn.close(200, "bye".into()).await;
-    }
+    amqp::close(conn, 200, "bye").await;
 }
 
 /// Writes one line on stdout. A closed stdout (`certfleet ... | head`)

@@ -230,7 +230,7 @@ async fn with_messages<T>(
     }
     .await;
     // Closing the channel also requeues anything still unacknowledged.
-    let _ = channel.close(200, "done".into()).await;
+    certfleet_common::amqp::close_channel(&channel, 200, "done").await;
     close_broker(&conn).await;
     result
 }
@@ -463,7 +463,7 @@ pub async fn replay(config: &Config, job_ids: &[String], all: bool) -> Result<()
         Ok(())
     }
     .await;
-    let _ = channel.close(200, "done".into()).await;
+    certfleet_common::amqp::close_channel(&channel, 200, "done").await;
     close_broker(&conn).await;
     result
 }

@@ -245,6 +245,42 @@ enum Fetched {
     New(Material),
 }
 
+/// What an event's announced version means for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    /// Read the announced version's bundle (newer than the disk's).
+    Follow,
+    /// Nothing to do: the disk has it, or something newer (a late event).
+    Stale,
+    /// The pointer decides: no usable hint, or a version of the same second
+    /// as the disk's (version ids order by notBefore, to the second; two of
+    /// one second, e.g. a renewal right after issuance, do not order).
+    ReadPointer,
+}
+
+fn follow_hint(on_disk: Option<&str>, announced: Option<&str>) -> Hint {
+    let Some(announced) = announced else {
+        return Hint::ReadPointer;
+    };
+    let Some(on_disk) = on_disk else {
+        return Hint::Follow;
+    };
+    if on_disk == announced {
+        return Hint::Stale;
+    }
+    match version_time(on_disk).cmp(version_time(announced)) {
+        std::cmp::Ordering::Less => Hint::Follow,
+        std::cmp::Ordering::Greater => Hint::Stale,
+        std::cmp::Ordering::Equal => Hint::ReadPointer,
+    }
+}
+
+/// The time part of a version id (`20261125T083000Z` of
+/// `20261125T083000Z-0a1b`), which orders versions to the second.
+fn version_time(version: &str) -> &str {
+    version.split_once('-').map_or(version, |(t, _)| t)
+}
+
 /// Storage on one side, the directory (and the hook) on the other.
 #[derive(Debug, Clone)]
 struct Syncer {
@@ -262,9 +298,10 @@ impl Syncer {
     /// Like [`Syncer::fetch`], with the version an event announced. The
     /// event is only a hint: the bundle is read from its canonical key (an
     /// immutable object, never from a key the event names), and a version
-    /// that is not newer than the one on disk is ignored without reading
+    /// older than the one on disk (a late event) is ignored without reading
     /// storage at all. This halves the requests per event (no pointer read),
-    /// which matters when a hundred webservers follow the same event.
+    /// which matters when a hundred webservers follow the same event. See
+    /// [`follow_hint`] for when the pointer decides instead.
     async fn fetch_hinted(
         &self,
         name: &CertName,
@@ -274,14 +311,18 @@ impl Syncer {
         let n = name.clone();
         let on_disk = files::blocking(move || dir.current(&n)).await?;
         let announced = hint.filter(|(v, _)| files::check_version(v).is_ok());
-        let (version, serial) = match (announced, &on_disk) {
-            (Some((v, _)), Some(d)) if d.version.as_str() >= v => {
+        let follow = follow_hint(
+            on_disk.as_ref().map(|d| d.version.as_str()),
+            announced.map(|(v, _)| v),
+        );
+        let (version, serial) = match (follow, announced, &on_disk) {
+            (Hint::Stale, _, Some(d)) => {
                 return Ok(Fetched::Unchanged {
                     version: d.version.clone(),
                 });
             }
-            (Some((v, s)), _) => (v.to_string(), s.to_string()),
-            (None, _) => {
+            (Hint::Follow, Some((v, s)), _) => (v.to_string(), s.to_string()),
+            _ => {
                 // Pointer first, then the bundle it names (never a bundle on
                 // its own): certificate and key of one version.
                 let Some((pointer, _)) = self.store.pointer(name).await? else {
@@ -473,6 +514,21 @@ mod tests {
 
     fn name(s: &str) -> CertName {
         CertName::parse(s).expect("name")
+    }
+
+    #[test]
+    fn hints_follow_newer_skip_older_and_ask_the_pointer_within_a_second() {
+        let old = "20261125T083000Z-ff";
+        let same_second = "20261125T083000Z-0a";
+        let newer = "20261125T083001Z-00";
+        assert_eq!(follow_hint(Some(old), Some(newer)), Hint::Follow);
+        assert_eq!(follow_hint(None, Some(newer)), Hint::Follow);
+        assert_eq!(follow_hint(Some(newer), Some(old)), Hint::Stale);
+        assert_eq!(follow_hint(Some(old), Some(old)), Hint::Stale);
+        // "ff" > "0a" as text, yet the later serial may be the newer
+        // certificate: only the pointer knows.
+        assert_eq!(follow_hint(Some(old), Some(same_second)), Hint::ReadPointer);
+        assert_eq!(follow_hint(Some(old), None), Hint::ReadPointer);
     }
 
     #[test]

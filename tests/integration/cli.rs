@@ -110,11 +110,11 @@ async fn bad_input_is_refused_and_nothing_published() -> anyhow::Result<()> {
         uuid::Uuid::parse_str(&id).is_ok(),
         "prints the job id: {id:?}"
     );
-    assert_eq!(env.queue_len(topology::WORK_QUEUE).await?, 1);
+    assert_eq!(env.queue_len_settled(topology::WORK_QUEUE, 1).await?, 1);
     let status = env.state()?.status(&uuid::Uuid::parse_str(&id)?).await?;
     let status = status.ok_or_else(|| anyhow::anyhow!("no status record"))?;
     assert_eq!(status.name.as_str(), "xn--bcher-kva.example.com");
-    let _ = conn.close(200, "done".into()).await;
+    certfleet_common::amqp::close(&conn, 200, "done").await;
     env.cleanup().await;
     Ok(())
 }

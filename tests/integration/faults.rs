@@ -216,7 +216,7 @@ async fn broker_restart_mid_run() -> anyhow::Result<()> {
     println!("broker restart: {before} stored before the restart, 50 after; versions {versions:?}");
     assert!(versions.iter().all(|v| *v == 1), "none twice: {versions:?}");
     assert_eq!(
-        env.queue_len(certfleet_common::topology::DEAD_QUEUE)
+        env.queue_len_settled(certfleet_common::topology::DEAD_QUEUE, 0)
             .await?,
         0
     );
@@ -453,7 +453,7 @@ async fn dead_letters_are_visible_and_replayable() -> anyhow::Result<()> {
     assert!(shown.contains("no certificate named"), "{shown}");
     // Listing twice lost nothing.
     assert_eq!(
-        env.queue_len(certfleet_common::topology::DEAD_QUEUE)
+        env.queue_len_settled(certfleet_common::topology::DEAD_QUEUE, 2)
             .await?,
         2
     );
@@ -477,7 +477,7 @@ async fn dead_letters_are_visible_and_replayable() -> anyhow::Result<()> {
         "the replayed job keeps its id"
     );
     assert_eq!(
-        env.queue_len(certfleet_common::topology::DEAD_QUEUE)
+        env.queue_len_settled(certfleet_common::topology::DEAD_QUEUE, 1)
             .await?,
         1
     );

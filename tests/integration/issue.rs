@@ -210,7 +210,7 @@ pub(crate) async fn dead_letters(env: &TestEnv, n: usize) -> anyhow::Result<Vec<
             None => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    let _ = conn.close(200, "done".into()).await;
+    certfleet_common::amqp::close(&conn, 200, "done").await;
     Ok(out)
 }
 

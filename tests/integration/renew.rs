@@ -143,7 +143,7 @@ async fn queued_names(env: &TestEnv) -> anyhow::Result<Vec<String>> {
         names.push(envelope.job.name.to_string());
         msg.delivery.ack(BasicAckOptions::default()).await?;
     }
-    let _ = conn.close(200, "done".into()).await;
+    certfleet_common::amqp::close(&conn, 200, "done").await;
     names.sort();
     Ok(names)
 }

@@ -143,7 +143,7 @@ async fn watch_catches_up_and_keeps_events_while_down() -> anyhow::Result<()> {
     let e2 = events.next(Duration::from_secs(60)).await?;
     let s2 = e2.certificate.map(|c| c.serial).unwrap_or_default();
     let queued = env
-        .queue_len(&certfleet_common::topology::watch_queue("web2"))
+        .queue_len_settled(&certfleet_common::topology::watch_queue("web2"), 1)
         .await?;
     assert_eq!(queued, 1, "the event waits in the watch queue");
     let w = Watcher::start(&env, certs.path(), "web2", None)?;

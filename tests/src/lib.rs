@@ -307,7 +307,7 @@ impl TestEnv {
         publisher
             .publish(amqp::Outgoing::job(routing_key, body, None))
             .await?;
-        let _ = conn.close(200, "done".into()).await;
+        amqp::close(&conn, 200, "done").await;
         Ok(())
     }
 
@@ -327,8 +327,22 @@ impl TestEnv {
                 FieldTable::default(),
             )
             .await?;
-        let _ = conn.close(200, "done".into()).await;
+        amqp::close(&conn, 200, "done").await;
         Ok(u64::from(q.message_count()))
+    }
+
+    /// The message count of `queue` once it equals `want`, or the last
+    /// count read after 5 s. A quorum queue's count (declare-ok) can trail
+    /// a confirmed publish, an ack or a delete by a moment.
+    pub async fn queue_len_settled(&self, queue: &str, want: u64) -> anyhow::Result<u64> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let n = self.queue_len(queue).await?;
+            if n == want || tokio::time::Instant::now() >= deadline {
+                return Ok(n);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Pebble's issuing root (PEM), from its management API.
@@ -377,7 +391,7 @@ impl TestEnv {
         cmd.env_clear()
             .envs(&self.vars)
             .env("PATH", var("PATH", "/usr/bin:/bin"))
-            .env("CERTFLEET_LOG", "warn")
+            .env("CERTFLEET_LOG", var("CERTFLEET_TEST_CHILD_LOG", "warn"))
             .kill_on_drop(true);
         Ok(cmd)
     }
@@ -472,14 +486,18 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Runs `cmd` and returns its standard output; any exit other than 0 is an
-/// error carrying the exit code and standard error.
+/// Runs `cmd` and returns its standard output; any exit other than 0, or
+/// no exit within 4 minutes (a hung command fails its test instead of
+/// hanging the suite), is an error carrying the exit code and standard
+/// error.
 pub async fn run_ok(cmd: &mut tokio::process::Command) -> anyhow::Result<String> {
-    let out = cmd.output().await?;
+    let program = cmd.as_std().get_program().to_owned();
+    let out = tokio::time::timeout(Duration::from_secs(240), cmd.kill_on_drop(true).output())
+        .await
+        .map_err(|_| anyhow!("{program:?} did not finish within 240 s"))??;
     if !out.status.success() {
         bail!(
-            "{:?} exited with {:?}: {}",
-            cmd.as_std().get_program(),
+            "{program:?} exited with {:?}: {}",
             out.status.code(),
             String::from_utf8_lossy(&out.stderr)
         );

@@ -174,7 +174,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
             }
         }
         ctx.broker_ready.send_replace(false);
-        let _ = session.conn.close(320, "reconnecting".into()).await;
+        certfleet_common::amqp::close(&session.conn, 320, "reconnecting").await;
     }
 
     // Drain.
@@ -196,8 +196,8 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         let _ = tokio::time::timeout(HARD_STOP_GRACE, tracker.wait()).await;
     }
     if let Some(session) = last {
-        let _ = session.channel.close(200, "shutdown".into()).await;
-        let _ = session.conn.close(200, "shutdown".into()).await;
+        certfleet_common::amqp::close_channel(&session.channel, 200, "shutdown").await;
+        certfleet_common::amqp::close(&session.conn, 200, "shutdown").await;
     }
     info!("consumer stopped");
 }

@@ -55,6 +55,6 @@ pub(crate) async fn run(ctx: Arc<Ctx>, every: Duration, shutdown: CancellationTo
             _ = schedule::run_scheduler(&ctx.state, &ctx.store, &publisher, every, shutdown.clone()) => {}
             _ = lost => warn!("scheduler: broker connection lost; reconnecting"),
         }
-        let _ = conn.close(200, "scheduler stopping".into()).await;
+        certfleet_common::amqp::close(&conn, 200, "scheduler stopping").await;
     }
 }

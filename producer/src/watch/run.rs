@@ -136,8 +136,13 @@ impl Watcher {
                         "connected; catching up with storage"
                     );
                     let ended = self.session(&channel, shutdown).await;
-                    let _ = channel.close(200, "certfleet watch stopping".into()).await;
-                    let _ = conn.close(200, "certfleet watch stopping".into()).await;
+                    certfleet_common::amqp::close_channel(
+                        &channel,
+                        200,
+                        "certfleet watch stopping",
+                    )
+                    .await;
+                    certfleet_common::amqp::close(&conn, 200, "certfleet watch stopping").await;
                     match ended {
                         Ended::Shutdown => {
                             tracing::info!("stopped");
@@ -197,7 +202,7 @@ impl Watcher {
         match setup.await {
             Ok(channel) => Ok((conn, channel)),
             Err(e) => {
-                let _ = conn.close(200, "setup failed".into()).await;
+                certfleet_common::amqp::close(&conn, 200, "setup failed").await;
                 Err(BrokerError::Channel(e))
             }
         }
