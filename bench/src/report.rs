@@ -347,10 +347,10 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
         md.push('\n');
         let _ = writeln!(
             md,
-            "Each subscriber reads the pointer and then the bundle it names from S3 for every \
-             event (two GETs), so one certificate costs 2 × M requests to the S3 server at once; \
-             with moto (one Python process, the CPU per request above) the last of 100 \
-             subscribers waits for the 200 requests before it.\n"
+            "Each subscriber reads the bundle the event announces from S3 (one GET per event \
+             and subscriber; the pointer only at catch-up), so one certificate costs M requests \
+             to the S3 server at once; with moto (one Python process, the CPU per request above) \
+             the last of 100 subscribers waits for the 100 requests before it.\n"
         );
     }
 
