@@ -300,6 +300,10 @@ async fn s3_outage_delays_without_early_events() -> anyhow::Result<()> {
     }
     assert_eq!(seen.len(), 5, "all complete once storage returns");
     let versions = versions_per_name(&env, &names).await?;
+    println!(
+        "s3 outage: 0 events in 6 s while down; {} issued after it returned, each bundle stored before its event; versions {versions:?}",
+        seen.len()
+    );
     assert!(versions.iter().all(|v| *v == 1), "{versions:?}");
     worker.stop().await;
     base.cleanup().await;
