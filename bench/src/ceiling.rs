@@ -43,16 +43,20 @@ pub const POLL: RetryPolicy = RetryPolicy::new()
     .backoff(1.5)
     .timeout(Duration::from_secs(120));
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the command line of `bench-ceiling`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// The private CA.
+    #[command(flatten)]
     pub ca: Ca,
     /// Orders in flight.
+    #[arg(long, default_value_t = 64)]
     pub concurrency: u32,
     /// Certificates.
+    #[arg(long, default_value_t = 200)]
     pub n: usize,
     /// Name label (its own names: an account of its own anyway).
+    #[arg(long)]
     pub label: String,
 }
 

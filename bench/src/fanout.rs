@@ -33,20 +33,26 @@ pub const POLL_EVERY: Duration = Duration::from_millis(5);
 /// How long one certificate may take to reach every subscriber.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the command line of `bench-fanout`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// The private CA (instant mode).
+    #[command(flatten)]
     pub ca: Ca,
     /// Subscribers.
+    #[arg(long, default_value_t = 10)]
     pub subscribers: usize,
     /// Certificates, one after another.
+    #[arg(long, default_value_t = 10)]
     pub certificates: usize,
     /// Label (names, vhost, prefixes).
+    #[arg(long)]
     pub label: String,
     /// `certfleet-worker` binary.
+    #[arg(long, default_value_os_t = crate::worker::default_worker_bin())]
     pub worker_bin: PathBuf,
     /// Where subscriber directories and the worker log go.
+    #[arg(long)]
     pub dir: PathBuf,
 }
 

@@ -28,24 +28,32 @@ use certfleet_tests::http::Http;
 /// Longest time one lego process may take (it is killed after that).
 const LEGO_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the command line of `bench-lego`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// The private CA.
+    #[command(flatten)]
     pub ca: Ca,
     /// lego processes at once.
+    #[arg(long, default_value_t = 1)]
     pub parallel: u32,
     /// Certificates (the first `n` names of the label).
+    #[arg(long, default_value_t = 200)]
     pub n: usize,
     /// Name label: the same as certfleet's run.
+    #[arg(long)]
     pub label: String,
     /// Working directory (`--path`, webroot, logs).
+    #[arg(long)]
     pub dir: PathBuf,
     /// The lego binary.
+    #[arg(long, default_value = "lego")]
     pub lego: PathBuf,
     /// The certificates the report should show this run's rate for (when
-    /// `n` is smaller, the time for them is extrapolated and labelled so).
-    pub full_n: usize,
+    /// `n` is smaller, the time for them is extrapolated and labelled so;
+    /// `n` without it).
+    #[arg(long)]
+    pub full_n: Option<usize>,
 }
 
 /// Runs it.
@@ -142,13 +150,12 @@ async fn drive(
     } else {
         0.0
     };
-    let note = if opts.n < opts.full_n && certs_per_s > 0.0 {
+    let full_n = opts.full_n.unwrap_or(opts.n);
+    let note = if opts.n < full_n && certs_per_s > 0.0 {
         format!(
-            "{} of {} names; {} would take {:.0} s at this rate (extrapolated)",
+            "{} of {full_n} names; {full_n} would take {:.0} s at this rate (extrapolated)",
             opts.n,
-            opts.full_n,
-            opts.full_n,
-            opts.full_n as f64 / certs_per_s
+            full_n as f64 / certs_per_s
         )
     } else {
         String::new()

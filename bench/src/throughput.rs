@@ -39,23 +39,30 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often memory and jobs in flight are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the command line of `bench-throughput`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// The private CA.
+    #[command(flatten)]
     pub ca: Ca,
     /// Orders in flight (`CERTFLEET_CONCURRENCY`).
+    #[arg(long, default_value_t = 64)]
     pub concurrency: u32,
     /// Certificates.
+    #[arg(long, default_value_t = 200)]
     pub n: usize,
     /// Name label (shared with lego's run of the same names).
+    #[arg(long)]
     pub label: String,
     /// `certfleet-worker` binary.
+    #[arg(long, default_value_os_t = crate::worker::default_worker_bin())]
     pub worker_bin: PathBuf,
     /// Where the worker's log goes.
+    #[arg(long, default_value = "worker.log")]
     pub log: PathBuf,
     /// Record a CPU profile of the worker during the run with
     /// `perf record` into this file.
+    #[arg(long)]
     pub perf: Option<PathBuf>,
 }
 

@@ -35,6 +35,11 @@ pub fn default_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release"))
 }
 
+/// The release `certfleet-worker` (the default of `--worker-bin`).
+pub fn default_worker_bin() -> PathBuf {
+    default_bin_dir().join("certfleet-worker")
+}
+
 /// A running worker process.
 pub struct WorkerProcess {
     child: Child,

@@ -4,22 +4,13 @@
 use std::path::PathBuf;
 
 use certfleet_bench::ceiling::{self, Options};
-use certfleet_bench::stack::{Ca, Stack};
+use certfleet_bench::stack::Stack;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
 struct Args {
     #[command(flatten)]
-    ca: Ca,
-    /// Orders in flight.
-    #[arg(long, default_value_t = 64)]
-    concurrency: u32,
-    /// Certificates.
-    #[arg(long, default_value_t = 200)]
-    n: usize,
-    /// Label of the names.
-    #[arg(long)]
-    label: String,
+    opts: Options,
     /// Result file (stdout without it).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -29,12 +20,6 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     certfleet_bench::init();
     let args = Args::parse();
-    let opts = Options {
-        ca: args.ca,
-        concurrency: args.concurrency,
-        n: args.n,
-        label: args.label,
-    };
-    let r = ceiling::run(&Stack::from_env(), &opts).await?;
+    let r = ceiling::run(&Stack::from_env(), &args.opts).await?;
     certfleet_bench::finish_throughput(args.out.as_deref(), r)
 }

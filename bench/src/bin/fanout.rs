@@ -5,29 +5,13 @@ use std::path::PathBuf;
 
 use certfleet_bench::fanout::{self, Options};
 use certfleet_bench::results::Record;
-use certfleet_bench::stack::{Ca, Stack};
-use certfleet_bench::worker::default_bin_dir;
+use certfleet_bench::stack::Stack;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
 struct Args {
     #[command(flatten)]
-    ca: Ca,
-    /// Subscribers.
-    #[arg(long, default_value_t = 10)]
-    subscribers: usize,
-    /// Certificates, one after another.
-    #[arg(long, default_value_t = 10)]
-    certificates: usize,
-    /// Label (names, vhost, prefixes).
-    #[arg(long)]
-    label: String,
-    /// `certfleet-worker` binary.
-    #[arg(long)]
-    worker_bin: Option<PathBuf>,
-    /// Working directory (subscriber directories, worker log).
-    #[arg(long)]
-    dir: PathBuf,
+    opts: Options,
     /// Result file (stdout without it).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -37,17 +21,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     certfleet_bench::init();
     let args = Args::parse();
-    let opts = Options {
-        ca: args.ca,
-        subscribers: args.subscribers,
-        certificates: args.certificates,
-        label: args.label,
-        worker_bin: args
-            .worker_bin
-            .unwrap_or_else(|| default_bin_dir().join("certfleet-worker")),
-        dir: args.dir,
-    };
-    let r = fanout::run(&Stack::from_env(), &opts).await?;
+    let r = fanout::run(&Stack::from_env(), &args.opts).await?;
     eprintln!(
         "fan-out to {} subscribers, {} certificates: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, {} missing",
         r.subscribers,
