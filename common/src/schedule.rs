@@ -32,7 +32,7 @@ use crate::amqp::{BrokerError, Outgoing, Publisher};
 use crate::domain::CertName;
 use crate::error::{Classify, Disposition};
 use crate::job::{ChallengeType, CodecError, Envelope};
-use crate::state::{COMPARE_AND_DELETE, JobState, JobStatus, STATUS_TTL, State, StateError};
+use crate::state::{COMPARE_AND_DELETE, JobState, JobStatus, State, StateError};
 use crate::storage::{StorageError, Store};
 use crate::topology;
 
@@ -506,12 +506,7 @@ async fn release_claims(state: &State, envelopes: &[&Envelope]) {
         for chunk in envelopes.chunks(PIPELINE_CHUNK) {
             let mut pipe = redis::pipe();
             for e in chunk {
-                pipe.cmd("EVAL")
-                    .arg(COMPARE_AND_DELETE)
-                    .arg(1)
-                    .arg(state.keys().pending(&e.job.name))
-                    .arg(e.job_id.to_string())
-                    .ignore();
+                state.pending_release_into(&mut pipe, &e.job.name, &e.job_id);
             }
             let _: () = pipe.query_async(&mut *c).await?;
         }
@@ -526,32 +521,17 @@ async fn release_claims(state: &State, envelopes: &[&Envelope]) {
 
 /// Writes a `queued` status record for each published job, pipelined.
 async fn record_queued(state: &State, envelopes: &[&Envelope]) -> Result<(), StateError> {
-    if envelopes.is_empty() {
-        return Ok(());
-    }
-    let mut c = state.conn().await?;
-    for chunk in envelopes.chunks(PIPELINE_CHUNK) {
-        let mut pipe = redis::pipe();
-        for e in chunk {
-            let status = JobStatus::of(
+    let statuses: Vec<JobStatus> = envelopes
+        .iter()
+        .map(|e| {
+            JobStatus::of(
                 e,
                 JobState::Queued,
                 format!("queued by the renewal scheduler ({})", e.job.reason),
-            );
-            let json = serde_json::to_string(&status).map_err(|err| StateError::Corrupt {
-                key: state.keys().job(&e.job_id),
-                detail: err.to_string(),
-            })?;
-            pipe.cmd("SET")
-                .arg(state.keys().job(&e.job_id))
-                .arg(json)
-                .arg("EX")
-                .arg(STATUS_TTL.as_secs())
-                .ignore();
-        }
-        let _: () = pipe.query_async(&mut *c).await?;
-    }
-    Ok(())
+            )
+        })
+        .collect();
+    state.set_statuses(&statuses).await
 }
 
 /// The job ids holding the given names' dedup markers.

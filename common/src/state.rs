@@ -452,12 +452,10 @@ impl State {
     /// # Errors
     /// Redis unreachable.
     pub async fn pending_release(&self, name: &CertName, job_id: &Uuid) -> Result<(), StateError> {
+        let mut pipe = redis::pipe();
+        self.pending_release_into(&mut pipe, name, job_id);
         let mut c = self.conn().await?;
-        let _: i64 = redis::Script::new(COMPARE_AND_DELETE)
-            .key(self.keys.pending(name))
-            .arg(job_id.to_string())
-            .invoke_async(&mut *c)
-            .await?;
+        let _: () = pipe.query_async(&mut *c).await?;
         Ok(())
     }
 
@@ -466,14 +464,29 @@ impl State {
     /// # Errors
     /// Redis unreachable.
     pub async fn set_status(&self, status: &JobStatus) -> Result<(), StateError> {
+        let mut pipe = redis::pipe();
+        self.set_status_into(&mut pipe, status)?;
         let mut c = self.conn().await?;
-        let json = serde_json::to_string(status).map_err(|e| StateError::Corrupt {
-            key: self.keys.job(&status.job_id),
-            detail: e.to_string(),
-        })?;
-        let _: () = c
-            .set_ex(self.keys.job(&status.job_id), json, STATUS_TTL.as_secs())
-            .await?;
+        let _: () = pipe.query_async(&mut *c).await?;
+        Ok(())
+    }
+
+    /// Writes many status records, pipelined (5,000 to a round trip).
+    ///
+    /// # Errors
+    /// Redis unreachable; the records of earlier round trips stay written.
+    pub async fn set_statuses(&self, statuses: &[JobStatus]) -> Result<(), StateError> {
+        if statuses.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        for chunk in statuses.chunks(5_000) {
+            let mut pipe = redis::pipe();
+            for status in chunk {
+                self.set_status_into(&mut pipe, status)?;
+            }
+            let _: () = pipe.query_async(&mut *c).await?;
+        }
         Ok(())
     }
 

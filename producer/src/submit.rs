@@ -30,7 +30,6 @@ use certfleet_common::schedule::ScheduleError;
 use certfleet_common::state::{JobState, JobStatus, State, StateError};
 use certfleet_common::storage::StorageError;
 use certfleet_common::{CertName, Config, Envelope, JobKind, topology};
-use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -256,25 +255,18 @@ async fn open_publisher(config: &Config) -> Result<(lapin::Connection, Publisher
     Ok((conn, publisher))
 }
 
-/// Writes `queued` status records, best effort: the jobs are accepted
-/// whatever happens here, so a failure is a warning, and the first failure
-/// stops the rest (a Redis that is down would otherwise cost a timeout per
-/// job).
+/// Writes `queued` status records (pipelined), best effort: the jobs are
+/// accepted whatever happens here, so a failure is a warning.
 async fn record_queued(state: Option<&State>, envelopes: &[&Envelope], detail: &str) {
     let Some(state) = state else {
         return;
     };
-    let mut writes = stream::iter(envelopes)
-        .map(|e| {
-            let status = JobStatus::of(e, JobState::Queued, detail);
-            async move { state.set_status(&status).await }
-        })
-        .buffer_unordered(STATUS_CONCURRENCY);
-    while let Some(result) = writes.next().await {
-        if let Err(e) = result {
-            tracing::warn!(error = %chain(&e), "the job is accepted, but its status record could not be written (redis)");
-            break;
-        }
+    let statuses: Vec<JobStatus> = envelopes
+        .iter()
+        .map(|e| JobStatus::of(e, JobState::Queued, detail))
+        .collect();
+    if let Err(e) = state.set_statuses(&statuses).await {
+        tracing::warn!(error = %chain(&e), "the job is accepted, but its status record could not be written (redis)");
     }
 }
 

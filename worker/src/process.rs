@@ -284,15 +284,7 @@ async fn run_job(
         )));
     }
     let name = &env.job.name;
-    let running = JobStatus {
-        job_id: env.job_id,
-        name: name.clone(),
-        kind: env.kind,
-        state: JobState::Running,
-        attempt: env.attempt,
-        detail: String::new(),
-        updated_at: OffsetDateTime::now_utc(),
-    };
+    let running = JobStatus::of(env, JobState::Running, "");
     let mut lease = Lease::acquire(
         &ctx.state,
         name,
