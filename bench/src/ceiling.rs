@@ -11,7 +11,6 @@
 //! (aws-lc-rs), HTTP/1.1 and HTTP/2, web roots plus Pebble's CA.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,9 +25,9 @@ use instant_acme::{
     OrderStatus, RetryPolicy,
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::pool::{self, Attempt};
 use crate::procfs::{self, CpuMeter};
 use crate::results::{Throughput, Tool};
 use crate::stack::{Ca, Stack};
@@ -122,51 +121,27 @@ async fn drive(
     let mut pid_files = stack.service_pid_files();
     pid_files.push(("pebble", opts.ca.pebble_pid_file.clone()));
     let cpu = CpuMeter::start(&pid_files, &[("ceiling", std::process::id())]);
-    let next = Arc::new(AtomicUsize::new(0));
-    let names = Arc::new(names.to_vec());
-    // An order that times out means the CA is stuck: stop taking names.
-    let stuck = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..opts.concurrency.max(1) {
-        let (account, next, names, tokens, stuck) = (
-            account.clone(),
-            next.clone(),
-            names.clone(),
-            tokens.clone(),
-            stuck.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut last = t0;
-            while !stuck.load(Ordering::Relaxed) {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(name) = names.get(i) else { break };
-                let start = Instant::now();
-                match issue(&account, name, &tokens).await {
-                    Ok(()) => {
-                        last = Instant::now();
-                        lat.push(last.duration_since(start).as_secs_f64());
-                    }
-                    Err(e) => {
-                        if e.is::<tokio::time::error::Elapsed>() {
-                            stuck.store(true, Ordering::Relaxed);
-                        }
-                        tracing::warn!(%name, error = %format!("{e:#}"), "ceiling order failed");
+    let tokens = tokens.clone();
+    let timed = pool::run(names, opts.concurrency, move |name| {
+        let (account, tokens) = (account.clone(), tokens.clone());
+        async move {
+            match issue(&account, &name, &tokens).await {
+                Ok(()) => Attempt::Done,
+                Err(e) => {
+                    tracing::warn!(%name, error = %format!("{e:#}"), "ceiling order failed");
+                    // An order that times out means the CA is stuck: stop
+                    // taking names.
+                    if e.is::<tokio::time::error::Elapsed>() {
+                        Attempt::Stuck
+                    } else {
+                        Attempt::Failed
                     }
                 }
             }
-            (lat, last)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut last = t0;
-    for t in tasks {
-        let (l, end) = t.await?;
-        latencies.extend(l);
-        last = last.max(end);
-    }
-    let elapsed = last.duration_since(t0).as_secs_f64();
+        }
+    })
+    .await?;
+    let (latencies, elapsed) = (timed.latencies, timed.elapsed_s);
     let cpu_s = cpu.stop();
     let ok = latencies.len();
     // Names never tried because the CA got stuck count as failed.

@@ -11,14 +11,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use crate::pool::{self, Attempt};
 use crate::procfs::{self, CpuMeter};
 use crate::results::{Throughput, Tool};
 use crate::stack::{Ca, HTTP01_PORT, Mode, Stack};
@@ -101,44 +100,21 @@ async fn drive(
     pid_files.push(("pebble", opts.ca.pebble_pid_file.clone()));
     let cpu = CpuMeter::start(&pid_files, &[]);
     let children_before = procfs::children_cpu_seconds()?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let names = Arc::new(names.to_vec());
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    // A process that hits LEGO_TIMEOUT means the CA is stuck: stop.
-    let stuck = Arc::new(AtomicBool::new(false));
-    for _ in 0..opts.parallel.max(1) {
-        let (next, names, opts, stuck) = (next.clone(), names.clone(), opts.clone(), stuck.clone());
-        let (webroot, log) = (webroot.to_path_buf(), log.to_path_buf());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut last = t0;
-            while !stuck.load(Ordering::Relaxed) {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(name) = names.get(i) else { break };
-                let start = Instant::now();
-                match lego_once(&opts, name, &webroot, &log).await {
-                    Ok(Some(true)) => {
-                        last = Instant::now();
-                        lat.push(last.duration_since(start).as_secs_f64());
-                    }
-                    Ok(None) => {
-                        stuck.store(true, Ordering::Relaxed);
-                    }
-                    Ok(Some(false)) | Err(_) => {}
-                }
+    let (webroot, log) = (webroot.to_path_buf(), log.to_path_buf());
+    let lego_opts = opts.clone();
+    let timed = pool::run(names, opts.parallel, move |name| {
+        let (opts, webroot, log) = (lego_opts.clone(), webroot.clone(), log.clone());
+        async move {
+            match lego_once(&opts, &name, &webroot, &log).await {
+                Ok(Some(true)) => Attempt::Done,
+                // A process that hits LEGO_TIMEOUT means the CA is stuck.
+                Ok(None) => Attempt::Stuck,
+                Ok(Some(false)) | Err(_) => Attempt::Failed,
             }
-            (lat, last)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut last = t0;
-    for t in tasks {
-        let (l, end) = t.await?;
-        latencies.extend(l);
-        last = last.max(end);
-    }
-    let elapsed = last.duration_since(t0).as_secs_f64();
+        }
+    })
+    .await?;
+    let (latencies, elapsed) = (timed.latencies, timed.elapsed_s);
     let mut cpu_s = cpu.stop();
     let lego_cpu = procfs::children_cpu_seconds()? - children_before;
     cpu_s.insert("lego".into(), lego_cpu);

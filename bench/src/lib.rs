@@ -29,6 +29,7 @@ pub mod fanout;
 pub mod jobs;
 pub mod lego;
 pub mod names;
+pub mod pool;
 pub mod procfs;
 pub mod profile;
 pub mod prom;
