@@ -20,6 +20,7 @@ use deadpool_redis::redis;
 use serde::{Deserialize, Serialize};
 
 use certfleet_tests::http::Http;
+use certfleet_tests::var;
 
 /// The port Pebble's VA connects to for http-01 (RFC 8555 §8.3: 80; Pebble
 /// uses its `httpPort`, 5002 in `scripts/stack.sh`).
@@ -29,13 +30,6 @@ pub const HTTP01_PORT: u16 = 5002;
 /// 127.10.0.0–127.209.255.255, the range the test harness draws its
 /// per-test addresses from.
 pub const DEFAULT_IP: Ipv4Addr = Ipv4Addr::new(127, 240, 0, 2);
-
-fn var(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
 
 /// The shared stack's addresses, from the variables `scripts/stack.sh env`
 /// prints (with the script's defaults).
@@ -60,37 +54,23 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Reads the environment.
+    /// Reads the environment (the same variables, with the same defaults,
+    /// as the integration tests' stack).
     pub fn from_env() -> Self {
-        let amqp = var(
-            "CERTFLEET_AMQP_URL",
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-        );
-        let amqp_base = match amqp.rfind('/') {
-            Some(i) if i > "amqp://".len() => amqp[..i].to_string(),
-            _ => amqp.clone(),
-        };
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
+        let shared = certfleet_tests::Stack::from_env();
         Self {
-            amqp_base,
-            rabbitmq_mgmt: var(
-                "CERTFLEET_TEST_RABBITMQ_MGMT_URL",
-                "http://guest:guest@127.0.0.1:15672",
-            )
-            .trim_end_matches('/')
-            .to_string(),
-            redis_url: var("CERTFLEET_REDIS_URL", "redis://127.0.0.1:6379/0"),
-            s3_endpoint: var("CERTFLEET_S3_ENDPOINT", "http://127.0.0.1:9000"),
-            bucket: var("CERTFLEET_S3_BUCKET", "certfleet"),
+            amqp_base: shared.amqp_base,
+            rabbitmq_mgmt: shared
+                .rabbitmq_mgmt
+                .as_str()
+                .trim_end_matches('/')
+                .to_string(),
+            redis_url: shared.redis_url,
+            s3_endpoint: shared.s3_endpoint,
+            bucket: shared.bucket,
             aws_key: var("AWS_ACCESS_KEY_ID", "test"),
             aws_secret: var("AWS_SECRET_ACCESS_KEY", "test"),
-            dir: PathBuf::from(var(
-                "CERTFLEET_TEST_STACK_DIR",
-                &repo.join(".stack").display().to_string(),
-            )),
+            dir: shared.stack_dir,
         }
     }
 

@@ -33,7 +33,8 @@ pub mod http;
 pub mod pki;
 pub mod private;
 
-fn var(name: &str, default: &str) -> String {
+/// The environment variable `name`, or `default` when unset or empty.
+pub fn var(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
         .filter(|v| !v.is_empty())
