@@ -18,10 +18,10 @@ use certfleet_common::{ChallengeType, Config, ConfigError, KeyType, Store};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::{self, WatchError};
 use crate::dlq::{self, DlqError};
 use crate::status::{self, StatusError};
 use crate::submit::{self, SubmitError};
-use crate::watch::{self, WatchError};
 
 /// Default of `issue --timeout` (and of the other `--wait` commands).
 pub const DEFAULT_WAIT_TIMEOUT: &str = "10m";
@@ -403,7 +403,7 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         },
         Command::Pull(args) => {
             let names = parse_names(&args.names)?;
-            let report = watch::pull(&config, &args.dir, &names).await?;
+            let report = agent::pull(&config, &args.dir, &names).await?;
             out(report.to_string().trim_end());
             if !report.is_complete() {
                 return Err(CliError::PullIncomplete {
@@ -413,13 +413,13 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
             }
         }
         Command::Watch(args) => {
-            let opts = watch::WatchOptions {
+            let opts = agent::WatchOptions {
                 dir: args.dir,
                 queue_id: args.queue_id,
                 filters: args.filters,
                 on_change: args.on_change,
             };
-            watch::watch(&config, opts, shutdown).await?;
+            agent::watch(&config, opts, shutdown).await?;
         }
     }
     Ok(())

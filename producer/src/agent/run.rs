@@ -448,7 +448,7 @@ mod tests {
     use certfleet_common::{Config, Store};
 
     use super::*;
-    use crate::watch::files::CertDir;
+    use crate::agent::files::CertDir;
 
     /// A watcher whose storage is unreachable (nothing listens on port 1).
     async fn watcher(dir: &std::path::Path, filters: &[&str]) -> Watcher {
