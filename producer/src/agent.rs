@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use certfleet_common::storage::StorageError;
 use certfleet_common::{CertName, Classify, Config, Disposition, Store};
+use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use files::{CertDir, Material};
@@ -49,6 +50,47 @@ pub struct WatchOptions {
     pub filters: Vec<String>,
     /// Shell command run after each change (`--on-change`).
     pub on_change: Option<String>,
+}
+
+/// `certfleet pull`.
+#[derive(Debug, Clone, Args)]
+pub struct PullArgs {
+    /// Directory receiving NAME/{cert,chain,fullchain,privkey}.pem.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Certificates to pull (default: every one).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+/// `certfleet watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Directory receiving NAME/{cert,chain,fullchain,privkey}.pem.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// This webserver's id: its durable queue is certfleet.watch.ID.
+    #[arg(long = "queue", value_name = "ID")]
+    pub queue_id: String,
+    /// Certificate name patterns to follow (AMQP topic syntax); default all.
+    #[arg(long = "filter", value_name = "PATTERN")]
+    pub filters: Vec<String>,
+    /// Command run after certificates changed.
+    #[arg(long, value_name = "CMD")]
+    pub on_change: Option<String>,
+}
+
+/// The command line's `--dir`, `--queue`, `--filter` and `--on-change`, as
+/// given (they are checked by [`watch`]).
+impl From<WatchArgs> for WatchOptions {
+    fn from(args: WatchArgs) -> Self {
+        WatchOptions {
+            dir: args.dir,
+            queue_id: args.queue_id,
+            filters: args.filters,
+            on_change: args.on_change,
+        }
+    }
 }
 
 /// Why `pull` or `watch` could not do its work.

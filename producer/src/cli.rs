@@ -1,6 +1,12 @@
-//! The command line: arguments (clap derive), configuration loading, the
-//! broker connection every publishing command shares, and the dispatch from
-//! a parsed [`Cli`] to the command modules.
+//! The entrance of the command line: the arguments (clap derive) with the
+//! commands they select, configuration loading, exit codes, and the
+//! dispatch from a parsed [`Cli`] to the command modules.
+//!
+//! Each command module owns its arguments (`IssueArgs` in `submit`,
+//! `DlqCommand` in `dlq`, `ScheduleArgs` in `schedule`, `WatchArgs` in
+//! `agent`, ...); [`Command`] only names them. Nothing imports from here:
+//! the shared pieces are `broker` (the connection), `output` (stdout) and
+//! `args` (value parsers).
 //!
 //! Every command validates its input before it opens a connection, so a bad
 //! argument ends with exit code 64 and nothing published. Errors of every
@@ -8,26 +14,18 @@
 //! ([`CliError::is_usage`]).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use certfleet_common::amqp::{self, BrokerError};
 use certfleet_common::config::{self, Env, Sources};
-use certfleet_common::schedule::{self, ScheduleError};
-use certfleet_common::state::{State, StateError};
-use certfleet_common::{ChallengeType, Config, ConfigError, KeyType, Store};
-use clap::{Args, Parser, Subcommand};
+use certfleet_common::{Config, ConfigError};
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, WatchError};
-use crate::dlq::{self, DlqError};
+use crate::agent::{self, PullArgs, WatchArgs, WatchError};
+use crate::dlq::{self, DlqCommand, DlqError};
+use crate::output::out;
+use crate::schedule::{self, IndexCommand, ScheduleArgs, ScheduleCmdError};
 use crate::status::{self, StatusError};
-use crate::submit::{self, SubmitError};
-
-/// Default of `issue --timeout` (and of the other `--wait` commands).
-pub const DEFAULT_WAIT_TIMEOUT: &str = "10m";
-/// How long connecting to the broker may take before the command gives up
-/// (a blackholed address would otherwise hang for the TCP timeout).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::submit::{self, IssueArgs, RenewArgs, SubmitArgs, SubmitError};
 
 /// `certfleet`: issue, renew and distribute TLS certificates through a
 /// fleet of workers.
@@ -103,159 +101,6 @@ impl Command {
     }
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    config::parse::parse_duration(s)
-}
-
-/// `certfleet issue`.
-#[derive(Debug, Clone, Args)]
-pub struct IssueArgs {
-    /// Domain names; the first one is the certificate's subject and default name.
-    #[arg(required = true, value_name = "DOMAIN")]
-    pub domains: Vec<String>,
-    /// Certificate name (default: the first domain, `*.` written `_wildcard.`).
-    #[arg(long, value_name = "NAME")]
-    pub name: Option<String>,
-    /// Key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096.
-    #[arg(long, value_name = "TYPE", default_value = "ecdsa-p256")]
-    pub key_type: KeyType,
-    /// Challenge type: http-01 or dns-01.
-    #[arg(long, value_name = "TYPE", default_value = "http-01")]
-    pub challenge: ChallengeType,
-    /// Wait until the certificate is stored (exit 0) or the job failed (exit 1).
-    #[arg(long)]
-    pub wait: bool,
-    /// How long --wait waits.
-    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = duration)]
-    pub timeout: Duration,
-}
-
-/// `certfleet submit`.
-#[derive(Debug, Clone, Args)]
-pub struct SubmitArgs {
-    /// File with one certificate per line:
-    /// `DOMAIN [DOMAIN...] [name=NAME] [key=TYPE] [challenge=TYPE]`;
-    /// `#` starts a comment; `-` reads stdin.
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-    /// Wait until every certificate is stored or its job failed.
-    #[arg(long)]
-    pub wait: bool,
-    /// How long --wait waits for all of them.
-    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = duration)]
-    pub timeout: Duration,
-}
-
-/// `certfleet renew`.
-#[derive(Debug, Clone, Args)]
-pub struct RenewArgs {
-    /// Names of stored certificates.
-    #[arg(
-        value_name = "NAME",
-        required_unless_present = "due",
-        conflicts_with = "due"
-    )]
-    pub names: Vec<String>,
-    /// Renew every certificate whose renewal time has come.
-    #[arg(long)]
-    pub due: bool,
-    /// With --due: also those due within this long from now.
-    #[arg(long, value_name = "DURATION", requires = "due", value_parser = duration)]
-    pub within: Option<Duration>,
-    /// With --due: only print what is due, publish nothing.
-    #[arg(long, requires = "due")]
-    pub dry_run: bool,
-    /// Wait until every renewed certificate is stored or its job failed.
-    #[arg(long, conflicts_with = "due")]
-    pub wait: bool,
-    /// How long --wait waits for all of them.
-    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = duration)]
-    pub timeout: Duration,
-}
-
-/// `certfleet index ...`.
-#[derive(Debug, Clone, Subcommand)]
-pub enum IndexCommand {
-    /// Rebuild the expiry index from the certificates in storage.
-    Rebuild,
-}
-
-/// `certfleet schedule`.
-#[derive(Debug, Clone, Args)]
-pub struct ScheduleArgs {
-    /// Scan period (at least 1s).
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
-    pub every: Duration,
-    /// Also renew what becomes due within this long.
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
-    pub within: Option<Duration>,
-}
-
-/// `certfleet dlq ...`.
-#[derive(Debug, Clone, Subcommand)]
-pub enum DlqCommand {
-    /// List the dead jobs (nothing is removed).
-    List {
-        /// Show at most this many.
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
-    },
-    /// Show one dead job in full.
-    Show {
-        /// Its job id.
-        #[arg(value_name = "JOB_ID")]
-        job_id: String,
-    },
-    /// Publish dead jobs again (attempt reset to 1) and remove them from
-    /// the dead-letter queue once the broker confirmed.
-    Replay {
-        /// Job ids to replay.
-        #[arg(
-            value_name = "JOB_ID",
-            required_unless_present = "all",
-            conflicts_with = "all"
-        )]
-        job_ids: Vec<String>,
-        /// Replay every decodable dead job (undecodable ones are skipped).
-        #[arg(long)]
-        all: bool,
-    },
-    /// Delete every message in the dead-letter queue.
-    Purge {
-        /// Confirm.
-        #[arg(long)]
-        yes: bool,
-    },
-}
-
-/// `certfleet pull`.
-#[derive(Debug, Clone, Args)]
-pub struct PullArgs {
-    /// Directory receiving NAME/{cert,chain,fullchain,privkey}.pem.
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
-    /// Certificates to pull (default: every one).
-    #[arg(value_name = "NAME")]
-    pub names: Vec<String>,
-}
-
-/// `certfleet watch`.
-#[derive(Debug, Clone, Args)]
-pub struct WatchArgs {
-    /// Directory receiving NAME/{cert,chain,fullchain,privkey}.pem.
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
-    /// This webserver's id: its durable queue is certfleet.watch.ID.
-    #[arg(long = "queue", value_name = "ID")]
-    pub queue_id: String,
-    /// Certificate name patterns to follow (AMQP topic syntax); default all.
-    #[arg(long = "filter", value_name = "PATTERN")]
-    pub filters: Vec<String>,
-    /// Command run after certificates changed.
-    #[arg(long, value_name = "CMD")]
-    pub on_change: Option<String>,
-}
-
 /// Any command's failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -272,12 +117,9 @@ pub enum CliError {
     /// `pull`, `watch`.
     #[error(transparent)]
     Watch(#[from] WatchError),
-    /// `index rebuild`.
+    /// `schedule`, `index rebuild`.
     #[error(transparent)]
-    Schedule(#[from] ScheduleError),
-    /// Redis configuration unusable.
-    #[error(transparent)]
-    State(#[from] StateError),
+    Schedule(#[from] ScheduleCmdError),
     /// `pull` could not put every certificate in place (the report says
     /// which).
     #[error("pull incomplete: {missing} missing in storage, {failed} failed")]
@@ -301,8 +143,9 @@ impl CliError {
             CliError::Status(e) => e.is_usage(),
             CliError::Dlq(e) => e.is_usage(),
             CliError::Watch(e) => e.is_usage(),
+            CliError::Schedule(e) => e.is_usage(),
             CliError::Usage(_) => true,
-            CliError::Schedule(_) | CliError::State(_) | CliError::PullIncomplete { .. } => false,
+            CliError::PullIncomplete { .. } => false,
         }
     }
 
@@ -338,43 +181,6 @@ pub fn load_config(cli: &Cli, env: &dyn Env) -> Result<Config, ConfigError> {
     Config::load(&sources)
 }
 
-/// Connects to the broker, naming the connection `certfleet@<host>`, within
-/// [`CONNECT_TIMEOUT`].
-///
-/// # Errors
-/// [`BrokerError::Connect`], also on timeout.
-pub(crate) async fn connect_broker(config: &Config) -> Result<lapin::Connection, BrokerError> {
-    let name = amqp::connection_name("certfleet");
-    match tokio::time::timeout(CONNECT_TIMEOUT, amqp::connect(&config.amqp_url, &name)).await {
-        Ok(result) => result,
-        Err(_) => Err(BrokerError::Connect {
-            url: config.amqp_url.redacted(),
-            source: lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "no answer within {}",
-                    config::parse::format_duration(CONNECT_TIMEOUT)
-                ),
-            )),
-        }),
-    }
-}
-
-/// Closes a connection politely (flushes and tells the broker); errors do
-/// not matter any more at this point.
-pub(crate) async fn close_broker(conn: &lapin::Connection) {
-    amqp::close(conn, 200, "bye").await;
-}
-
-/// Writes one line on stdout. A closed stdout (`certfleet ... | head`)
-/// is not an error worth a panic.
-pub(crate) fn out(line: impl std::fmt::Display) {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
-    let _ = stdout.flush();
-}
-
 /// Runs a parsed command to completion.
 ///
 /// # Errors
@@ -386,15 +192,8 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         Command::Renew(args) => submit::renew(&config, &args, shutdown).await?,
         Command::Status { target } => status::status(&config, &target).await?,
         Command::List { json } => status::list(&config, json).await?,
-        Command::Index {
-            command: IndexCommand::Rebuild,
-        } => {
-            let state = State::from_config(&config, 4)?;
-            let store = Store::from_config(&config).await;
-            let n = schedule::rebuild_index(&state, &store).await?;
-            out(format_args!("indexed {n} certificates"));
-        }
-        Command::Schedule(args) => run_schedule(&config, &args, shutdown).await?,
+        Command::Index { command } => schedule::index(&config, &command).await?,
+        Command::Schedule(args) => schedule::run_schedule(&config, &args, shutdown).await?,
         Command::Dlq { command } => match command {
             DlqCommand::List { limit } => dlq::list(&config, limit).await?,
             DlqCommand::Show { job_id } => dlq::show(&config, &job_id).await?,
@@ -412,15 +211,7 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
                 });
             }
         }
-        Command::Watch(args) => {
-            let opts = agent::WatchOptions {
-                dir: args.dir,
-                queue_id: args.queue_id,
-                filters: args.filters,
-                on_change: args.on_change,
-            };
-            agent::watch(&config, opts, shutdown).await?;
-        }
+        Command::Watch(args) => agent::watch(&config, args.into(), shutdown).await?,
     }
     Ok(())
 }
@@ -432,75 +223,13 @@ fn parse_names(names: &[String]) -> Result<Vec<certfleet_common::CertName>, CliE
         .collect()
 }
 
-/// `certfleet schedule`: runs the scheduler, reconnecting to the broker
-/// whenever the connection is lost, until `shutdown`.
-async fn run_schedule(
-    config: &Config,
-    args: &ScheduleArgs,
-    shutdown: CancellationToken,
-) -> Result<(), CliError> {
-    if args.every < Duration::from_secs(1) {
-        return Err(CliError::Usage("--every must be at least 1s".into()));
-    }
-    let within = match args.within {
-        Some(w) => time::Duration::try_from(w)
-            .map_err(|_| CliError::Usage("--within is too long".into()))?,
-        None => time::Duration::ZERO,
-    };
-    let state = State::from_config(config, 8)?;
-    let store = Store::from_config(config).await;
-    let mut backoff = Duration::from_secs(1);
-    while !shutdown.is_cancelled() {
-        let connected = async {
-            let conn = connect_broker(config).await?;
-            let publisher = amqp::Publisher::new(&conn).await?;
-            Ok::<_, BrokerError>((conn, publisher))
-        }
-        .await;
-        let (conn, publisher) = match connected {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %certfleet_common::error::chain(&e), retry_in = ?backoff, "cannot connect to the broker");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-                continue;
-            }
-        };
-        backoff = Duration::from_secs(1);
-        let run_token = shutdown.child_token();
-        let scheduler = schedule::run_scheduler_within(
-            &state,
-            &store,
-            &publisher,
-            args.every,
-            within,
-            run_token.clone(),
-        );
-        tokio::pin!(scheduler);
-        loop {
-            tokio::select! {
-                () = &mut scheduler => break,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {
-                    let healthy = conn.status().connected() && publisher.channel().status().connected();
-                    if !healthy && !run_token.is_cancelled() {
-                        tracing::warn!("lost the broker connection; reconnecting");
-                        run_token.cancel();
-                    }
-                }
-            }
-        }
-        close_broker(&conn).await;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::time::Duration;
+
+    use certfleet_common::{ChallengeType, KeyType};
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("certfleet").chain(args.iter().copied()))

@@ -2,21 +2,42 @@
 //! command in-process.
 //!
 //! # Layout
-//! - [`cli`]: arguments (clap), configuration loading, dispatch, exit codes.
-//! - [`submit`]: `issue`, `submit` (bulk) and `renew`, and `--wait` on
-//!   their events.
-//! - [`status`]: `status` (a job or a certificate) and `list`.
-//! - [`dlq`]: list, show, replay and purge the dead-letter queue.
-//! - [`agent`]: the webserver agent, `pull` and `watch`, which keep a
-//!   webserver's certificate directory up to date.
+//! - `cli` ([`Cli`], [`run`]): the entrance: arguments (clap), configuration
+//!   loading, dispatch to the command modules, exit codes. Nothing imports
+//!   from it; each command module owns its arguments.
+//! - The operator's commands (run wherever jobs are submitted and followed):
+//!   - `submit`: `issue`, `submit` (bulk) and `renew`, and `--wait` on their
+//!     events.
+//!   - `status`: `status` (a job or a certificate) and `list`.
+//!   - `dlq`: list, show, replay and purge the dead-letter queue.
+//!   - `schedule`: `schedule` (the renewal scheduler, reconnecting to the
+//!     broker) and `index rebuild`.
+//! - [`agent`]: the webserver agent, `pull` and `watch`, which run on each
+//!   webserver and keep its certificate directory up to date.
+//! - Shared by the commands: `broker` (connecting to the broker and closing
+//!   the connection), `output` (lines on stdout), `args` (value parsers for
+//!   arguments).
 //!
-//! Renewal scheduling (`renew --due`, `schedule`, `index rebuild`) lives in
+//! Renewal scheduling itself (the expiry index, the due-scan, the scheduler
+//! loop behind `renew --due`, `schedule` and `index rebuild`) lives in
 //! [`certfleet_common::schedule`], because workers run it too.
+//!
+//! The public surface is what `main` and the tests use: [`Cli`] and [`run`]
+//! with the arguments and errors of each command, and [`agent`] to run
+//! `pull` and `watch` in-process.
 
 pub mod agent;
-pub mod cli;
-pub mod dlq;
-pub mod status;
-pub mod submit;
+mod args;
+mod broker;
+mod cli;
+mod dlq;
+mod output;
+mod schedule;
+mod status;
+mod submit;
 
-pub use cli::{Cli, CliError, Command, run};
+pub use cli::{Cli, CliError, Command, clap_exit_code, load_config, run};
+pub use dlq::{DlqCommand, DlqError};
+pub use schedule::{IndexCommand, ScheduleArgs, ScheduleCmdError};
+pub use status::StatusError;
+pub use submit::{IssueArgs, LineError, RenewArgs, RequestError, SubmitArgs, SubmitError};

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use certfleet::cli::{self, Cli};
+use certfleet::Cli;
 use certfleet_common::config::{LogFormat, ProcessEnv};
 use certfleet_common::{Config, EXIT_FAILURE, EXIT_USAGE};
 use clap::Parser as _;
@@ -23,10 +23,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(cli::clap_exit_code(&e));
+            return ExitCode::from(certfleet::clap_exit_code(&e));
         }
     };
-    let config = match cli::load_config(&cli, &ProcessEnv) {
+    let config = match certfleet::load_config(&cli, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("certfleet: {e}");
@@ -57,7 +57,7 @@ fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         if long_running {
             tokio::spawn(on_signal(shutdown.clone()));
         }
-        cli::run(cli, config, shutdown).await
+        certfleet::run(cli, config, shutdown).await
     });
     Ok(match result {
         Ok(()) => ExitCode::SUCCESS,

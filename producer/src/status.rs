@@ -16,10 +16,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::cli::out;
+use crate::output::out;
 
 /// Pointers read at once by `list`.
-pub const LIST_CONCURRENCY: usize = 32;
+pub(crate) const LIST_CONCURRENCY: usize = 32;
 
 /// Why `status` or `list` failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ impl StatusError {
 
 /// What `status` was asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// A job id.
     Job(Uuid),
     /// A certificate name.
@@ -69,7 +69,7 @@ impl Target {
     ///
     /// # Errors
     /// [`StatusError::BadTarget`].
-    pub fn parse(s: &str) -> Result<Self, StatusError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, StatusError> {
         if let Ok(id) = Uuid::parse_str(s.trim()) {
             return Ok(Target::Job(id));
         }
@@ -126,7 +126,7 @@ fn job_line(s: &JobStatus) -> String {
 /// # Errors
 /// A bad target (usage), an unknown job or name, or the service that is the
 /// only source being down.
-pub async fn status(config: &Config, target: &str) -> Result<(), StatusError> {
+pub(crate) async fn status(config: &Config, target: &str) -> Result<(), StatusError> {
     match Target::parse(target)? {
         Target::Job(id) => job_status(config, id).await,
         Target::Name(name) => name_status(config, &name).await,
@@ -243,28 +243,28 @@ fn print_pointer(p: &Pointer, now: OffsetDateTime) {
 
 /// One certificate in `list --json`.
 #[derive(Debug, Clone, Serialize)]
-pub struct ListEntry {
+pub(crate) struct ListEntry {
     /// Name.
-    pub name: CertName,
+    pub(crate) name: CertName,
     /// Domains.
-    pub domains: Vec<String>,
+    pub(crate) domains: Vec<String>,
     /// Serial, hex.
-    pub serial: String,
+    pub(crate) serial: String,
     /// Validity start.
     #[serde(with = "time::serde::rfc3339")]
-    pub not_before: OffsetDateTime,
+    pub(crate) not_before: OffsetDateTime,
     /// Validity end.
     #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
+    pub(crate) not_after: OffsetDateTime,
     /// When it will be renewed.
     #[serde(with = "time::serde::rfc3339")]
-    pub renew_at: OffsetDateTime,
+    pub(crate) renew_at: OffsetDateTime,
     /// Storage version.
-    pub version: String,
+    pub(crate) version: String,
     /// Key type.
-    pub key_type: String,
+    pub(crate) key_type: String,
     /// Challenge type.
-    pub challenge: String,
+    pub(crate) challenge: String,
 }
 
 impl From<Pointer> for ListEntry {
@@ -291,7 +291,7 @@ type PointerRead = Result<Option<(Pointer, certfleet_common::storage::ETag)>, St
 /// # Errors
 /// Storage unavailable; pointers that cannot be read are reported and the
 /// others still listed (exit 1 at the end).
-pub async fn list(config: &Config, json: bool) -> Result<(), StatusError> {
+pub(crate) async fn list(config: &Config, json: bool) -> Result<(), StatusError> {
     let store = Store::from_config(config).await;
     let names = store.names().await.map_err(StatusError::Storage)?;
     let store = &store;

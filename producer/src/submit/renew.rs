@@ -3,22 +3,52 @@
 //! [`certfleet_common::schedule`]).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use certfleet_common::error::chain;
 use certfleet_common::schedule::{self, ScanOutcome};
 use certfleet_common::state::State;
 use certfleet_common::storage::StorageError;
 use certfleet_common::{CertName, ChallengeType, Config, Envelope, Store};
+use clap::Args;
 use futures_util::stream::{self, StreamExt};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::wait::EventWaiter;
-use super::{
-    REASON_CLI, STATUS_CONCURRENCY, SubmitError, open_publisher, publish_all, record_queued,
-};
-use crate::cli::{RenewArgs, close_broker, out};
+use super::error::SubmitError;
+use super::publish::{REASON_CLI, STATUS_CONCURRENCY, open_publisher, publish_all, record_queued};
+use super::wait::{DEFAULT_WAIT_TIMEOUT, EventWaiter};
+use crate::args::duration;
+use crate::broker::close_broker;
+use crate::output::out;
+
+/// `certfleet renew`.
+#[derive(Debug, Clone, Args)]
+pub struct RenewArgs {
+    /// Names of stored certificates.
+    #[arg(
+        value_name = "NAME",
+        required_unless_present = "due",
+        conflicts_with = "due"
+    )]
+    pub names: Vec<String>,
+    /// Renew every certificate whose renewal time has come.
+    #[arg(long)]
+    pub due: bool,
+    /// With --due: also those due within this long from now.
+    #[arg(long, value_name = "DURATION", requires = "due", value_parser = duration)]
+    pub within: Option<Duration>,
+    /// With --due: only print what is due, publish nothing.
+    #[arg(long, requires = "due")]
+    pub dry_run: bool,
+    /// Wait until every renewed certificate is stored or its job failed.
+    #[arg(long, conflicts_with = "due")]
+    pub wait: bool,
+    /// How long --wait waits for all of them.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = duration)]
+    pub timeout: Duration,
+}
 
 /// `certfleet renew NAME...` and `certfleet renew --due`.
 ///
@@ -26,7 +56,7 @@ use crate::cli::{RenewArgs, close_broker, out};
 /// Unknown names (before publishing), storage, Redis or broker errors, jobs
 /// not accepted, and with `--wait` failed jobs, a timeout or an
 /// interruption.
-pub async fn renew(
+pub(crate) async fn renew(
     config: &Config,
     args: &RenewArgs,
     shutdown: CancellationToken,

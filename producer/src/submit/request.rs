@@ -2,42 +2,27 @@
 //! bulk file) and parsing whole bulk files, all before anything connects.
 
 use std::collections::HashMap;
-use std::fmt;
 
-use certfleet_common::domain::{self, DomainError};
+use certfleet_common::domain;
 use certfleet_common::{CertName, ChallengeType, Job, KeyType};
 
-use super::{DNS01_SUPPORTED, SubmitError};
+use super::error::{LineError, RequestError, SubmitError};
 
-/// Bad lines shown in full in one error (the rest are counted).
-const MAX_LINE_ERRORS: usize = 20;
-
-/// What is wrong with one certificate request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RequestError {
-    /// A bad domain or certificate name.
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    /// A wildcard validated over http-01 (impossible: RFC 8555 §7.1.3).
-    #[error("wildcard names need --challenge dns-01 ({0})")]
-    WildcardNeedsDns01(String),
-    /// dns-01 was asked for, but there is no DNS provider yet.
-    #[error("dns-01 is not supported yet (no DNS provider is available); use http-01")]
-    Dns01Unsupported,
-}
+/// Whether a DNS provider exists for dns-01 (none yet): until then dns-01
+/// requests are refused up front instead of failing at the worker.
+pub(crate) const DNS01_SUPPORTED: bool = false;
 
 /// A validated request for one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     /// The certificate's name.
-    pub name: CertName,
+    pub(crate) name: CertName,
     /// Normalized domains, first one first, without duplicates.
-    pub domains: Vec<String>,
+    pub(crate) domains: Vec<String>,
     /// Key type.
-    pub key_type: KeyType,
+    pub(crate) key_type: KeyType,
     /// Challenge type.
-    pub challenge: ChallengeType,
+    pub(crate) challenge: ChallengeType,
 }
 
 impl Request {
@@ -47,7 +32,7 @@ impl Request {
     ///
     /// # Errors
     /// The first rule the request breaks.
-    pub fn new<S: AsRef<str>>(
+    pub(crate) fn new<S: AsRef<str>>(
         domains: &[S],
         name: Option<&str>,
         key_type: KeyType,
@@ -74,7 +59,7 @@ impl Request {
     }
 
     /// The job for this request.
-    pub fn job(&self, reason: &str) -> Job {
+    pub(crate) fn job(&self, reason: &str) -> Job {
         Job {
             name: self.name.clone(),
             domains: self.domains.clone(),
@@ -85,46 +70,13 @@ impl Request {
     }
 }
 
-/// One bad line of a bulk file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineError {
-    /// The file as given (`-` is shown as `<stdin>`).
-    pub file: String,
-    /// 1-based line number.
-    pub line: usize,
-    /// Why.
-    pub reason: String,
-}
-
-impl fmt::Display for LineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.reason)
-    }
-}
-
-pub(super) fn format_line_errors(errors: &[LineError]) -> String {
-    let mut lines: Vec<String> = errors
-        .iter()
-        .take(MAX_LINE_ERRORS)
-        .map(ToString::to_string)
-        .collect();
-    if errors.len() > MAX_LINE_ERRORS {
-        lines.push(format!(
-            "... and {} more bad lines",
-            errors.len() - MAX_LINE_ERRORS
-        ));
-    }
-    lines.push("nothing was published".into());
-    lines.join("\n")
-}
-
 /// Parses one line of a bulk file:
 /// `DOMAIN [DOMAIN...] [name=NAME] [key=TYPE] [challenge=TYPE]`, `#` to the
 /// end of the line is a comment. `Ok(None)` for a blank or comment line.
 ///
 /// # Errors
 /// Why the line is not a valid request.
-pub fn parse_line(line: &str) -> Result<Option<Request>, String> {
+pub(crate) fn parse_line(line: &str) -> Result<Option<Request>, String> {
     let content = line.find('#').map_or(line, |i| &line[..i]);
     let mut domains: Vec<&str> = Vec::new();
     let mut name: Option<&str> = None;
@@ -187,7 +139,7 @@ pub fn parse_line(line: &str) -> Result<Option<Request>, String> {
 /// # Errors
 /// Every bad line (so that one run shows them all), or
 /// [`SubmitError::EmptyFile`].
-pub fn parse_file(text: &str, file: &str) -> Result<Vec<(usize, Request)>, SubmitError> {
+pub(crate) fn parse_file(text: &str, file: &str) -> Result<Vec<(usize, Request)>, SubmitError> {
     let mut requests: Vec<(usize, Request)> = Vec::new();
     let mut errors: Vec<LineError> = Vec::new();
     let mut seen: HashMap<CertName, usize> = HashMap::new();
@@ -225,6 +177,7 @@ pub fn parse_file(text: &str, file: &str) -> Result<Vec<(usize, Request)>, Submi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use certfleet_common::domain::DomainError;
 
     fn domains(ds: &[&str]) -> Vec<String> {
         ds.iter().map(|s| (*s).to_string()).collect()

@@ -12,7 +12,10 @@ use futures_util::stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::SubmitError;
+use super::error::SubmitError;
+
+/// Default of `issue --timeout` (and of the other `--wait` commands).
+pub(super) const DEFAULT_WAIT_TIMEOUT: &str = "10m";
 
 /// Above this many names, `--wait` binds its queue to every certificate
 /// event (`cert.#`) and filters by job id, instead of one binding per name.

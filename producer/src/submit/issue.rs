@@ -1,0 +1,93 @@
+//! `certfleet issue`: one certificate from the command line, its job id on
+//! stdout once the broker confirmed it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use certfleet_common::amqp::Outgoing;
+use certfleet_common::{ChallengeType, Config, Envelope, JobKind, KeyType};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::error::SubmitError;
+use super::publish::{REASON_CLI, open_publisher, record_queued, state_or_warn};
+use super::request::Request;
+use super::wait::{DEFAULT_WAIT_TIMEOUT, EventWaiter};
+use crate::args::duration;
+use crate::broker::close_broker;
+use crate::output::out;
+
+/// `certfleet issue`.
+#[derive(Debug, Clone, Args)]
+pub struct IssueArgs {
+    /// Domain names; the first one is the certificate's subject and default name.
+    #[arg(required = true, value_name = "DOMAIN")]
+    pub domains: Vec<String>,
+    /// Certificate name (default: the first domain, `*.` written `_wildcard.`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096.
+    #[arg(long, value_name = "TYPE", default_value = "ecdsa-p256")]
+    pub key_type: KeyType,
+    /// Challenge type: http-01 or dns-01.
+    #[arg(long, value_name = "TYPE", default_value = "http-01")]
+    pub challenge: ChallengeType,
+    /// Wait until the certificate is stored (exit 0) or the job failed (exit 1).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = duration)]
+    pub timeout: Duration,
+}
+
+/// `certfleet issue`.
+///
+/// # Errors
+/// Usage errors (before any connection), broker errors, and with `--wait`
+/// a failed job, a timeout or an interruption.
+pub(crate) async fn issue(
+    config: &Config,
+    args: &IssueArgs,
+    shutdown: CancellationToken,
+) -> Result<(), SubmitError> {
+    let request = Request::new(
+        &args.domains,
+        args.name.as_deref(),
+        args.key_type,
+        args.challenge,
+    )?;
+    let (conn, publisher) = open_publisher(config).await?;
+    let result = async {
+        let waiter = if args.wait {
+            Some(EventWaiter::open(&conn, &[&request.name]).await?)
+        } else {
+            None
+        };
+        let envelope = Envelope::new(
+            JobKind::Issue,
+            request.job(REASON_CLI),
+            certfleet_common::now_ms(),
+        );
+        let body = envelope.encode()?;
+        let routing_key = envelope.routing_key();
+        let id = envelope.job_id.to_string();
+        publisher
+            .publish(Outgoing::job(&routing_key, &body, Some(&id)))
+            .await?;
+        out(&id);
+        record_queued(
+            state_or_warn(config).as_ref(),
+            &[&envelope],
+            "queued (certfleet issue)",
+        )
+        .await;
+        if let Some(waiter) = waiter {
+            let jobs = HashMap::from([(envelope.job_id, request.name.clone())]);
+            waiter.wait(jobs, args.timeout, shutdown).await?;
+        }
+        Ok(())
+    }
+    .await;
+    close_broker(&conn).await;
+    result
+}
