@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use certfleet_common::{CertName, Secret};
 use serde::{Deserialize, Serialize};
 
-use super::WatchError;
+use super::error::WatchError;
 
 /// Hidden directory under DIR holding every version and certfleet's state.
 pub(crate) const STATE_DIR: &str = ".certfleet";

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use super::WatchError;
+use super::error::WatchError;
 use super::files::{self, CertDir, OnDisk};
 
 /// The marker's file name, in `DIR/.certfleet/<name>/`.

@@ -35,9 +35,10 @@ use lapin::{Channel, Connection};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::error::WatchError;
 use super::hook::backoff;
 use super::pattern::Filters;
-use super::{Fetched, Syncer};
+use super::sync::{Fetched, Syncer};
 
 /// Events in flight per watch: enough to hide the round trip, few enough
 /// that a restart redelivers little.
@@ -112,7 +113,7 @@ impl Watcher {
         mut self,
         config: &Config,
         shutdown: &CancellationToken,
-    ) -> Result<(), super::WatchError> {
+    ) -> Result<(), WatchError> {
         let mut failures: u32 = 0;
         // Whether storage was caught up with since the broker went away.
         let mut synced_while_down = false;

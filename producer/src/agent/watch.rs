@@ -1,0 +1,143 @@
+//! `certfleet watch`: its options, their validation, and the entry point
+//! that runs the `--on-change` hooks and the broker sessions (`run`) until
+//! shutdown.
+
+use std::path::PathBuf;
+
+use certfleet_common::{Config, Store};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::error::WatchError;
+use super::files::{self, CertDir};
+use super::hook::Hooks;
+use super::sync::Syncer;
+use super::{pattern, run};
+
+/// What `certfleet watch` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Where certificates are written (`--dir`).
+    pub dir: PathBuf,
+    /// This server's queue id (`--queue`): the queue is
+    /// `certfleet.watch.<id>`, durable, so events sent while the server is
+    /// down wait for it. `a-z 0-9 . _ -`, at most 100 characters.
+    pub queue_id: String,
+    /// AMQP topic patterns over `cert.<event>.<name>` (`--filter`); none
+    /// means `cert.#` (everything).
+    pub filters: Vec<String>,
+    /// Shell command run after each change (`--on-change`).
+    pub on_change: Option<String>,
+}
+
+/// `certfleet watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Directory receiving NAME/{cert,chain,fullchain,privkey}.pem.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// This webserver's id: its durable queue is certfleet.watch.ID.
+    #[arg(long = "queue", value_name = "ID")]
+    pub queue_id: String,
+    /// Certificate name patterns to follow (AMQP topic syntax); default all.
+    #[arg(long = "filter", value_name = "PATTERN")]
+    pub filters: Vec<String>,
+    /// Command run after certificates changed.
+    #[arg(long, value_name = "CMD")]
+    pub on_change: Option<String>,
+}
+
+/// The command line's `--dir`, `--queue`, `--filter` and `--on-change`, as
+/// given (they are checked by [`watch`]).
+impl From<WatchArgs> for WatchOptions {
+    fn from(args: WatchArgs) -> Self {
+        WatchOptions {
+            dir: args.dir,
+            queue_id: args.queue_id,
+            filters: args.filters,
+            on_change: args.on_change,
+        }
+    }
+}
+
+/// Keeps `opts.dir` up to date until `shutdown`: validates the options,
+/// runs hooks left pending by an earlier run, then (again after every
+/// reconnect) declares the queue, catches up with storage for the names the
+/// filters follow, and consumes events. Returns `Ok` once shut down.
+///
+/// # Errors
+/// Only usage errors ([`WatchError::is_usage`]) and a state directory that
+/// cannot be read: broker and storage trouble is logged and retried.
+pub async fn watch(
+    config: &Config,
+    opts: WatchOptions,
+    shutdown: CancellationToken,
+) -> Result<(), WatchError> {
+    pattern::check_queue_id(&opts.queue_id).map_err(|reason| WatchError::QueueId {
+        id: opts.queue_id.clone(),
+        reason,
+    })?;
+    let filters = pattern::Filters::parse(&opts.filters)
+        .map_err(|(pattern, reason)| WatchError::Filter { pattern, reason })?;
+    let path = opts.dir.clone();
+    let dir = files::blocking(move || CertDir::open(&path)).await?;
+    let store = Store::from_config(config).await;
+    // The hook tasks get their own token, cancelled once the watcher is done.
+    let hooks_stop = shutdown.child_token();
+    let hooks = opts
+        .on_change
+        .clone()
+        .map(|cmd| Hooks::new(cmd, dir.clone(), hooks_stop.clone()));
+    if let Some(h) = &hooks {
+        h.resume().await?;
+    }
+    let syncer = Syncer {
+        store,
+        dir,
+        hooks: hooks.clone(),
+    };
+    let result = run::Watcher::new(syncer, filters, &opts.queue_id)
+        .run(config, &shutdown)
+        .await;
+    hooks_stop.cancel();
+    if let Some(h) = hooks {
+        h.wait().await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::agent::pull::pull;
+
+    #[tokio::test]
+    async fn watch_refuses_bad_options_before_connecting() {
+        let env = std::collections::HashMap::<String, String>::new();
+        let config = Config::load(&certfleet_common::config::Sources::new(&env)).expect("config");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let opts = |queue: &str, filters: &[&str], dir: &Path| WatchOptions {
+            dir: dir.to_path_buf(),
+            queue_id: queue.into(),
+            filters: filters.iter().map(|s| s.to_string()).collect(),
+            on_change: None,
+        };
+        let cases = [
+            opts("Web 1", &[], tmp.path()),
+            opts("web1", &["job.#"], tmp.path()),
+            opts("web1", &["cert.#"], &tmp.path().join("missing")),
+        ];
+        for o in cases {
+            let err = watch(&config, o, CancellationToken::new())
+                .await
+                .expect_err("refused");
+            assert!(err.is_usage(), "{err}");
+        }
+        let err = pull(&config, &tmp.path().join("missing"), &[])
+            .await
+            .expect_err("refused");
+        assert!(err.is_usage(), "{err}");
+    }
+}
