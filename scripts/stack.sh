@@ -4,7 +4,16 @@
 #   rabbitmq  RabbitMQ + management plugin (Debian rabbitmq-server)
 #   redis     Redis (Debian redis-server)
 #   s3        moto_server, an S3-compatible mock (PyPI moto[server], in a venv)
-#   pebble    Pebble ACME test CA + pebble-challtestsrv as its DNS (Debian pebble)
+#   bind      BIND 9 (Debian bind9) on BIND_ADDR:53, an address it adds to lo:
+#             primary for the dynamic zones dns01.test, dns02.test and
+#             acmedns.test (RFC 2136 updates signed with the TSIG keys
+#             certfleet-test. (hmac-sha256) or certfleet-sha512.; every name
+#             in them -> 127.0.0.1), and forwarding all other names to
+#             challtestsrv. Zones start anew at each start; keys are kept.
+#   pebble    Pebble ACME test CA + pebble-challtestsrv (every name -> 127.0.0.1,
+#             records set through its API). Pebble resolves through bind when
+#             bind runs in the same STACK_DIR (so dns-01 in bind's zones
+#             validates for real), else through challtestsrv.
 #
 # Usage: scripts/stack.sh up|down|status|env|restart|stop|start [SERVICE...]
 #   up/start      install what is missing (as root), start, wait until ready
@@ -12,7 +21,7 @@
 #   restart       down + up
 #   status        one line per service; exit 0 only if all requested are up
 #   env           `export NAME=value` lines: eval "$(scripts/stack.sh env)"
-# No SERVICE means all four.
+# No SERVICE means all five; services start in the order above.
 #
 # Everything is configurable through the environment (defaults below). With
 # another STACK_DIR, RABBITMQ_NODENAME and ports, a second, independent
@@ -20,6 +29,11 @@
 # PEBBLE_* variables (PEBBLE_VA_NOSLEEP, PEBBLE_VA_ALWAYS_VALID,
 # PEBBLE_WFE_NONCEREJECT, PEBBLE_AUTHZREUSE, ...) are passed to pebble.
 # Per service, config, logs, pid files and data are in $STACK_DIR/SERVICE/.
+# bind: adding BIND_ADDR to lo needs root (it stays there after `down`).
+# `nsupdate -k $STACK_DIR/bind/tsig.key` updates its zones by hand. A program
+# that looks the zones' NS names up through the system resolver (lego's
+# propagation check does) gets bind as its resolver with
+#   unshare -m sh -c 'mount --bind $STACK_DIR/bind/resolv.conf /etc/resolv.conf && exec CMD...'
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,8 +60,12 @@ PEBBLE_TLS_PORT=${PEBBLE_TLS_PORT:-5001}
 CHALLTESTSRV_DNS_PORT=${CHALLTESTSRV_DNS_PORT:-8053}
 CHALLTESTSRV_MGMT_PORT=${CHALLTESTSRV_MGMT_PORT:-8055}
 METRICS_PORT=${METRICS_PORT:-9464}
+# BIND listens on port 53 of its own loopback address (NS records can name no
+# port); each instance needs its own BIND_ADDR.
+BIND_ADDR=${BIND_ADDR:-127.0.0.153}
+BIND_PORT=${BIND_PORT:-53}
 
-ALL_SERVICES=(rabbitmq redis s3 pebble)
+ALL_SERVICES=(rabbitmq redis s3 bind pebble)   # bind before pebble, which uses it
 LO=127.0.0.1
 PATH=$PATH:/usr/sbin:/sbin   # rabbitmq-server lives in /usr/sbin
 
@@ -62,7 +80,7 @@ alive() {
   [[ -n ${1:-} ]] && st=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $st != Z* ]]
 }
 pid_in() { cat "$1" 2>/dev/null || true; }
-port_open() { (exec 3<>"/dev/tcp/$LO/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/${2:-$LO}/$1") 2>/dev/null; }   # PORT [HOST]
 http_answers() { [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "$@") != 000 ]]; }
 
 # start_bg PIDFILE LOGFILE CMD...: run CMD detached (own session) in the
@@ -99,6 +117,7 @@ apt_pkgs_for() {
     rabbitmq) echo rabbitmq-server curl ;;
     redis) echo redis-server ;;
     s3) echo curl ;;
+    bind) echo bind9 bind9-dnsutils; command -v ip >/dev/null || echo iproute2 ;;
     pebble) echo pebble openssl curl ;;
   esac
 }
@@ -305,11 +324,135 @@ s3_start() {
 s3_post() { curl -fsS -o /dev/null -X PUT "http://$LO:$S3_PORT/$S3_BUCKET"; }
 s3_stop() { stop_pid "$S3_DIR/moto.pid"; }
 
+# ------------------------------------------------------------------- bind
+
+BIND_DIR=$STACK_DIR/bind
+BIND_ZONES=(dns01.test dns02.test acmedns.test)
+bind_pid() { pid_in "$BIND_DIR/named.pid"; }
+bind_addr() { echo "dns $BIND_ADDR:$BIND_PORT zones ${BIND_ZONES[*]} tsig certfleet-test. $BIND_DIR/tsig.key"; }
+bind_ready() {
+  local soa
+  soa=$(dig @"$BIND_ADDR" -p "$BIND_PORT" +short +time=1 +tries=1 SOA dns01.test 2>/dev/null) &&
+    [[ $soa == ns1.dns01.test.* ]]
+}
+bind_logs() { tail -n 30 "$BIND_DIR/named.log" 2>/dev/null || true; }
+bind_has_addr() { ip -o -4 addr show dev lo | grep -qF " $BIND_ADDR/"; }
+
+# bind_key NAME ALGORITHM FILE: a TSIG key, made once per STACK_DIR: FILE.key
+# holds its `key` statement (for named.conf and nsupdate -k), FILE.secret
+# only the base64 secret.
+bind_key() {
+  local f=$BIND_DIR/$3
+  [[ -s $f.key && -s $f.secret ]] && return 0
+  (
+    umask 077
+    tsig-keygen -a "$2" "$1" >"$f.key.new"
+    sed -n 's/^[[:space:]]*secret "\(.*\)";$/\1/p' "$f.key.new" >"$f.secret"
+    [[ -s $f.secret ]] && mv "$f.key.new" "$f.key"
+  ) || die "tsig-keygen -a $2 $1 failed"
+}
+
+bind_start() {
+  port_open "$BIND_PORT" "$BIND_ADDR" && die "port $BIND_ADDR:$BIND_PORT is already in use by another process"
+  # named listens only on addresses that an interface has.
+  if ! bind_has_addr; then
+    ((EUID == 0)) || die "$BIND_ADDR is not on lo; as root run: ip addr add $BIND_ADDR/32 dev lo"
+    ip addr add "$BIND_ADDR/32" dev lo 2>/dev/null || bind_has_addr || die "ip addr add $BIND_ADDR/32 dev lo failed"
+  fi
+  mkdir -p "$BIND_DIR"
+  bind_key certfleet-test. hmac-sha256 tsig
+  bind_key certfleet-sha512. hmac-sha512 tsig-sha512
+  # Zones start anew: fresh zone files, no journal of the last run's updates.
+  # TTLs and the negative-caching TTL (SOA minimum) are short.
+  local z zones=''
+  rm -f "$BIND_DIR"/*.jnl "$BIND_DIR"/*.jbk
+  for z in "${BIND_ZONES[@]}"; do
+    cat >"$BIND_DIR/$z.db" <<EOF
+\$TTL 5
+@    SOA  ns1.$z. hostmaster.$z. 1 60 10 600 1
+     NS   ns1.$z.
+ns1  A    $BIND_ADDR
+*    A    $LO
+EOF
+    zones+="zone \"$z\" { type primary; file \"$BIND_DIR/$z.db\"; allow-update { key \"certfleet-test.\"; key \"certfleet-sha512.\"; }; };"$'\n'
+  done
+  # Authoritative for its zones; everything else is forwarded to challtestsrv,
+  # never resolved from the root (and query-source on loopback keeps any query
+  # from leaving the machine). The cache keeps nothing, so challtestsrv's
+  # records apply at once. No rndc (controls), nothing in /etc/bind or
+  # /var/cache/bind.
+  cat >"$BIND_DIR/named.conf" <<EOF
+// generated by scripts/stack.sh
+include "$BIND_DIR/tsig.key";
+include "$BIND_DIR/tsig-sha512.key";
+controls { };
+options {
+  directory "$BIND_DIR";
+  pid-file none;
+  session-keyfile "$BIND_DIR/session.key";
+  managed-keys-directory "$BIND_DIR";
+  dump-file "$BIND_DIR/cache_dump.db";
+  statistics-file "$BIND_DIR/named.stats";
+  memstatistics-file "$BIND_DIR/named.memstats";
+  recursing-file "$BIND_DIR/named.recursing";
+  secroots-file "$BIND_DIR/named.secroots";
+  bindkeys-file "$BIND_DIR/bind.keys";   // absent: no trust anchors needed
+  listen-on port $BIND_PORT { $BIND_ADDR; };
+  listen-on-v6 { none; };
+  query-source address $BIND_ADDR;
+  notify no;
+  allow-query { 127.0.0.0/8; };
+  allow-transfer { 127.0.0.0/8; };
+  recursion yes;
+  allow-recursion { 127.0.0.0/8; };
+  forwarders { $LO port $CHALLTESTSRV_DNS_PORT; };
+  forward only;
+  dnssec-validation no;
+  max-cache-ttl 0;
+  max-ncache-ttl 0;
+  servfail-ttl 0;
+  max-cache-size 32m;
+  version none;
+  hostname none;
+  server-id none;
+};
+logging {
+  channel out { stderr; severity info; print-time yes; print-category yes; print-severity yes; };
+  category default { out; };
+  // challtestsrv's "no such record" answers carry an SOA of another zone
+  // (challtestsrv.invalid), which named rejects: such forwarded queries
+  // (AAAA, TXT, ...) get SERVFAIL, and these lines would come with each.
+  channel quiet { stderr; severity warning; print-time yes; print-category yes; print-severity yes; };
+  category resolver { quiet; };
+  category lame-servers { null; };
+};
+$zones
+EOF
+  # For programs that must resolve through bind (see the top of this file).
+  printf '# generated by scripts/stack.sh: resolve through this instance of bind\nnameserver %s\n' "$BIND_ADDR" >"$BIND_DIR/resolv.conf"
+  # named -f logs errors in named.conf to syslog, not to stderr: check first.
+  named-checkconf -z "$BIND_DIR/named.conf" >"$BIND_DIR/checkconf.log" 2>&1 ||
+    { cat "$BIND_DIR/checkconf.log" >&2; die "named-checkconf $BIND_DIR/named.conf failed"; }
+  # In the foreground (-f; with -g the logging statement would not apply),
+  # IPv4 only, as root (no -u: nothing to drop to).
+  start_bg "$BIND_DIR/named.pid" "$BIND_DIR/named.log" named -f -4 -c "$BIND_DIR/named.conf"
+}
+bind_stop() { stop_pid "$BIND_DIR/named.pid"; }
+
 # ----------------------------------------------------------------- pebble
 
 PEBBLE_DIR=$STACK_DIR/pebble
 pebble_pid() { pid_in "$PEBBLE_DIR/pebble.pid"; }
-pebble_addr() { echo "https://$LO:$PEBBLE_PORT/dir mgmt https://$LO:$PEBBLE_MGMT_PORT challtestsrv http://$LO:$CHALLTESTSRV_MGMT_PORT dns $LO:$CHALLTESTSRV_DNS_PORT"; }
+pebble_addr() {
+  local dns; dns=$(pid_in "$PEBBLE_DIR/pebble.dnsserver"); dns=${dns:-$(pebble_dnsserver)}
+  echo "https://$LO:$PEBBLE_PORT/dir mgmt https://$LO:$PEBBLE_MGMT_PORT challtestsrv http://$LO:$CHALLTESTSRV_MGMT_PORT dns $LO:$CHALLTESTSRV_DNS_PORT resolver $dns"
+}
+# Pebble's -dnsserver: this instance's bind when it runs (or has just been
+# started: bind comes first), else challtestsrv. bind forwards to challtestsrv
+# whatever is not in its own zones, so challtestsrv's records apply either way.
+pebble_dnsserver() {
+  if alive "$(bind_pid)"; then echo "$BIND_ADDR:$BIND_PORT"; else echo "$LO:$CHALLTESTSRV_DNS_PORT"; fi
+}
 pebble_ready() {
   alive "$(pid_in "$PEBBLE_DIR/challtestsrv.pid")" &&
     http_answers "http://$LO:$CHALLTESTSRV_MGMT_PORT/" &&
@@ -363,8 +506,9 @@ EOF
     -http01 "" -https01 "" -tlsalpn01 ""
   export PEBBLE_VA_NOSLEEP=${PEBBLE_VA_NOSLEEP:-1} PEBBLE_WFE_NONCEREJECT=${PEBBLE_WFE_NONCEREJECT:-0}
   env | grep '^PEBBLE_' | sort >"$PEBBLE_DIR/pebble.env"
+  pebble_dnsserver >"$PEBBLE_DIR/pebble.dnsserver"
   start_bg "$PEBBLE_DIR/pebble.pid" "$PEBBLE_DIR/pebble.log" \
-    pebble -config "$PEBBLE_DIR/pebble-config.json" -dnsserver "$LO:$CHALLTESTSRV_DNS_PORT"
+    pebble -config "$PEBBLE_DIR/pebble-config.json" -dnsserver "$(pebble_dnsserver)"
 }
 
 pebble_stop() {
@@ -385,6 +529,8 @@ cmd_up() {
         pebble_env=$(export PEBBLE_VA_NOSLEEP=${PEBBLE_VA_NOSLEEP:-1} PEBBLE_WFE_NONCEREJECT=${PEBBLE_WFE_NONCEREJECT:-0}; env | grep '^PEBBLE_' | sort)
         [[ $pebble_env == "$(cat "$PEBBLE_DIR/pebble.env" 2>/dev/null)" ]] ||
           log "note: pebble runs with other PEBBLE_* settings; use 'restart pebble' to apply them"
+        [[ $(pebble_dnsserver) == "$(pid_in "$PEBBLE_DIR/pebble.dnsserver")" ]] ||
+          log "note: pebble resolves through $(pid_in "$PEBBLE_DIR/pebble.dnsserver"), not $(pebble_dnsserver); use 'restart pebble' to change"
       fi
       continue
     fi
@@ -443,6 +589,14 @@ cmd_env() {
     "CERTFLEET_TEST_RABBITMQ_MGMT_URL=http://guest:guest@$LO:$RABBITMQ_MGMT_PORT" \
     "CERTFLEET_TEST_PEBBLE_MGMT_URL=https://$LO:$PEBBLE_MGMT_PORT" \
     "CERTFLEET_TEST_CHALLTESTSRV_URL=http://$LO:$CHALLTESTSRV_MGMT_PORT" \
+    "CERTFLEET_RFC2136_NAMESERVER=$BIND_ADDR:$BIND_PORT" \
+    "CERTFLEET_RFC2136_TSIG_KEY=certfleet-test." \
+    "CERTFLEET_RFC2136_TSIG_ALGORITHM=hmac-sha256" \
+    "CERTFLEET_RFC2136_TSIG_SECRET_FILE=$BIND_DIR/tsig.secret" \
+    "CERTFLEET_DNS01_RESOLVERS=$BIND_ADDR:$BIND_PORT" \
+    "CERTFLEET_TEST_BIND_ADDR=$BIND_ADDR:$BIND_PORT" \
+    "CERTFLEET_TEST_BIND_SHA512_SECRET_FILE=$BIND_DIR/tsig-sha512.secret" \
+    "CERTFLEET_TEST_BIND_RESOLV_CONF=$BIND_DIR/resolv.conf" \
     "CERTFLEET_TEST_STACK_DIR=$STACK_DIR"; do
     printf 'export %s=%q\n' "${v%%=*}" "${v#*=}"
   done
@@ -458,6 +612,9 @@ main() {
   local cmd=$1 s; shift
   for s; do [[ " ${ALL_SERVICES[*]} " == *" $s "* ]] || { log "unknown service '$s'"; usage; }; done
   (($#)) || set -- "${ALL_SERVICES[@]}"
+  local ordered=()   # in ALL_SERVICES' order (bind before pebble), once each
+  for s in "${ALL_SERVICES[@]}"; do [[ " $* " == *" $s "* ]] && ordered+=("$s"); done
+  set -- "${ordered[@]}"
   case $cmd in
     status) cmd_status "$@"; return ;;
     env) cmd_env; return ;;
