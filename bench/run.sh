@@ -201,7 +201,7 @@ certfleet() { # MODE C N [extra args]
   local mode=$1 c=$2 n=$3; shift 3
   local label; label=$(label_for "$mode" "$c" "$n")
   ca_args "$mode"
-  step_ca "$mode" "certfleet-$mode-c$c-n$n" "$BIN/bench-throughput" "${CA[@]}" --concurrency "$c" --n "$n" \
+  step_ca "$mode" "certfleet-$mode-c$c-n$n" "$BIN/bench-step" throughput "${CA[@]}" --concurrency "$c" --n "$n" \
     --label "$label" --worker-bin "$BIN/certfleet-worker" --log "$OUT/logs/worker-$mode-c$c-n$n.log" \
     --out "$OUT/throughput-certfleet-$mode-c$c-n$n.json" "$@"
 }
@@ -209,7 +209,7 @@ certfleet() { # MODE C N [extra args]
 ceiling() { # MODE C N
   local mode=$1 c=$2 n=$3
   ca_args "$mode"
-  step_ca "$mode" "ceiling-$mode-c$c" "$BIN/bench-ceiling" "${CA[@]}" --concurrency "$c" --n "$n" \
+  step_ca "$mode" "ceiling-$mode-c$c" "$BIN/bench-step" ceiling "${CA[@]}" --concurrency "$c" --n "$n" \
     --label "$(printf 'ceil-%s-c%s-%s' "$mode" "$c" "$RUN")" --out "$OUT/throughput-ceiling-$mode-c$c.json"
 }
 
@@ -217,7 +217,7 @@ lego_run() { # MODE P N
   local mode=$1 p=$2 n=$3
   local label; label=$(label_for "$mode" "$C" "$N")   # certfleet's main run's names
   ca_args "$mode"
-  step_ca "$mode" "lego-$mode-x$p" "$BIN/bench-lego" "${CA[@]}" --parallel "$p" --n "$n" --full-n "$N" \
+  step_ca "$mode" "lego-$mode-x$p" "$BIN/bench-step" lego "${CA[@]}" --parallel "$p" --n "$n" --full-n "$N" \
     --label "$label" --dir "$OUT/lego-$mode-x$p" --out "$OUT/throughput-lego-$mode-x$p.json"
 }
 
@@ -236,7 +236,7 @@ for mode in instant http01 delay; do
     log "profiling the worker (perf, instant mode, C=$C)"
     pebble_up instant || true
     ca_args instant
-    if ! { "$BIN/bench-throughput" "${CA[@]}" --concurrency "$C" --n "$(max "$N" 400)" \
+    if ! { "$BIN/bench-step" throughput "${CA[@]}" --concurrency "$C" --n "$(max "$N" 400)" \
       --label "$(printf 'prof-c%s-%s' "$C" "$RUN")" --worker-bin "$BIN/certfleet-worker" \
       --log "$OUT/logs/worker-profile.log" --perf "$OUT/perf.data" \
       >"$OUT/logs/profile-run.txt" 2>>"$OUT/logs/profile.log" &&
@@ -261,7 +261,7 @@ for mode in instant http01 delay; do
   if [[ $mode == instant ]]; then
     for m in $FANOUT; do
       ca_args instant
-      step_ca instant "fanout-m$m" "$BIN/bench-fanout" "${CA[@]}" --subscribers "$m" \
+      step_ca instant "fanout-m$m" "$BIN/bench-step" fanout "${CA[@]}" --subscribers "$m" \
         --certificates "$FANOUT_CERTS" --label "$(printf 'fan-m%s-%s' "$m" "$RUN")" \
         --worker-bin "$BIN/certfleet-worker" --dir "$OUT/fanout-m$m" --out "$OUT/fanout-m$(printf '%03d' "$m").json"
     done
@@ -269,8 +269,8 @@ for mode in instant http01 delay; do
 done
 pebble_down
 
-step storage "$BIN/bench-storage" --concurrency "$C" --n 600 --label "s3-$RUN" --out "$OUT/storage.json" || true
-step bookkeeping "$BIN/bench-bookkeeping" --label "book-$RUN" --out "$OUT/bookkeeping.json" || true
+step storage "$BIN/bench-step" storage --concurrency "$C" --n 600 --label "s3-$RUN" --out "$OUT/storage.json" || true
+step bookkeeping "$BIN/bench-step" bookkeeping --label "book-$RUN" --out "$OUT/bookkeeping.json" || true
 
 if ((${#RETRIED[@]})); then
   echo "retried once on a restarted Pebble (the first try had failures; logs/*.try1.log): ${RETRIED[*]}" >>"$OUT/settings.txt"

@@ -7,12 +7,11 @@
 //!   published) is timed for a daily scan (what is due within 24 h, about
 //!   1/60 of the fleet) and for the worst case (everything due).
 //! - [`JOBS`] issue jobs are published with confirms
-//!   (`Publisher::publish_many`) to a work queue declared as the workers
+//!   (`Submitter::submit`, encoding included) to a work queue declared as the workers
 //!   declare it (quorum, persistent messages).
 
 use std::time::Duration;
 
-use certfleet_common::amqp::Outgoing;
 use certfleet_common::state::State;
 use certfleet_common::{CertName, ChallengeType, Store, schedule, topology};
 use lapin::options::QueuePurgeOptions;
@@ -67,8 +66,8 @@ async fn run_in(slice: &Slice, indexed: usize, jobs: usize) -> anyhow::Result<Bo
     state.index_replace(&entries).await?;
     let fill_s = t.elapsed().as_secs_f64();
 
-    let conn = Jobs::connect(&cfg).await?;
-    let publisher = conn.publisher();
+    let jobs_conn = Jobs::connect(&cfg).await?;
+    let channel = jobs_conn.channel().await?;
     let mut scans = Vec::new();
     for (label, within) in [
         ("daily scan: due within 24 h", time::Duration::days(1)),
@@ -78,7 +77,8 @@ async fn run_in(slice: &Slice, indexed: usize, jobs: usize) -> anyhow::Result<Bo
         let mut due = 0;
         for i in 0..=RUNS {
             let t = Instant::now();
-            let report = schedule::due_scan(&state, &store, publisher, within, true).await?;
+            let report =
+                schedule::due_scan(&state, &store, jobs_conn.submitter(), within, true).await?;
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             due = report.entries.len();
             if i > 0 {
@@ -95,7 +95,7 @@ async fn run_in(slice: &Slice, indexed: usize, jobs: usize) -> anyhow::Result<Bo
 
     // Bulk publish into a work queue declared like the workers do.
     topology::declare_work_queue(
-        publisher.channel(),
+        &channel,
         topology::WORK_QUEUE,
         &[topology::WORK_BINDING.to_string()],
     )
@@ -103,25 +103,14 @@ async fn run_in(slice: &Slice, indexed: usize, jobs: usize) -> anyhow::Result<Bo
     let envelopes = (0..jobs)
         .map(|i| issue_envelope(&format!("j{i:05}.bulk.{}", crate::names::SUFFIX)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let bodies = envelopes
-        .iter()
-        .map(|e| e.encode())
-        .collect::<Result<Vec<_>, _>>()?;
-    let keys: Vec<String> = envelopes.iter().map(|e| e.routing_key()).collect();
-    let ids: Vec<String> = envelopes.iter().map(|e| e.job_id.to_string()).collect();
     let mut publish_runs_s = Vec::new();
     for _ in 0..PUBLISH_RUNS {
-        let msgs: Vec<Outgoing<'_>> = (0..jobs)
-            .map(|i| Outgoing::job(&keys[i], &bodies[i], Some(&ids[i])))
-            .collect();
         let t = Instant::now();
-        let results = publisher.publish_many(&msgs).await?;
+        let refused = jobs_conn.publish_all(&envelopes).await?;
         let s = t.elapsed().as_secs_f64();
-        let refused = results.iter().filter(|r| r.is_err()).count();
         anyhow::ensure!(refused == 0, "{refused} of {jobs} jobs were not confirmed");
         publish_runs_s.push(s);
-        publisher
-            .channel()
+        channel
             .queue_purge(topology::WORK_QUEUE.into(), QueuePurgeOptions::default())
             .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;

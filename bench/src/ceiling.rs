@@ -42,7 +42,7 @@ pub const POLL: RetryPolicy = RetryPolicy::new()
     .backoff(1.5)
     .timeout(Duration::from_secs(120));
 
-/// What to run (the command line of `bench-ceiling`).
+/// What to run (the command line of `bench-step ceiling`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// The private CA.

@@ -1,7 +1,7 @@
 //! Fan-out: from a stored certificate to M webservers having the files.
 //!
 //! M `certfleet watch` subscribers run in this process (tasks calling
-//! `certfleet::watch::watch`, each with its own durable queue
+//! `certfleet::agent::watch`, each with its own durable queue
 //! `certfleet.watch.<id>` and its own directory), against one release
 //! worker in instant mode. Certificates are issued one at a time; for each,
 //! the time from the pointer's `updated_at` (the moment the worker flipped
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use certfleet::watch::WatchOptions;
+use certfleet::agent::WatchOptions;
 use certfleet_common::{CertName, EventKind, Store, topology};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -33,7 +33,7 @@ pub const POLL_EVERY: Duration = Duration::from_millis(5);
 /// How long one certificate may take to reach every subscriber.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What to run (the command line of `bench-fanout`).
+/// What to run (the command line of `bench-step fanout`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// The private CA (instant mode).
@@ -167,7 +167,7 @@ async fn start_subscribers(
                 filters: Vec::new(),
                 on_change: None,
             };
-            if let Err(e) = certfleet::watch::watch(&cfg, o, stop).await {
+            if let Err(e) = certfleet::agent::watch(&cfg, o, stop).await {
                 tracing::warn!(error = %e, "a subscriber stopped");
             }
         });

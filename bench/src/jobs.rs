@@ -1,10 +1,12 @@
-//! Publishing issue jobs the way `certfleet issue` does (confirmed,
-//! mandatory, persistent) and following the events exchange.
+//! Submitting issue jobs the way `certfleet issue` does (the one
+//! [`Submitter`]: confirmed, mandatory, persistent) and following the
+//! events exchange.
 
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use certfleet_common::amqp::{self, Outgoing, Publisher};
+use certfleet_common::amqp;
+use certfleet_common::submit::{Dedup, Outcome, Submission, Submitter};
 use certfleet_common::{
     CertName, ChallengeType, Config, Envelope, Event, Job, JobKind, KeyType, topology,
 };
@@ -28,10 +30,10 @@ pub fn issue_envelope(name: &str) -> anyhow::Result<Envelope> {
     ))
 }
 
-/// A confirmed publisher on its own connection.
+/// A submitter on its own connection (no Redis: no status records).
 pub struct Jobs {
-    _conn: lapin::Connection,
-    publisher: Publisher,
+    conn: lapin::Connection,
+    submitter: Submitter,
 }
 
 impl Jobs {
@@ -41,30 +43,44 @@ impl Jobs {
     /// Broker unreachable.
     pub async fn connect(cfg: &Config) -> anyhow::Result<Self> {
         let conn = amqp::connect(&cfg.amqp_url, "certfleet-bench").await?;
-        let publisher = Publisher::new(&conn).await?;
-        topology::declare_jobs(publisher.channel()).await?;
-        Ok(Self {
-            _conn: conn,
-            publisher,
-        })
+        let submitter = Submitter::open(&conn, None).await?;
+        Ok(Self { conn, submitter })
     }
 
-    /// Publishes one envelope and waits for its confirm.
+    /// Submits one envelope and waits for its confirm.
     ///
     /// # Errors
     /// Broker errors, or no queue bound (no worker ever started).
     pub async fn publish(&self, envelope: &Envelope) -> anyhow::Result<()> {
-        let body = envelope.encode()?;
-        let id = envelope.job_id.to_string();
-        self.publisher
-            .publish(Outgoing::job(&envelope.routing_key(), &body, Some(&id)))
-            .await?;
+        let refused = self.publish_all(std::slice::from_ref(envelope)).await?;
+        anyhow::ensure!(refused == 0, "the job was not accepted");
         Ok(())
     }
 
-    /// The publisher (bulk publishing).
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
+    /// Submits many envelopes pipelined; returns how many were refused.
+    ///
+    /// # Errors
+    /// Broker errors before anything was sent.
+    pub async fn publish_all(&self, envelopes: &[Envelope]) -> anyhow::Result<usize> {
+        let subs: Vec<Submission<'_>> = envelopes.iter().map(Submission::new).collect();
+        let outcomes = self.submitter.submit(&subs, Dedup::Off, "bench").await?;
+        if let Some(Outcome::NotAccepted(e)) = outcomes.iter().find(|o| !o.is_queued()) {
+            tracing::warn!(error = %e, "a job was not accepted");
+        }
+        Ok(outcomes.iter().filter(|o| !o.is_queued()).count())
+    }
+
+    /// The submitter (due-scans).
+    pub fn submitter(&self) -> &Submitter {
+        &self.submitter
+    }
+
+    /// A channel of this connection (declarations, purges).
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn channel(&self) -> anyhow::Result<lapin::Channel> {
+        Ok(self.conn.create_channel().await?)
     }
 }
 

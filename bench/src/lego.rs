@@ -27,7 +27,7 @@ use certfleet_tests::http::Http;
 /// Longest time one lego process may take (it is killed after that).
 const LEGO_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// What to run (the command line of `bench-lego`).
+/// What to run (the command line of `bench-step lego`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// The private CA.

@@ -312,7 +312,7 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
             "From the pointer's `updated_at` (the certificate is stored) to `DIR/<name>/fullchain.pem` \
              in a subscriber's directory (the atomic symlink switch: all four files in place), one \
              sample per certificate and subscriber; `certfleet watch` subscribers are in-process \
-             tasks calling `certfleet::watch::watch`, each with its own durable queue and \
+             tasks calling `certfleet::agent::watch`, each with its own durable queue and \
              directory; directories polled every 5 ms.\n"
         );
         let _ = writeln!(
@@ -362,7 +362,7 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
             "Expiry index of {} certificates (renewal times spread over 60 days), filled with \
              `State::index_replace` in {:.2} s. `schedule::due_scan` in dry run (index read, names \
              parsed, nothing published), median of {} runs after a warm-up. Bulk publish: \
-             `Publisher::publish_many`, {} issue jobs, persistent, mandatory, publisher confirms, \
+             `Submitter::submit`, {} issue jobs, persistent, mandatory, publisher confirms, \
              into a quorum work queue.\n",
             b.indexed,
             b.fill_s,
@@ -509,7 +509,7 @@ fn where_time_goes(inp: &Inputs) -> String {
         let reqs = st.certificates.max(1) as f64 * f64::from(st.requests_per_certificate);
         let _ = writeln!(
             md,
-            "The S3 server alone (`bench-storage`: the worker's {} requests per new certificate — \
+            "The S3 server alone (`bench-step storage`: the worker's {} requests per new certificate — \
              pointer read, bundle write, pointer write — through the same client, {} \
              certificates at a time, nothing else running): **{:.0} certificates/s**, moto at \
              {:.1} ms of CPU per request ({:.0} % of one core). That is the storage ceiling of \

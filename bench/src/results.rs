@@ -185,7 +185,7 @@ pub struct Bookkeeping {
     pub scans: Vec<Scan>,
     /// Jobs per bulk publish.
     pub publish_jobs: usize,
-    /// Seconds per bulk publish (`Publisher::publish_many`, confirms).
+    /// Seconds per bulk submit (`Submitter::submit`: encode, publish, confirms).
     pub publish_runs_s: Vec<f64>,
     /// Jobs per second, median run.
     pub publish_jobs_per_s: f64,

@@ -246,10 +246,10 @@ impl Slice {
             stack: stack.clone(),
             http,
         };
-        certfleet_common::Store::from_config(&slice.config()?)
-            .await
-            .ensure_bucket()
-            .await?;
+        certfleet_worker::objects::ObjectWrites::ensure_bucket(
+            &certfleet_common::Store::from_config(&slice.config()?).await,
+        )
+        .await?;
         Ok(slice)
     }
 

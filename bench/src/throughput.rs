@@ -39,7 +39,7 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often memory and jobs in flight are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
-/// What to run (the command line of `bench-throughput`).
+/// What to run (the command line of `bench-step throughput`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// The private CA.

@@ -1,17 +1,26 @@
 //! Broker connections and confirmed publishing.
 //!
+//! Every certfleet client connects and reconnects the same way: one attempt
+//! is bounded by [`Reconnect::connect_timeout`] ([`connect`]), and a client
+//! that must stay connected (the worker's consumer, the scheduler, `watch`)
+//! retries with the one backoff policy [`RECONNECT`]
+//! ([`Reconnect::session`]).
+//!
 //! A message counts as sent only once the broker confirmed it (lapin's
 //! `publisher_confirms` example): jobs are published with `mandatory`, so a
 //! routing key that reaches no queue comes back as an error instead of
 //! vanishing; events are not (a fleet with no subscriber yet is normal).
+
+use std::time::Duration;
 
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use crate::error::{Classify, Disposition};
+use crate::error::{Classify, Disposition, chain};
 use crate::secret::SecretUrl;
+use tokio_util::sync::CancellationToken;
 
 /// Delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
@@ -65,24 +74,107 @@ impl Classify for BrokerError {
     }
 }
 
-/// Connects, naming the connection (shown in the RabbitMQ UI).
+/// How a client connects to the broker and reconnects after losing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// Wait after the first failed attempt; doubled after each further one.
+    pub first_delay: Duration,
+    /// Longest wait between attempts.
+    pub max_delay: Duration,
+    /// How long one attempt (TCP connect, TLS, AMQP handshake) may take: a
+    /// blackholed address would otherwise hang for the kernel's TCP
+    /// timeout.
+    pub connect_timeout: Duration,
+}
+
+/// The reconnect policy of every certfleet client: quick first retries (a
+/// broker restart takes seconds), then at most one attempt every 30 s, so a
+/// fleet of workers and webservers does not hammer a broker that is coming
+/// back.
+pub const RECONNECT: Reconnect = Reconnect {
+    first_delay: Duration::from_millis(500),
+    max_delay: Duration::from_secs(30),
+    connect_timeout: Duration::from_secs(15),
+};
+
+impl Reconnect {
+    /// The wait after the `failures`-th failed attempt in a row (1 for the
+    /// first): [`Reconnect::first_delay`] doubled for each further one, at
+    /// most [`Reconnect::max_delay`].
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.first_delay
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_delay)
+    }
+
+    /// Runs `open` (connect and set up a session) until it succeeds,
+    /// waiting with exponential backoff between failures, each logged with
+    /// `what` and the next delay. Returns `None` once `shutdown` is
+    /// cancelled.
+    pub async fn session<T, E, F, Fut>(
+        &self,
+        shutdown: &CancellationToken,
+        what: &str,
+        mut open: F,
+    ) -> Option<T>
+    where
+        E: std::error::Error + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut failures: u32 = 0;
+        loop {
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                r = open() => r,
+            };
+            match attempt {
+                Ok(session) => return Some(session),
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = self.delay(failures);
+                    tracing::warn!(error = %chain(&e), retry_in = ?delay, "{what}: broker unavailable");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Connects once, naming the connection (shown in the RabbitMQ UI), within
+/// [`RECONNECT`]'s connect timeout.
 ///
 /// # Errors
-/// [`BrokerError::Connect`].
+/// [`BrokerError::Connect`], also when the broker does not answer in time.
 pub async fn connect(url: &SecretUrl, connection_name: &str) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(connection_name.as_bytes().to_vec()));
-    Connection::connect(url.expose(), props)
-        .await
-        .map_err(|source| BrokerError::Connect {
+    let timeout = RECONNECT.connect_timeout;
+    match tokio::time::timeout(timeout, Connection::connect(url.expose(), props)).await {
+        Ok(result) => result.map_err(|source| BrokerError::Connect {
             url: url.redacted(),
             source,
-        })
+        }),
+        Err(_) => Err(BrokerError::Connect {
+            url: url.redacted(),
+            source: lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {}",
+                    crate::config::parse::format_duration(timeout)
+                ),
+            )),
+        }),
+    }
 }
 
 /// How long a polite close (close, then the broker's close-ok) may take;
 /// after it the connection is dropped anyway.
-pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Closes `conn` politely, giving up after [`CLOSE_TIMEOUT`]. A close never
 /// holds a caller up for longer: lapin's close future has been seen never
@@ -266,5 +358,31 @@ impl Publisher {
             results.push(result);
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_double_up_to_the_cap() {
+        let d: Vec<Duration> = [1, 2, 3, 7, 8, 100, u32::MAX]
+            .iter()
+            .map(|&n| RECONNECT.delay(n))
+            .collect();
+        assert_eq!(
+            d,
+            [
+                Duration::from_millis(500),
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+            ]
+        );
+        assert_eq!(RECONNECT.delay(0), RECONNECT.first_delay);
     }
 }

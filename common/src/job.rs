@@ -17,6 +17,12 @@ use uuid::Uuid;
 use crate::domain::CertName;
 use crate::error::{Classify, Disposition};
 
+/// A job's routing key on the jobs exchange: `job.<kind>.<challenge>`, so a
+/// worker pool that can serve only some challenges binds only those.
+pub fn routing_key(kind: JobKind, challenge: ChallengeType) -> String {
+    format!("job.{}.{}", kind.as_str(), challenge.as_str())
+}
+
 /// The envelope format this build writes.
 pub const ENVELOPE_VERSION: u16 = 1;
 
@@ -226,9 +232,9 @@ impl Envelope {
         )
     }
 
-    /// The routing key: `job.<kind>.<challenge>`.
+    /// The routing key: [`routing_key`] of its kind and challenge.
     pub fn routing_key(&self) -> String {
-        crate::topology::job_routing_key(self.kind, self.job.challenge)
+        routing_key(self.kind, self.job.challenge)
     }
 
     /// Encodes to the wire format.
@@ -349,5 +355,13 @@ mod tests {
         assert_eq!("rsa-3072".parse(), Ok(KeyType::Rsa3072));
         assert!("rsa-1024".parse::<KeyType>().is_err());
         assert_eq!("dns-01".parse(), Ok(ChallengeType::Dns01));
+    }
+
+    #[test]
+    fn routing_keys() {
+        assert_eq!(
+            routing_key(JobKind::Renew, ChallengeType::Dns01),
+            "job.renew.dns-01"
+        );
     }
 }

@@ -6,13 +6,21 @@
 //! - [`event`]: the JSON events workers publish.
 //! - [`topology`]: exchange, queue and header names, retry delays, and the
 //!   functions that declare them.
-//! - [`amqp`]: broker connections and confirmed publishing.
+//! - [`amqp`]: broker connections, the one reconnect policy, confirmed
+//!   publishing.
 //! - [`storage`]: the S3 key layout, pointers and bundles, and the store.
 //! - [`redis_keys`] and [`state`]: Redis keys, the expiry index, dedup
 //!   markers and job status records.
+//! - [`submit`]: the one path from envelopes to accepted jobs (claim,
+//!   confirmed publish, settle), used by every command that queues jobs and
+//!   by the renewal scheduler.
+//! - [`schedule`]: the renewal due-scan, the index rebuild, the scheduler
+//!   loop.
 //! - [`domain`]: domain and certificate name validation.
-//! - [`renewal`]: when a certificate is due.
-//! - [`config`]: flags → environment → TOML, validated once.
+//! - [`config`]: flags → environment → TOML; the setting names and the
+//!   section every binary validates.
+//! - [`logging`] and [`shutdown`]: the one tracing setup and the one signal
+//!   handler of both binaries.
 //! - [`seal`] and [`secret`]: encryption at rest and values never printed.
 //! - [`error`]: what a failure means for the job ([`Disposition`]).
 
@@ -24,13 +32,15 @@ pub mod domain;
 pub mod error;
 pub mod event;
 pub mod job;
+pub mod logging;
 pub mod redis_keys;
-pub mod renewal;
 pub mod schedule;
 pub mod seal;
 pub mod secret;
+pub mod shutdown;
 pub mod state;
 pub mod storage;
+pub mod submit;
 pub mod topology;
 
 pub use config::{Config, ConfigError};

@@ -4,16 +4,16 @@
 //! The expiry index in Redis ([`State::index_due`]) answers "what is due"
 //! without touching S3; S3 stays the source of truth, and
 //! [`rebuild_index`] rebuilds the index from the pointers when Redis lost it.
-//! A due-scan ([`due_scan`]) claims every due name with one pipelined round
-//! trip ([`State::pending_claim_many`]), so a name that already has a queued
-//! or running job is skipped (certmagic's `jobManager.Submit` drops
-//! duplicate work by name the same way), then publishes the renew jobs
-//! pipelined with publisher confirms ([`Publisher::publish_many`]). A claim
-//! whose job could not be published is released at once, so the next scan
-//! tries again.
+//! A due-scan ([`due_scan`]) hands the due names to the one job submission
+//! path, [`Submitter`] with [`Dedup::ClaimNames`]: every name claimed in one
+//! pipelined round trip, so a name that already has a queued or running job
+//! is skipped, the renew jobs published pipelined with publisher confirms,
+//! and a claim whose job could not be published released at once, so the
+//! next scan tries again.
 //!
-//! [`run_scheduler`] runs the scan periodically. Any number of instances may
-//! run it (every worker started with `--schedule-every`, a `certfleet
+//! [`run_scheduler`] runs the scan periodically and [`run`] keeps it on a
+//! broker connection, reconnecting as every certfleet client does
+//! ([`RECONNECT`]). Any number of instances may run it (every worker started with `--schedule-every`, a `certfleet
 //! schedule` deployment, a CronJob running `certfleet renew --due`): a lease
 //! in Redis ([`RedisKeys::scheduler`](crate::redis_keys::RedisKeys::scheduler))
 //! lets only one of them scan per period, and the dedup markers make a
@@ -28,13 +28,14 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::amqp::{BrokerError, Outgoing, Publisher};
+use crate::amqp::{self, RECONNECT};
 use crate::domain::CertName;
 use crate::error::{Classify, Disposition};
-use crate::job::{ChallengeType, CodecError, Envelope};
-use crate::state::{COMPARE_AND_DELETE, JobState, JobStatus, State, StateError};
+use crate::job::{ChallengeType, Envelope};
+use crate::secret::SecretUrl;
+use crate::state::{COMPARE_AND_DELETE, State, StateError};
 use crate::storage::{StorageError, Store};
-use crate::topology;
+use crate::submit::{Dedup, Outcome, Submission, SubmitError, Submitter};
 
 /// Pointers read at once while rebuilding the index: enough to hide S3's
 /// per-request latency (100,000 pointers at ~10 ms each take ~30 s), few
@@ -44,9 +45,11 @@ pub const REBUILD_CONCURRENCY: usize = 32;
 /// The `reason` of renew jobs queued by a due-scan.
 pub const DUE_REASON: &str = "due";
 
-/// Redis commands per pipeline when writing status records or releasing
-/// claims in bulk (keeps each request well below Redis' buffer limits).
-const PIPELINE_CHUNK: usize = 5000;
+/// The `queued` status detail of renew jobs queued by a due-scan.
+const SCHEDULER_STATUS: &str = "queued by the renewal scheduler (due)";
+
+/// How often a running scheduler checks that its broker channel is open.
+const HEALTH_CHECK: StdDuration = StdDuration::from_secs(1);
 
 /// Takes the scheduler lease if it is free, or extends it if this instance
 /// already holds it. `KEYS[1]` lease key, `ARGV[1]` this instance's value,
@@ -71,9 +74,6 @@ pub enum ScheduleError {
     /// Reading the expiry index failed.
     #[error("cannot read the expiry index")]
     Index(#[source] StateError),
-    /// Claiming the due names failed.
-    #[error("cannot claim the due names in redis")]
-    Claim(#[source] StateError),
     /// Writing the rebuilt index failed.
     #[error("cannot write the rebuilt expiry index")]
     IndexWrite(#[source] StateError),
@@ -90,34 +90,18 @@ pub enum ScheduleError {
         #[source]
         source: StorageError,
     },
-    /// Declaring the job topology or publishing failed before anything was
-    /// sent.
-    #[error("cannot publish renew jobs")]
-    Publish(#[source] BrokerError),
-    /// Declaring the job topology failed.
-    #[error("cannot declare the job exchanges")]
-    Topology(#[source] lapin::Error),
-    /// A renew job did not encode (a bug).
-    #[error("cannot encode the renew job of {name}")]
-    Encode {
-        /// The certificate.
-        name: CertName,
-        /// Cause.
-        #[source]
-        source: CodecError,
-    },
+    /// Claiming or publishing the renew jobs failed before anything was
+    /// accepted.
+    #[error("cannot queue renew jobs")]
+    Submit(#[source] SubmitError),
 }
 
 impl Classify for ScheduleError {
     fn disposition(&self) -> Disposition {
         match self {
-            ScheduleError::Index(e) | ScheduleError::Claim(e) | ScheduleError::IndexWrite(e) => {
-                e.disposition()
-            }
+            ScheduleError::Index(e) | ScheduleError::IndexWrite(e) => e.disposition(),
             ScheduleError::List(e) | ScheduleError::Pointer { source: e, .. } => e.disposition(),
-            ScheduleError::Publish(e) => e.disposition(),
-            ScheduleError::Topology(_) => Disposition::Retry { after: None },
-            ScheduleError::Encode { .. } => Disposition::Fail,
+            ScheduleError::Submit(e) => e.disposition(),
         }
     }
 }
@@ -306,40 +290,38 @@ pub async fn due_list(
     Ok(report)
 }
 
-/// Renewal envelopes (reason `reason`) for `names`, and for each whether
-/// this caller claimed the name's pending marker in one Redis round trip. A
-/// name whose marker another job holds is not claimed: it is already queued
-/// or running and must not be queued again.
+/// Queues one renew job (reason `reason`) for each name that has no job
+/// yet, through the [`Submitter`] with [`Dedup::ClaimNames`]. Returns the
+/// envelopes and their outcomes, in order.
 ///
 /// # Errors
-/// Redis unreachable (nothing claimed).
-pub async fn claim_renewals(
-    state: &State,
+/// A failure of the whole batch ([`SubmitError`]).
+pub async fn submit_renewals(
+    submitter: &Submitter,
     names: impl IntoIterator<Item = (CertName, ChallengeType)>,
     reason: &str,
-) -> Result<(Vec<Envelope>, Vec<bool>), StateError> {
+    status: &str,
+) -> Result<Vec<(Envelope, Outcome)>, SubmitError> {
     let now_ms = crate::now_ms();
     let envelopes: Vec<Envelope> = names
         .into_iter()
         .map(|(name, challenge)| Envelope::renewal(name, challenge, reason, now_ms))
         .collect();
-    let claims: Vec<(CertName, Uuid)> = envelopes
-        .iter()
-        .map(|e| (e.job.name.clone(), e.job_id))
-        .collect();
-    let claimed = state.pending_claim_many(&claims).await?;
-    Ok((envelopes, claimed))
+    let subs: Vec<Submission<'_>> = envelopes.iter().map(Submission::new).collect();
+    let outcomes = submitter.submit(&subs, Dedup::ClaimNames, status).await?;
+    Ok(envelopes.into_iter().zip(outcomes).collect())
 }
 
 /// Finds the certificates due within `within` from now and queues a renew
 /// job for each one that has no job yet.
 ///
-/// Steps: [`due_list`] (which rebuilds the index first if it looks lost); claim them all in one round
-/// trip; publish the claimed ones' renew jobs pipelined (routing key by each
+/// Steps: [`due_list`] (which rebuilds the index first if it looks lost),
+/// then [`submit_renewals`]: every due name claimed in one round trip, the
+/// claimed ones' renew jobs published pipelined (routing key by each
 /// entry's challenge, `domains` empty so the worker renews with the stored
-/// certificate's domains and key type); release the claim of any that
-/// failed; write a `queued` status record for each published job (best
-/// effort). No pointer is read from S3 (except for a rebuild).
+/// certificate's domains and key type), the claims of any that failed given
+/// back, a `queued` status record for each published job. No pointer is
+/// read from S3 (except for a rebuild).
 ///
 /// With `dry_run`, stops after reading the due names and publishes nothing.
 ///
@@ -349,7 +331,7 @@ pub async fn claim_renewals(
 pub async fn due_scan(
     state: &State,
     store: &Store,
-    publisher: &Publisher,
+    submitter: &Submitter,
     within: time::Duration,
     dry_run: bool,
 ) -> Result<ScanReport, ScheduleError> {
@@ -361,192 +343,32 @@ pub async fn due_scan(
         return Ok(report);
     }
     let due = std::mem::take(&mut report.entries);
-
-    let (envelopes, claimed) = claim_renewals(
-        state,
+    let submitted = submit_renewals(
+        submitter,
         due.iter().map(|d| (d.name.clone(), d.challenge)),
         DUE_REASON,
+        SCHEDULER_STATUS,
     )
     .await
-    .map_err(ScheduleError::Claim)?;
-
-    // Encode the claimed ones; on a (theoretical) encoding error give every
-    // claim back before returning.
-    let mut to_send: Vec<usize> = Vec::new();
-    let mut bodies: Vec<Vec<u8>> = Vec::new();
-    for (i, envelope) in envelopes.iter().enumerate() {
-        if !claimed.get(i).copied().unwrap_or(false) {
-            continue;
-        }
-        match envelope.encode() {
-            Ok(body) => {
-                to_send.push(i);
-                bodies.push(body);
-            }
-            Err(source) => {
-                let mine: Vec<&Envelope> = envelopes
-                    .iter()
-                    .zip(&claimed)
-                    .filter_map(|(e, c)| c.then_some(e))
-                    .collect();
-                release_claims(state, &mine).await;
-                return Err(ScheduleError::Encode {
-                    name: envelope.job.name.clone(),
-                    source,
-                });
-            }
-        }
-    }
-
-    let mut outcomes: Vec<ScanOutcome> =
-        vec![ScanOutcome::AlreadyQueued { job_id: None }; due.len()];
-    if !to_send.is_empty() {
-        let results = publish_claimed(publisher, &envelopes, &to_send, &bodies).await;
-        let results = match results {
-            Ok(r) => r,
-            Err(e) => {
-                let mine: Vec<&Envelope> = to_send.iter().map(|&i| &envelopes[i]).collect();
-                release_claims(state, &mine).await;
-                return Err(e);
-            }
-        };
-        let mut failed: Vec<&Envelope> = Vec::new();
-        let mut published: Vec<&Envelope> = Vec::new();
-        for (&i, result) in to_send.iter().zip(results) {
-            outcomes[i] = match result {
-                Ok(()) => {
-                    published.push(&envelopes[i]);
-                    ScanOutcome::Queued {
-                        job_id: envelopes[i].job_id,
-                    }
-                }
-                Err(e) => {
-                    failed.push(&envelopes[i]);
-                    ScanOutcome::Failed {
-                        reason: crate::error::chain(&e),
-                    }
-                }
-            };
-        }
-        if !failed.is_empty() {
-            tracing::warn!(
-                failed = failed.len(),
-                "some renew jobs were not accepted by the broker; their claims are released"
-            );
-            release_claims(state, &failed).await;
-        }
-        if let Err(e) = record_queued(state, &published).await {
-            tracing::warn!(error = %crate::error::chain(&e), "renew jobs are queued, but their status records could not be written");
-        }
-    }
-
-    // Who holds the names that were already claimed (one MGET).
-    let skipped: Vec<usize> = (0..due.len())
-        .filter(|&i| !claimed.get(i).copied().unwrap_or(false))
-        .collect();
-    if !skipped.is_empty() {
-        let names: Vec<&CertName> = skipped.iter().map(|&i| &due[i].name).collect();
-        match pending_holders(state, &names).await {
-            Ok(holders) => {
-                for (&i, holder) in skipped.iter().zip(holders) {
-                    outcomes[i] = ScanOutcome::AlreadyQueued { job_id: holder };
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read who holds the skipped names");
-            }
-        }
-    }
-
+    .map_err(ScheduleError::Submit)?;
     report.entries = due
         .into_iter()
-        .zip(outcomes)
-        .map(|(d, outcome)| ScanEntry { outcome, ..d })
+        .zip(submitted)
+        .map(|(d, (envelope, outcome))| ScanEntry {
+            outcome: match outcome {
+                Outcome::Queued => ScanOutcome::Queued {
+                    job_id: envelope.job_id,
+                },
+                Outcome::AlreadyQueued { holder } => ScanOutcome::AlreadyQueued { job_id: holder },
+                Outcome::NotAccepted(e) => ScanOutcome::Failed {
+                    reason: crate::error::chain(&e),
+                },
+            },
+            ..d
+        })
         .collect();
     report.elapsed = started.elapsed();
     Ok(report)
-}
-
-/// Declares the job topology and publishes the selected envelopes.
-async fn publish_claimed(
-    publisher: &Publisher,
-    envelopes: &[Envelope],
-    to_send: &[usize],
-    bodies: &[Vec<u8>],
-) -> Result<Vec<Result<(), BrokerError>>, ScheduleError> {
-    topology::declare_jobs(publisher.channel())
-        .await
-        .map_err(ScheduleError::Topology)?;
-    let routing_keys: Vec<String> = to_send
-        .iter()
-        .map(|&i| envelopes[i].routing_key())
-        .collect();
-    let ids: Vec<String> = to_send
-        .iter()
-        .map(|&i| envelopes[i].job_id.to_string())
-        .collect();
-    let msgs: Vec<Outgoing<'_>> = bodies
-        .iter()
-        .zip(&routing_keys)
-        .zip(&ids)
-        .map(|((body, routing_key), id)| Outgoing::job(routing_key, body, Some(id)))
-        .collect();
-    publisher
-        .publish_many(&msgs)
-        .await
-        .map_err(ScheduleError::Publish)
-}
-
-/// Releases the claims of jobs that were not published (pipelined
-/// compare-and-delete). Failure only delays the names until the markers
-/// expire, so it is logged, not returned.
-async fn release_claims(state: &State, envelopes: &[&Envelope]) {
-    let result: Result<(), StateError> = async {
-        let mut c = state.conn().await?;
-        for chunk in envelopes.chunks(PIPELINE_CHUNK) {
-            let mut pipe = redis::pipe();
-            for e in chunk {
-                state.pending_release_into(&mut pipe, &e.job.name, &e.job_id);
-            }
-            let _: () = pipe.query_async(&mut *c).await?;
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %crate::error::chain(&e), names = envelopes.len(),
-            "cannot release dedup markers; these names wait until the markers expire");
-    }
-}
-
-/// Writes a `queued` status record for each published job, pipelined.
-async fn record_queued(state: &State, envelopes: &[&Envelope]) -> Result<(), StateError> {
-    let statuses: Vec<JobStatus> = envelopes
-        .iter()
-        .map(|e| {
-            JobStatus::of(
-                e,
-                JobState::Queued,
-                format!("queued by the renewal scheduler ({})", e.job.reason),
-            )
-        })
-        .collect();
-    state.set_statuses(&statuses).await
-}
-
-/// The job ids holding the given names' dedup markers.
-async fn pending_holders(
-    state: &State,
-    names: &[&CertName],
-) -> Result<Vec<Option<String>>, StateError> {
-    let mut c = state.conn().await?;
-    let mut out = Vec::with_capacity(names.len());
-    for chunk in names.chunks(PIPELINE_CHUNK) {
-        let keys: Vec<String> = chunk.iter().map(|n| state.keys().pending(n)).collect();
-        let got: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut *c).await?;
-        out.extend(got);
-    }
-    Ok(out)
 }
 
 /// A value that identifies this scheduler instance in the lease.
@@ -588,28 +410,54 @@ async fn release_lease(state: &State, value: &str) {
     }
 }
 
-/// Runs [`due_scan`] every `every` until `shutdown`, renewing what is due
-/// now (within zero). See [`run_scheduler_within`].
-pub async fn run_scheduler(
+/// Runs the scheduler until `shutdown`, on a broker connection of its own
+/// that it opens, watches and reopens with the fleet's one reconnect policy
+/// ([`RECONNECT`]). Used by `certfleet schedule` and by workers started with
+/// `--schedule-every`; see [`run_scheduler`] for what each tick does.
+pub async fn run(
+    amqp_url: &SecretUrl,
+    connection_name: &str,
     state: &State,
     store: &Store,
-    publisher: &Publisher,
     every: StdDuration,
+    within: time::Duration,
     shutdown: CancellationToken,
 ) {
-    run_scheduler_within(
-        state,
-        store,
-        publisher,
-        every,
-        time::Duration::ZERO,
-        shutdown,
-    )
-    .await;
+    while !shutdown.is_cancelled() {
+        let opened = RECONNECT
+            .session(&shutdown, "renewal scheduler", || async {
+                let conn = amqp::connect(amqp_url, connection_name).await?;
+                match Submitter::open(&conn, Some(state.clone())).await {
+                    Ok(s) => Ok((conn, s)),
+                    Err(e) => {
+                        amqp::close(&conn, 320, "setup failed").await;
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        let Some((conn, submitter)) = opened else {
+            break;
+        };
+        let lost = async {
+            loop {
+                tokio::time::sleep(HEALTH_CHECK).await;
+                if !conn.status().connected() || !submitter.is_connected() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = run_scheduler(state, store, &submitter, every, within, shutdown.clone()) => {}
+            () = lost => tracing::warn!("renewal scheduler: lost the broker connection; reconnecting"),
+        }
+        amqp::close(&conn, 200, "scheduler stopping").await;
+    }
 }
 
 /// Runs [`due_scan`] (renewing what is due within `within`) every `every`
-/// until `shutdown` is cancelled.
+/// until `shutdown` is cancelled, on one submitter (see [`run`] for the
+/// loop that reconnects).
 ///
 /// Each tick first takes a lease in Redis with a TTL of `every` (taken with
 /// SET-if-absent semantics, and extended by the instance that already holds
@@ -620,13 +468,12 @@ pub async fn run_scheduler(
 /// instance takes over at its next tick.
 ///
 /// Never returns on an error: a Redis, S3 or broker failure is logged and
-/// the next tick tries again. A publisher whose channel is closed cannot
-/// recover here; that is logged at each tick, and the caller should
-/// reconnect and start a new scheduler.
-pub async fn run_scheduler_within(
+/// the next tick tries again. A submitter whose channel is closed cannot
+/// recover here; that is logged at each tick, and [`run`] reconnects.
+pub async fn run_scheduler(
     state: &State,
     store: &Store,
-    publisher: &Publisher,
+    submitter: &Submitter,
     every: StdDuration,
     within: time::Duration,
     shutdown: CancellationToken,
@@ -641,7 +488,7 @@ pub async fn run_scheduler_within(
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        if !publisher.channel().status().connected() {
+        if !submitter.is_connected() {
             tracing::error!(
                 "the broker channel of the scheduler is closed; no renew job can be published until it reconnects"
             );
@@ -660,7 +507,7 @@ pub async fn run_scheduler_within(
         }
         let scan = tokio::select! {
             () = shutdown.cancelled() => None,
-            r = due_scan(state, store, publisher, within, false) => Some(r),
+            r = due_scan(state, store, submitter, within, false) => Some(r),
         };
         match scan {
             None => break,

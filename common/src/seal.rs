@@ -101,11 +101,6 @@ impl Sealer {
         }
     }
 
-    /// Whether keys are encrypted.
-    pub fn encrypts(&self) -> bool {
-        self.key.is_some()
-    }
-
     /// Seals `pem` for the place named by `context`.
     ///
     /// # Errors

@@ -308,21 +308,6 @@ impl State {
         Ok(())
     }
 
-    /// Marks the index as built (after the first certificate is indexed).
-    ///
-    /// # Errors
-    /// Redis unreachable.
-    pub async fn index_mark_built(&self) -> Result<(), StateError> {
-        let mut c = self.conn().await?;
-        let _: () = c
-            .set_nx(
-                self.keys.expiry_built(),
-                OffsetDateTime::now_utc().unix_timestamp(),
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Whether the index looks lost: empty and never built since Redis last
     /// lost its data.
     ///
@@ -371,15 +356,6 @@ impl State {
             .collect()
     }
 
-    /// Every indexed name with its renewal time.
-    ///
-    /// # Errors
-    /// Redis unreachable.
-    pub async fn index_all(&self) -> Result<Vec<(String, i64)>, StateError> {
-        let mut c = self.conn().await?;
-        Ok(c.zrange_withscores(self.keys.expiry(), 0, -1).await?)
-    }
-
     /// Removes a name from the index.
     ///
     /// # Errors
@@ -392,23 +368,6 @@ impl State {
             .query_async(&mut *c)
             .await?;
         Ok(())
-    }
-
-    /// Claims a name for a job: true if no other job holds it.
-    ///
-    /// # Errors
-    /// Redis unreachable.
-    pub async fn pending_claim(&self, name: &CertName, job_id: &Uuid) -> Result<bool, StateError> {
-        let mut c = self.conn().await?;
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.keys.pending(name))
-            .arg(job_id.to_string())
-            .arg("NX")
-            .arg("PX")
-            .arg(PENDING_TTL.as_millis() as u64)
-            .query_async(&mut *c)
-            .await?;
-        Ok(set.is_some())
     }
 
     /// Claims many names at once (one round trip): `true` for each name this

@@ -17,13 +17,12 @@
 //! Every key is built here and nowhere else (certmagic's `KeyBuilder`).
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::config::S3Config;
+use crate::config::{S3Config, StaticCredentials};
 use crate::domain::CertName;
 use crate::error::{Classify, Disposition};
 use crate::event::Location;
@@ -81,7 +80,7 @@ impl Keys {
     }
 
     /// The name a pointer key belongs to, if it is one.
-    pub fn name_of_pointer(&self, key: &str) -> Option<CertName> {
+    pub(crate) fn name_of_pointer(&self, key: &str) -> Option<CertName> {
         let rest = key.strip_prefix(&self.certs())?;
         let name = rest.strip_suffix("/current.json")?;
         CertName::parse(name).ok()
@@ -235,15 +234,6 @@ impl Classify for StorageError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ETag(pub String);
 
-/// Statically configured credentials (tests; production uses the AWS chain).
-#[derive(Debug, Clone)]
-pub struct StaticCredentials {
-    /// Access key id.
-    pub access_key_id: String,
-    /// Secret access key.
-    pub secret_access_key: Secret<String>,
-}
-
 /// Typed access to the bucket.
 #[derive(Clone)]
 pub struct Store {
@@ -263,7 +253,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn sdk_error<E, R>(op: &'static str, key: &str, err: SdkError<E, R>) -> StorageError
+/// What an S3 SDK error means for certfleet: a failed condition is
+/// [`StorageError::Conflict`], a missing key [`StorageError::NotFound`],
+/// anything else [`StorageError::Unavailable`] (retried).
+pub fn sdk_error<E, R>(op: &'static str, key: &str, err: SdkError<E, R>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -368,36 +361,17 @@ impl Store {
         &self.sealer
     }
 
-    /// The raw client, for tests and tools.
+    /// The S3 client: the worker's writes (`certfleet_worker::objects`)
+    /// go through it; every reader uses the typed reads here.
     pub fn client(&self) -> &aws_sdk_s3::Client {
         &self.client
-    }
-
-    /// Creates the bucket if it does not exist (local stacks and tests).
-    ///
-    /// # Errors
-    /// The service refused for another reason than "already exists".
-    pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
-        match self
-            .client
-            .create_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => match e.code() {
-                Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists") => Ok(()),
-                _ => Err(sdk_error("create bucket", &self.bucket, e)),
-            },
-        }
     }
 
     /// Reads an object's bytes and ETag.
     ///
     /// # Errors
     /// [`StorageError::NotFound`] or [`StorageError::Unavailable`].
-    pub async fn get_bytes(&self, key: &str) -> Result<(Vec<u8>, ETag), StorageError> {
+    async fn get_bytes(&self, key: &str) -> Result<(Vec<u8>, ETag), StorageError> {
         let out = self
             .client
             .get_object()
@@ -439,53 +413,6 @@ impl Store {
             Err(StorageError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
-    }
-
-    /// Writes a JSON object. `Condition::Absent` refuses to overwrite,
-    /// `Condition::Matches` only replaces the version that was read.
-    ///
-    /// # Errors
-    /// [`StorageError::Conflict`] when the condition fails, or unavailable.
-    pub async fn put_json<T: Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        condition: Condition<'_>,
-    ) -> Result<ETag, StorageError> {
-        let body = serde_json::to_vec_pretty(value).map_err(|e| StorageError::Corrupt {
-            key: key.to_string(),
-            what: "JSON value",
-            detail: e.to_string(),
-        })?;
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        req = match condition {
-            Condition::None => req,
-            Condition::Absent => req.if_none_match("*"),
-            Condition::Matches(etag) => req.if_match(etag.0.clone()),
-        };
-        let out = req.send().await.map_err(|e| sdk_error("put", key, e))?;
-        Ok(ETag(out.e_tag().unwrap_or_default().to_string()))
-    }
-
-    /// Deletes objects (missing ones are fine).
-    ///
-    /// # Errors
-    /// Unavailable.
-    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| sdk_error("delete", key, e))?;
-        Ok(())
     }
 
     /// Lists keys under a prefix.
@@ -587,17 +514,6 @@ impl Store {
             pointer_key: self.keys.pointer(name),
         }
     }
-}
-
-/// A write condition.
-#[derive(Debug, Clone, Copy)]
-pub enum Condition<'a> {
-    /// Unconditional.
-    None,
-    /// Only if the key does not exist (`If-None-Match: *`).
-    Absent,
-    /// Only if the object still has this ETag (`If-Match`).
-    Matches(&'a ETag),
 }
 
 #[cfg(test)]

@@ -22,8 +22,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::job::{ChallengeType, JobKind};
-
 /// Topic exchange for jobs.
 pub const JOBS_EXCHANGE: &str = "certfleet.jobs";
 /// Default work queue (durable, quorum).
@@ -103,11 +101,6 @@ pub fn delay_tier(wait: Duration) -> (&'static str, Duration) {
 /// Name of the delay queue with the given label.
 pub fn retry_queue(label: &str) -> String {
     format!("{RETRY_EXCHANGE}.{label}")
-}
-
-/// `job.<kind>.<challenge>`.
-pub fn job_routing_key(kind: JobKind, challenge: ChallengeType) -> String {
-    format!("job.{}.{}", kind.as_str(), challenge.as_str())
 }
 
 /// Name of a webserver's event queue.
@@ -413,10 +406,6 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(
-            job_routing_key(JobKind::Renew, ChallengeType::Dns01),
-            "job.renew.dns-01"
-        );
         assert_eq!(retry_queue("10s"), "certfleet.retry.10s");
         assert_eq!(watch_queue("web-1"), "certfleet.watch.web-1");
     }

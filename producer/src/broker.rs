@@ -1,40 +1,19 @@
 //! The broker connection of the commands that talk to RabbitMQ from the
-//! operator's side (`issue`, `submit`, `renew`, `dlq`, `schedule`): one way
-//! to open it, named and bounded in time, and one way to close it.
-//!
-//! `watch` keeps its own connection loop (`agent::run`), with its own
-//! timeout and reconnects.
-
-use std::time::Duration;
+//! operator's side (`issue`, `submit`, `renew`, `dlq`): one attempt, named
+//! `certfleet@<host>` and bounded by the fleet's connect timeout
+//! ([`amqp::RECONNECT`]), and one way to close it. Long-running clients
+//! (`watch`, `schedule`) reconnect with the same policy.
 
 use certfleet_common::Config;
 use certfleet_common::amqp::{self, BrokerError};
-use certfleet_common::config;
 
-/// How long connecting to the broker may take before the command gives up
-/// (a blackholed address would otherwise hang for the TCP timeout).
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Connects to the broker, naming the connection `certfleet@<host>`, within
-/// [`CONNECT_TIMEOUT`].
+/// Connects to the broker once, naming the connection `certfleet@<host>`.
 ///
 /// # Errors
-/// [`BrokerError::Connect`], also on timeout.
+/// [`BrokerError::Connect`], also when the broker does not answer within
+/// the connect timeout.
 pub(crate) async fn connect_broker(config: &Config) -> Result<lapin::Connection, BrokerError> {
-    let name = amqp::connection_name("certfleet");
-    match tokio::time::timeout(CONNECT_TIMEOUT, amqp::connect(&config.amqp_url, &name)).await {
-        Ok(result) => result,
-        Err(_) => Err(BrokerError::Connect {
-            url: config.amqp_url.redacted(),
-            source: lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "no answer within {}",
-                    config::parse::format_duration(CONNECT_TIMEOUT)
-                ),
-            )),
-        }),
-    }
+    amqp::connect(&config.amqp_url, &amqp::connection_name("certfleet")).await
 }
 
 /// Closes a connection politely (flushes and tells the broker); errors do

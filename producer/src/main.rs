@@ -5,11 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use certfleet::Cli;
-use certfleet_common::config::{LogFormat, ProcessEnv};
-use certfleet_common::{Config, EXIT_FAILURE, EXIT_USAGE};
+use certfleet_common::config::ProcessEnv;
+use certfleet_common::{Config, EXIT_FAILURE, EXIT_USAGE, logging, shutdown};
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// Log filter when neither `CERTFLEET_LOG` nor `RUST_LOG` is set: our own
 /// progress, and only warnings from libraries. lapin's warning about a
@@ -33,8 +32,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Err(e) = init_tracing(config.log_format) {
-        eprintln!("certfleet: {e:#}");
+    if let Err(e) = logging::init(&config, DEFAULT_LOG_FILTER) {
+        eprintln!("certfleet: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
     match run(cli, config) {
@@ -55,10 +54,11 @@ fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         if long_running {
-            tokio::spawn(on_signal(shutdown.clone()));
+            shutdown::on_signal("certfleet", shutdown.clone())
+                .context("cannot install the signal handlers")?;
         }
-        certfleet::run(cli, config, shutdown).await
-    });
+        anyhow::Ok(certfleet::run(cli, config, shutdown).await)
+    })?;
     Ok(match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -66,48 +66,4 @@ fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             ExitCode::from(e.exit_code())
         }
     })
-}
-
-/// First SIGINT or SIGTERM: cancel, so the command ends gracefully. A
-/// second one: leave at once.
-async fn on_signal(shutdown: CancellationToken) {
-    for _ in 0..2 {
-        if wait_for_signal().await.is_err() {
-            return;
-        }
-        if shutdown.is_cancelled() {
-            eprintln!("certfleet: second signal, exiting now");
-            std::process::exit(130);
-        }
-        tracing::info!("signal received, shutting down");
-        shutdown.cancel();
-    }
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
-}
-
-fn init_tracing(format: LogFormat) -> anyhow::Result<()> {
-    let filter = std::env::var("CERTFLEET_LOG")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string());
-    let filter = EnvFilter::try_new(&filter)
-        .with_context(|| format!("CERTFLEET_LOG/RUST_LOG={filter:?} is not a valid log filter"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    installed.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }

@@ -4,13 +4,13 @@
 //! The scheduling itself (the expiry index, the due-scan, the scan loop
 //! that one instance of the fleet runs per period) lives in
 //! [`certfleet_common::schedule`], because workers run it too. This module
-//! owns the two commands around it: their arguments, the broker connection
-//! the scheduler publishes through (reconnecting whenever it is lost), and
-//! their errors.
+//! owns the two commands around them: their arguments and their errors;
+//! the scheduler loop, with its own broker connection and the fleet's one
+//! reconnect policy, is [`certfleet_common::schedule::run`].
 
 use std::time::Duration;
 
-use certfleet_common::amqp::{self, BrokerError};
+use certfleet_common::amqp;
 use certfleet_common::schedule::{self, ScheduleError};
 use certfleet_common::state::{State, StateError};
 use certfleet_common::{Config, Store};
@@ -18,7 +18,6 @@ use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::duration;
-use crate::broker::{close_broker, connect_broker};
 use crate::output::out;
 
 /// `certfleet schedule`.
@@ -79,8 +78,9 @@ pub(crate) async fn index(config: &Config, command: &IndexCommand) -> Result<(),
     Ok(())
 }
 
-/// `certfleet schedule`: runs the scheduler, reconnecting to the broker
-/// whenever the connection is lost, until `shutdown`.
+/// `certfleet schedule`: runs the scheduler
+/// ([`certfleet_common::schedule::run`], which reconnects to the broker
+/// whenever the connection is lost) until `shutdown`.
 ///
 /// # Errors
 /// Bad arguments (usage) or an unusable Redis configuration; broker trouble
@@ -102,50 +102,15 @@ pub(crate) async fn run_schedule(
     };
     let state = State::from_config(config, 8)?;
     let store = Store::from_config(config).await;
-    let mut backoff = Duration::from_secs(1);
-    while !shutdown.is_cancelled() {
-        let connected = async {
-            let conn = connect_broker(config).await?;
-            let publisher = amqp::Publisher::new(&conn).await?;
-            Ok::<_, BrokerError>((conn, publisher))
-        }
-        .await;
-        let (conn, publisher) = match connected {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %certfleet_common::error::chain(&e), retry_in = ?backoff, "cannot connect to the broker");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-                continue;
-            }
-        };
-        backoff = Duration::from_secs(1);
-        let run_token = shutdown.child_token();
-        let scheduler = schedule::run_scheduler_within(
-            &state,
-            &store,
-            &publisher,
-            args.every,
-            within,
-            run_token.clone(),
-        );
-        tokio::pin!(scheduler);
-        loop {
-            tokio::select! {
-                () = &mut scheduler => break,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {
-                    let healthy = conn.status().connected() && publisher.channel().status().connected();
-                    if !healthy && !run_token.is_cancelled() {
-                        tracing::warn!("lost the broker connection; reconnecting");
-                        run_token.cancel();
-                    }
-                }
-            }
-        }
-        close_broker(&conn).await;
-    }
+    schedule::run(
+        &config.amqp_url,
+        &amqp::connection_name("certfleet"),
+        &state,
+        &store,
+        args.every,
+        within,
+        shutdown,
+    )
+    .await;
     Ok(())
 }

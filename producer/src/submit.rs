@@ -38,4 +38,5 @@ pub use renew::RenewArgs;
 
 pub(crate) use bulk::submit;
 pub(crate) use issue::issue;
+pub(crate) use publish::state_or_warn;
 pub(crate) use renew::renew;

@@ -7,31 +7,34 @@ use certfleet_common::topology;
 use certfleet_tests::{TestEnv, init_logging, run_ok};
 use tokio::net::TcpListener;
 
-/// A bad `CERTFLEET_*` value: one line naming it, exit 64, and no
-/// connection attempt (a listener posing as the broker sees nobody).
+/// A bad `CERTFLEET_*` value of a setting the binary uses: one line naming
+/// it, exit 64, and no connection attempt (a listener posing as the broker
+/// sees nobody). Each binary validates its own settings: the worker its
+/// concurrency, the CLI the shared ones (S3, logs).
 #[tokio::test]
 async fn bad_config_value_exits_64_without_connecting() -> anyhow::Result<()> {
     let env = TestEnv::new("cli-config").await?;
     let trap = TcpListener::bind("127.0.0.1:0").await?;
     let amqp = format!("amqp://guest:guest@{}/%2f", trap.local_addr()?);
-    for (bin, args) in [
-        ("certfleet-worker", vec![]),
-        ("certfleet", vec!["issue", "a.example.com"]),
-        ("certfleet", vec!["list"]),
+    for (bin, args, var) in [
+        ("certfleet-worker", vec![], "CERTFLEET_CONCURRENCY"),
+        (
+            "certfleet",
+            vec!["issue", "a.example.com"],
+            "CERTFLEET_S3_PATH_STYLE",
+        ),
+        ("certfleet", vec!["list"], "CERTFLEET_LOG_FORMAT"),
     ] {
         let out = env
             .command(bin)?
             .args(&args)
             .env("CERTFLEET_AMQP_URL", &amqp)
-            .env("CERTFLEET_CONCURRENCY", "lots")
+            .env(var, "lots")
             .output()
             .await?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{bin} {args:?}: {stderr}");
-        assert!(
-            stderr.contains("CERTFLEET_CONCURRENCY=\"lots\""),
-            "{stderr}"
-        );
+        assert!(stderr.contains(&format!("{var}=\"lots\"")), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
     let accepted = tokio::time::timeout(Duration::from_millis(200), trap.accept()).await;

@@ -347,7 +347,8 @@ async fn rate_limited_waits_retry_after_without_burning_attempts() -> anyhow::Re
 /// that pointer.
 #[tokio::test]
 async fn stale_writer_never_replaces_a_newer_pointer() -> anyhow::Result<()> {
-    use certfleet_common::storage::{Condition, POINTER_SCHEMA};
+    use certfleet_common::storage::POINTER_SCHEMA;
+    use certfleet_worker::objects::{Condition, ObjectWrites as _};
     init_logging();
     let base = TestEnv::new("fault-fence").await?;
     let pebble = Private::start(Service::Pebble, PEBBLE_WITH_SLEEP).await?;

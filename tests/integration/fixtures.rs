@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use certfleet_common::event::EventKind;
-use certfleet_common::storage::Condition;
 use certfleet_tests::acme_proxy::AcmeProxy;
 use certfleet_tests::private::{self, PEBBLE_WITH_SLEEP, Private, Service};
 use certfleet_tests::{TestEnv, init_logging};
+use certfleet_worker::objects::{Condition, ObjectWrites as _};
 use deadpool_redis::redis;
 use instant_acme::{
     Account, BodyWrapper, BytesResponse, CertificateIdentifier, HttpClient, Identifier, NewAccount,
@@ -455,7 +455,10 @@ async fn private_pebble_with_sleep_kill_restart() -> anyhow::Result<()> {
     )
     .await?;
     let env = private::env_for(&shared, &[&pebble]).await?;
-    assert_eq!(env.config()?.acme.directory.as_str(), pebble.url());
+    assert_eq!(
+        env.worker_settings(&[])?.acme.directory.as_str(),
+        pebble.url()
+    );
     let worker = env.start_worker(&[]).await?;
     let mut events = env.events("cert.#").await?;
 

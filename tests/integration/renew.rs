@@ -264,7 +264,7 @@ async fn without_ari_renewal_time_is_two_thirds_of_lifetime() -> anyhow::Result<
         .pointer(&names[0])
         .await?
         .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
-    let expected = certfleet_common::renewal::renewal_time(p.not_before, p.not_after, None, 0.0);
+    let expected = certfleet_worker::renewal::renewal_time(p.not_before, p.not_after, None, 0.0);
     assert_eq!(p.renew_at, expected);
     worker.stop().await;
     env.cleanup().await;

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use certfleet_common::amqp::{Outgoing, Publisher};
-use certfleet_common::storage::{Condition, StorageError};
+use certfleet_common::storage::StorageError;
 use certfleet_common::topology;
 use certfleet_tests::TestEnv;
+use certfleet_worker::objects::{Condition, ObjectWrites as _};
 use deadpool_redis::redis;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};

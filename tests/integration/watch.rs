@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use certfleet::watch::{WatchOptions, watch};
+use certfleet::agent::{WatchOptions, watch};
 use certfleet_common::CertName;
 use certfleet_tests::{TestEnv, init_logging, pki};
 use tokio::time::Instant;
@@ -36,7 +36,7 @@ pub(crate) async fn wait_for_serial(
 
 struct Watcher {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), certfleet::watch::WatchError>>,
+    task: tokio::task::JoinHandle<Result<(), certfleet::agent::WatchError>>,
 }
 
 impl Watcher {

@@ -20,7 +20,10 @@ use anyhow::{Context, anyhow, bail};
 use certfleet_common::config::Sources;
 use certfleet_common::state::State;
 use certfleet_common::storage::Store;
+use certfleet_common::submit::{Dedup, Outcome, Submission, Submitter};
 use certfleet_common::{Config, Envelope, Event, amqp, topology};
+use certfleet_worker::config::Settings;
+use certfleet_worker::objects::ObjectWrites as _;
 use futures_util::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -224,6 +227,15 @@ impl TestEnv {
         self.config_with(&[])
     }
 
+    /// A worker's settings in this test, with `extra` variables on top.
+    pub fn worker_settings(&self, extra: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let mut vars = self.vars.clone();
+        for (k, v) in extra {
+            vars.insert((*k).to_string(), (*v).to_string());
+        }
+        Ok(Settings::load(&Sources::new(&vars))?)
+    }
+
     /// A fresh domain of this test, resolving to its responder address.
     pub async fn domain(&self, label: &str) -> anyhow::Result<String> {
         let domain = format!("{label}.{}.certfleet.test", self.id);
@@ -264,7 +276,7 @@ impl TestEnv {
 
     /// Starts a worker in-process.
     pub async fn start_worker(&self, extra: &[(&str, &str)]) -> anyhow::Result<WorkerHandle> {
-        let cfg = self.config_with(extra)?;
+        let cfg = self.worker_settings(extra)?;
         let shutdown = CancellationToken::new();
         let running = certfleet_worker::start(cfg, shutdown.clone()).await?;
         if !running.ready(Duration::from_secs(20)).await {
@@ -294,10 +306,24 @@ impl TestEnv {
         })
     }
 
-    /// Publishes a job envelope, confirmed, with the mandatory flag.
+    /// Submits a job envelope the way `certfleet issue` does (the one
+    /// [`Submitter`]: confirmed, mandatory), without a status record.
     pub async fn publish_job(&self, envelope: &Envelope) -> anyhow::Result<()> {
-        self.publish_raw(&envelope.routing_key(), &envelope.encode()?)
-            .await
+        let conn = self.connect().await?;
+        let result = async {
+            let submitter = Submitter::open(&conn, None).await?;
+            let mut outcomes = submitter
+                .submit(&[Submission::new(envelope)], Dedup::Off, "queued (test)")
+                .await?;
+            match outcomes.pop() {
+                Some(Outcome::Queued) => Ok(()),
+                Some(Outcome::NotAccepted(e)) => Err(e.into()),
+                other => Err(anyhow!("job not queued: {other:?}")),
+            }
+        }
+        .await;
+        amqp::close(&conn, 200, "done").await;
+        result
     }
 
     /// Publishes raw bytes to the jobs exchange.

@@ -52,8 +52,6 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use certfleet_common::Config;
-use certfleet_common::config::Sources;
 
 use crate::{Http, TestEnv, repo_root};
 
@@ -604,20 +602,6 @@ pub fn vars_for(
         vars.insert((*k).to_string(), (*v).to_string());
     }
     vars
-}
-
-/// The configuration of `env` pointed at the `private` instances, with
-/// `extra` on top.
-///
-/// # Errors
-/// The resulting configuration is invalid.
-pub fn config_for(
-    env: &TestEnv,
-    private: &[&Private],
-    extra: &[(&str, &str)],
-) -> anyhow::Result<Config> {
-    let vars = vars_for(env, private, extra);
-    Ok(Config::load(&Sources::new(&vars))?)
 }
 
 /// A copy of `env` (same id, prefixes, responder address) whose stack and

@@ -2,7 +2,8 @@
 //!
 //! Each delivery becomes a task in a `TaskTracker`; AMQP prefetch
 //! (= `CERTFLEET_CONCURRENCY`) bounds how many run at once. When the
-//! connection drops, the loop reconnects with backoff and redeclares;
+//! connection drops, the loop reconnects with the fleet's one policy
+//! ([`amqp::RECONNECT`]) and redeclares;
 //! tasks still running finish their work, their acks fail, and the broker
 //! redelivers those messages — the next delivery finds the stored order or
 //! the stored certificate and resumes instead of starting over.
@@ -14,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use certfleet_common::amqp::{self, Publisher};
+use certfleet_common::amqp::{self, Publisher, RECONNECT};
 use certfleet_common::topology;
 use futures_util::StreamExt;
 use lapin::options::{
@@ -32,9 +33,6 @@ use crate::events::Outbox;
 use crate::metrics::JobLabels;
 use crate::process::{self, Action};
 
-/// Reconnect backoff bounds.
-const RECONNECT_MIN: Duration = Duration::from_millis(500);
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// After the grace period, jobs still running get this long to notice the
 /// hard stop and hand their deliveries back.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -48,7 +46,7 @@ struct Session {
 }
 
 async fn open(ctx: &Ctx) -> Result<Session, certfleet_common::amqp::BrokerError> {
-    let conn = amqp::connect(&ctx.cfg.amqp_url, &ctx.connection_name).await?;
+    let conn = amqp::connect(&ctx.cfg.common.amqp_url, &ctx.connection_name).await?;
     let channel = conn.create_channel().await?;
     let prefetch = u16::try_from(ctx.cfg.worker.concurrency.get()).unwrap_or(u16::MAX);
     channel
@@ -84,26 +82,14 @@ async fn open(ctx: &Ctx) -> Result<Session, certfleet_common::amqp::BrokerError>
 pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
-    let mut delay = RECONNECT_MIN;
     let mut last: Option<Session> = None;
     'connect: while !shutdown.is_cancelled() {
-        let session = tokio::select! {
-            _ = shutdown.cancelled() => break 'connect,
-            s = open(&ctx) => s,
+        let Some(mut session) = RECONNECT
+            .session(&shutdown, "consumer", || open(&ctx))
+            .await
+        else {
+            break 'connect;
         };
-        let mut session = match session {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %certfleet_common::error::chain(&e), retry_in = ?delay, "broker unavailable");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'connect,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(RECONNECT_MAX);
-                continue;
-            }
-        };
-        delay = RECONNECT_MIN;
         ctx.metrics.service.broker_connects.inc();
         ctx.broker_ready.send_replace(true);
         info!(queue = %ctx.cfg.worker.work_queue, concurrency = ctx.cfg.worker.concurrency.get(), "consuming");

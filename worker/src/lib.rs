@@ -12,14 +12,22 @@
 //! - `events`: events, retries and dead letters, all confirmed.
 //! - `ratelimit`: CA limits counted fleet-wide in Redis.
 //! - [`http01`] and `serve`: the challenge responder and the metrics server.
-//! - `scheduler`: the renewal due-scan when `--schedule-every` is set.
-//! - [`metrics`] and [`shutdown`].
+//! - [`config`]: the worker's own configuration sections (ACME, process).
+//! - [`objects`]: the writes to the bucket (only workers write).
+//! - [`renewal`]: when a certificate is due (the rule behind the expiry
+//!   index).
+//! - [`metrics`].
+//!
+//! With `--schedule-every`, the renewal scheduler of
+//! [`certfleet_common::schedule`] runs beside the consumer on its own
+//! broker connection.
 //!
 //! [`start`] binds the listeners and spawns everything; tests call it
 //! in-process with port 0 and drive the worker as the CA and the broker
 //! would.
 
 pub(crate) mod acme;
+pub mod config;
 pub mod consumer;
 pub(crate) mod error;
 pub(crate) mod events;
@@ -27,18 +35,18 @@ pub mod http01;
 pub(crate) mod keys;
 pub(crate) mod lease;
 pub mod metrics;
+pub mod objects;
 pub(crate) mod process;
 pub(crate) mod ratelimit;
-pub(crate) mod scheduler;
+pub mod renewal;
 pub(crate) mod serve;
-pub mod shutdown;
 pub(crate) mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::config::Settings;
 use bytes::Bytes;
-use certfleet_common::Config;
 use certfleet_common::state::State;
 use certfleet_common::storage::Store;
 use http_body_util::Full;
@@ -85,7 +93,7 @@ impl StartError {
 
 /// Shared by every task of a worker.
 pub(crate) struct Ctx {
-    pub(crate) cfg: Config,
+    pub(crate) cfg: Settings,
     pub(crate) acme: acme::Acme,
     pub(crate) store: Store,
     pub(crate) state: State,
@@ -153,7 +161,7 @@ fn worker_id() -> String {
 ///
 /// # Errors
 /// A listener that cannot be bound, an unreadable CA file.
-pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+pub async fn start(cfg: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
     let http01 = bind_shared(cfg.worker.http01_listen).map_err(|source| StartError::Bind {
         addr: cfg.worker.http01_listen,
         what: "http-01",
@@ -184,8 +192,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let metrics = Metrics::register(&mut registry);
     let registry = Arc::new(registry);
     let pool_size = (cfg.worker.concurrency.get() as usize / 2).clamp(8, 64);
-    let state = State::from_config(&cfg, pool_size)?;
-    let store = Store::from_config(&cfg).await;
+    let state = State::from_config(&cfg.common, pool_size)?;
+    let store = Store::from_config(&cfg.common).await;
     let local_answers = Arc::new(http01::LocalAnswers::default());
     let acme = acme::Acme::new(
         cfg.acme.clone(),
@@ -238,11 +246,22 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             servers.clone(),
         ))
     };
-    let schedule = ctx
-        .cfg
-        .worker
-        .schedule_every
-        .map(|every| tokio::spawn(scheduler::run(ctx.clone(), every, shutdown.clone())));
+    let schedule = ctx.cfg.worker.schedule_every.map(|every| {
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            certfleet_common::schedule::run(
+                &ctx.cfg.common.amqp_url,
+                &certfleet_common::amqp::connection_name("certfleet-scheduler"),
+                &ctx.state,
+                &ctx.store,
+                every,
+                time::Duration::ZERO,
+                shutdown,
+            )
+            .await;
+        })
+    });
     let task = tokio::spawn(
         async move {
             consumer::run(ctx, shutdown).await;
@@ -269,7 +288,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
 ///
 /// # Errors
 /// As [`start`].
-pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+pub async fn run(cfg: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
     start(cfg, shutdown).await?.wait().await;
     Ok(())
 }

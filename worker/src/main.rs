@@ -4,9 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use certfleet_common::config::{ProcessEnv, Sources, keys};
-use certfleet_common::{Config, EXIT_FAILURE, EXIT_USAGE};
+use certfleet_common::{EXIT_FAILURE, EXIT_USAGE, logging, shutdown};
+use certfleet_worker::config::Settings;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
+
+/// Log filter when neither `CERTFLEET_LOG` nor `RUST_LOG` is set.
+const DEFAULT_LOG_FILTER: &str = "info";
 
 /// Consume certfleet jobs, answer http-01 challenges, serve metrics.
 ///
@@ -36,7 +40,7 @@ struct Args {
     shutdown_grace: Option<String>,
 }
 
-fn load(args: &Args) -> Result<Config, certfleet_common::ConfigError> {
+fn load(args: &Args) -> Result<Settings, certfleet_common::ConfigError> {
     let env = ProcessEnv;
     let sources = Sources::new(&env)
         .file(args.config.as_deref())?
@@ -45,24 +49,7 @@ fn load(args: &Args) -> Result<Config, certfleet_common::ConfigError> {
         .flag(keys::METRICS_LISTEN, args.metrics_listen.as_ref())?
         .flag(keys::SCHEDULE_EVERY, args.schedule_every.as_ref())?
         .flag(keys::SHUTDOWN_GRACE, args.shutdown_grace.as_ref())?;
-    Config::load(&sources)
-}
-
-fn init_tracing(cfg: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("CERTFLEET_LOG")
-        .ok()
-        .and_then(|s| EnvFilter::try_new(s).ok())
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cfg.log_format {
-        certfleet_common::config::LogFormat::Json => builder.json().init(),
-        certfleet_common::config::LogFormat::Text => builder.init(),
-    }
+    Settings::load(&sources)
 }
 
 fn main() -> ExitCode {
@@ -74,7 +61,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_tracing(&cfg);
+    if let Err(e) = logging::init(&cfg.common, DEFAULT_LOG_FILTER) {
+        eprintln!("certfleet-worker: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     tracing::info!(config = ?cfg, "configuration");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -88,7 +78,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        if let Err(e) = certfleet_worker::shutdown::on_signal(shutdown.clone()) {
+        if let Err(e) = shutdown::on_signal("certfleet-worker", shutdown.clone()) {
             eprintln!("certfleet-worker: cannot install signal handlers: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }

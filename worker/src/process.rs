@@ -398,7 +398,7 @@ async fn run_leased(
         Some(id) => ctx.acme.renewal_window(id).await,
         None => None,
     };
-    let renew_at = certfleet_common::renewal::renewal_time(
+    let renew_at = crate::renewal::renewal_time(
         issued.not_before,
         issued.not_after,
         window,
@@ -418,7 +418,7 @@ async fn run_leased(
             issued: &issued,
             key_pem: &obtained.key_pem,
             renew_at,
-            history: ctx.cfg.storage.history,
+            history: ctx.cfg.worker.history,
         },
     )
     .await?;

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use certfleet_common::config::RateLimit;
+use crate::config::RateLimit;
 use certfleet_common::state::{State, StateError};
 use deadpool_redis::redis;
 

@@ -16,7 +16,7 @@
 
 use certfleet_common::Pointer;
 use certfleet_common::storage::{
-    BUNDLE_SCHEMA, Bundle, Condition, ETag, POINTER_SCHEMA, StorageError, Store, version_id,
+    BUNDLE_SCHEMA, Bundle, ETag, POINTER_SCHEMA, StorageError, Store, version_id,
 };
 use certfleet_common::{CertName, ChallengeType, KeyType, secret::Secret};
 use time::OffsetDateTime;
@@ -27,6 +27,7 @@ use crate::error::JobError;
 use crate::keys::Issued;
 use crate::lease::Lease;
 use crate::metrics::ServiceMetrics;
+use crate::objects::{Condition, ObjectWrites as _};
 
 /// Everything that goes into a new version.
 pub(crate) struct NewVersion<'a> {

@@ -4,8 +4,10 @@
 //! bound to the filters (events published while this server was away have
 //! been waiting in it), catches up with storage for every name the filters
 //! follow, and only then consumes. When the connection drops, the next
-//! session starts after [`RECONNECT_FIRST`], doubling up to
-//! [`RECONNECT_MAX`], and catches up again.
+//! session starts after the fleet's one reconnect backoff
+//! ([`amqp::RECONNECT`]: 0.5 s doubling up to 30 s; one attempt, queue
+//! declaration included, bounded by its connect timeout), and catches up
+//! again.
 //!
 //! An event is acked once the name is in its current version on disk and
 //! its hook is recorded as pending (the hook itself runs later, on its own
@@ -25,7 +27,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use certfleet_common::amqp::{self, BrokerError};
+use certfleet_common::amqp::{self, BrokerError, RECONNECT};
 use certfleet_common::error::chain;
 use certfleet_common::{CertName, Config, Event, EventKind, topology};
 use futures_util::StreamExt as _;
@@ -43,13 +45,6 @@ use super::sync::{Fetched, Syncer};
 /// Events in flight per watch: enough to hide the round trip, few enough
 /// that a restart redelivers little.
 pub(crate) const PREFETCH: u16 = 16;
-/// First delay before reconnecting to the broker.
-pub(crate) const RECONNECT_FIRST: Duration = Duration::from_secs(1);
-/// Longest delay between reconnection attempts.
-pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(30);
-/// Longest wait for the broker to accept a connection and the queue
-/// declaration (a blackholed address would otherwise hang for minutes).
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// First delay before a name that failed to sync is tried again.
 pub(crate) const SYNC_RETRY_FIRST: Duration = Duration::from_secs(5);
 /// Longest delay between sync attempts of one name (each logs a warning).
@@ -121,10 +116,13 @@ impl Watcher {
             let opened = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                r = tokio::time::timeout(CONNECT_TIMEOUT, self.open(config)) => r,
+                r = tokio::time::timeout(RECONNECT.connect_timeout, self.open(config)) => r,
             };
             let reason = match opened {
-                Err(_) => format!("no answer from the broker within {CONNECT_TIMEOUT:?}"),
+                Err(_) => format!(
+                    "no answer from the broker within {:?}",
+                    RECONNECT.connect_timeout
+                ),
                 Ok(Err(e)) => chain(&e),
                 Ok(Ok((conn, channel))) => {
                     let started = Instant::now();
@@ -153,7 +151,7 @@ impl Watcher {
                             // A session that lasted starts the backoff anew;
                             // one that drops at once keeps backing off (and
                             // does not catch up with storage every second).
-                            if started.elapsed() >= RECONNECT_MAX {
+                            if started.elapsed() >= RECONNECT.max_delay {
                                 failures = 0;
                             }
                             reason
@@ -162,7 +160,7 @@ impl Watcher {
                 }
             };
             failures = failures.saturating_add(1);
-            let delay = backoff(failures, RECONNECT_FIRST, RECONNECT_MAX);
+            let delay = RECONNECT.delay(failures);
             tracing::warn!(error = %reason, retry_in = ?delay, "broker unavailable; reconnecting");
             // Storage does not need the broker: a server that starts while
             // the broker is away still gets its certificates, and retries

@@ -16,6 +16,9 @@ pub enum DlqError {
     /// The broker.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// Publishing the replayed jobs failed as a whole.
+    #[error(transparent)]
+    Submit(#[from] certfleet_common::submit::SubmitError),
     /// An operation on the dead-letter queue failed.
     #[error("cannot {op} {DEAD_QUEUE}")]
     Queue {

@@ -2,15 +2,15 @@
 //!
 //! A replayed job is published again to `certfleet.jobs` with its routing
 //! key and its attempt reset to 1 (same job id, so `certfleet status` keeps
-//! following it), and its dead copy is acknowledged only once the broker
-//! confirmed the new one. A body that does not decode cannot be replayed:
+//! following it) through the fleet's one submission path (the
+//! `Submitter`, which also marks it queued again), and its dead copy is
+//! acknowledged only once the broker confirmed the new one. A body that does not decode cannot be replayed:
 //! it stays where it is until it is purged.
 
 use std::collections::HashSet;
 
-use certfleet_common::amqp::{BrokerError, Outgoing, Publisher};
 use certfleet_common::error::chain;
-use certfleet_common::state::{JobState, JobStatus, State};
+use certfleet_common::submit::{Dedup, Outcome, Submission, Submitter};
 use certfleet_common::topology::DEAD_QUEUE;
 use certfleet_common::{Config, Envelope};
 use lapin::options::BasicAckOptions;
@@ -21,6 +21,7 @@ use super::message::{DeadMessage, text};
 use super::queue::{fetch, open, requeue};
 use crate::broker::close_broker;
 use crate::output::out;
+use crate::submit::state_or_warn;
 
 /// `certfleet dlq replay (JOB_ID...|--all)`.
 ///
@@ -35,7 +36,7 @@ pub(crate) async fn replay(config: &Config, job_ids: &[String], all: bool) -> Re
     }
     let (conn, channel) = open(config).await?;
     let result = async {
-        let publisher = Publisher::new(&conn).await?;
+        let submitter = Submitter::open(&conn, state_or_warn(config)).await?;
         let messages = fetch(&channel).await?;
         let selected: Vec<&DeadMessage> = messages
             .iter()
@@ -60,45 +61,34 @@ pub(crate) async fn replay(config: &Config, job_ids: &[String], all: bool) -> Re
                 (Ok(_), None) => failed += 1,
             }
         }
-        let bodies: Vec<Vec<u8>> = replayable
+        let subs: Vec<Submission<'_>> = replayable
             .iter()
-            .map(|(_, e, _)| e.encode())
-            .collect::<Result<_, _>>()
-            .map_err(|e| BrokerError::Channel(lapin::Error::from(std::io::Error::other(e))))?;
-        let ids: Vec<String> = replayable.iter().map(|(_, e, _)| e.job_id.to_string()).collect();
-        let msgs: Vec<Outgoing<'_>> = replayable
-            .iter()
-            .zip(&bodies)
-            .zip(&ids)
-            .map(|(((_, _, key), body), id)| Outgoing::job(key, body, Some(id)))
+            .map(|(_, e, key)| Submission::routed(e, key.as_str()))
             .collect();
-        let results = if msgs.is_empty() {
-            Vec::new()
-        } else {
-            publisher.publish_many(&msgs).await?
-        };
+        let outcomes = submitter
+            .submit(&subs, Dedup::Off, "replayed from the dead-letter queue")
+            .await?;
         let mut acked: HashSet<u64> = HashSet::new();
-        let mut replayed: Vec<&Envelope> = Vec::new();
-        for ((m, e, key), result) in replayable.iter().zip(results) {
-            match result {
-                Ok(()) => {
+        for ((m, e, key), outcome) in replayable.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Queued => {
                     channel
                         .basic_ack(m.tag, BasicAckOptions { multiple: false })
                         .await
                         .map_err(queue_error("acknowledge a replayed message in"))?;
                     acked.insert(m.tag);
-                    replayed.push(e);
                     out(format_args!("{} {} replayed ({key})", e.job_id, e.job.name));
                 }
-                Err(err) => {
+                Outcome::NotAccepted(err) => {
                     failed += 1;
                     eprintln!("{} {}: not replayed: {}", e.job_id, e.job.name, chain(&err));
                 }
+                // Replays claim nothing: never already queued.
+                Outcome::AlreadyQueued { .. } => {}
             }
         }
         let last_unacked = messages.iter().rev().find(|m| !acked.contains(&m.tag)).map(|m| m.tag);
         requeue(&channel, last_unacked).await?;
-        record_replayed(config, &replayed).await;
         let missing: Vec<&String> = {
             let seen: HashSet<&str> = messages.iter().filter_map(|m| m.job_id.as_deref()).collect();
             wanted.iter().filter(|id| !seen.contains(id.as_str())).collect()
@@ -120,25 +110,4 @@ pub(crate) async fn replay(config: &Config, job_ids: &[String], all: bool) -> Re
     certfleet_common::amqp::close_channel(&channel, 200, "done").await;
     close_broker(&conn).await;
     result
-}
-
-/// Marks replayed jobs queued again (best effort).
-async fn record_replayed(config: &Config, envelopes: &[&Envelope]) {
-    if envelopes.is_empty() {
-        return;
-    }
-    let state = match State::from_config(config, 4) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %chain(&e), "no status records (redis)");
-            return;
-        }
-    };
-    for e in envelopes {
-        let status = JobStatus::of(e, JobState::Queued, "replayed from the dead-letter queue");
-        if let Err(err) = state.set_status(&status).await {
-            tracing::warn!(error = %chain(&err), "replayed, but the status records could not be written (redis)");
-            return;
-        }
-    }
 }

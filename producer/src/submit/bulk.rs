@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use certfleet_common::error::chain;
+use certfleet_common::submit::{Dedup, Outcome, Submission};
 use certfleet_common::{CertName, Config, Envelope, JobKind};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::error::SubmitError;
-use super::publish::{REASON_BULK, open_publisher, publish_all, record_queued, state_or_warn};
+use super::publish::{REASON_BULK, open_submitter, state_or_warn};
 use super::request::parse_file;
 use super::wait::{DEFAULT_WAIT_TIMEOUT, EventWaiter};
 use crate::args::duration;
@@ -71,7 +72,7 @@ pub(crate) async fn submit(
 ) -> Result<(), SubmitError> {
     let (label, text) = read_input(&args.file).await?;
     let requests = parse_file(&text, &label)?;
-    let (conn, publisher) = open_publisher(config).await?;
+    let (conn, submitter) = open_submitter(config, state_or_warn(config)).await?;
     let result = async {
         let names: Vec<&CertName> = requests.iter().map(|(_, r)| &r.name).collect();
         let waiter = if args.wait {
@@ -84,17 +85,20 @@ pub(crate) async fn submit(
             .iter()
             .map(|(_, r)| Envelope::new(JobKind::Issue, r.job(REASON_BULK), now))
             .collect();
-        let refs: Vec<&Envelope> = envelopes.iter().collect();
-        let results = publish_all(&publisher, &refs).await?;
+        let subs: Vec<Submission<'_>> = envelopes.iter().map(Submission::new).collect();
+        let outcomes = submitter
+            .submit(&subs, Dedup::Off, "queued (certfleet submit)")
+            .await?;
         let mut accepted: Vec<&Envelope> = Vec::new();
         let mut failed = 0;
-        for (((line, request), envelope), result) in requests.iter().zip(&envelopes).zip(results) {
-            match result {
-                Ok(()) => {
+        for (((line, request), envelope), outcome) in requests.iter().zip(&envelopes).zip(outcomes)
+        {
+            match outcome {
+                Outcome::Queued => {
                     out(format_args!("{} {}", envelope.job_id, request.name));
                     accepted.push(envelope);
                 }
-                Err(e) => {
+                Outcome::NotAccepted(e) => {
                     failed += 1;
                     eprintln!(
                         "{label}:{line}: {}: not accepted: {}",
@@ -102,14 +106,10 @@ pub(crate) async fn submit(
                         chain(&e)
                     );
                 }
+                // No claims without dedup: nothing is ever already queued here.
+                Outcome::AlreadyQueued { .. } => {}
             }
         }
-        record_queued(
-            state_or_warn(config).as_ref(),
-            &accepted,
-            "queued (certfleet submit)",
-        )
-        .await;
         let wait_result = match waiter {
             Some(waiter) if !accepted.is_empty() => {
                 let jobs = accepted

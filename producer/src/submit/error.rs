@@ -8,7 +8,6 @@ use std::fmt;
 use certfleet_common::CertName;
 use certfleet_common::amqp::BrokerError;
 use certfleet_common::domain::DomainError;
-use certfleet_common::job::CodecError;
 use certfleet_common::schedule::ScheduleError;
 use certfleet_common::state::StateError;
 use certfleet_common::storage::StorageError;
@@ -53,9 +52,6 @@ pub enum SubmitError {
     /// The broker.
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    /// Declaring the job topology failed.
-    #[error("cannot declare the job exchanges and queues")]
-    Topology(#[source] lapin::Error),
     /// Subscribing to events for `--wait` failed.
     #[error("cannot subscribe to certificate events for --wait")]
     Subscribe(#[source] lapin::Error),
@@ -76,7 +72,7 @@ pub enum SubmitError {
     Schedule(#[from] ScheduleError),
     /// A job did not encode (a bug).
     #[error(transparent)]
-    Encode(#[from] CodecError),
+    Submission(#[from] certfleet_common::submit::SubmitError),
     /// The one job waited for failed.
     #[error("job {job_id} for {name} failed: {reason}")]
     JobFailed {

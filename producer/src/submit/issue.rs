@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use certfleet_common::amqp::Outgoing;
+use certfleet_common::submit::{Dedup, Outcome, Submission};
 use certfleet_common::{ChallengeType, Config, Envelope, JobKind, KeyType};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::error::SubmitError;
-use super::publish::{REASON_CLI, open_publisher, record_queued, state_or_warn};
+use super::publish::{REASON_CLI, open_submitter, state_or_warn};
 use super::request::Request;
 use super::wait::{DEFAULT_WAIT_TIMEOUT, EventWaiter};
 use crate::args::duration;
@@ -56,7 +56,7 @@ pub(crate) async fn issue(
         args.key_type,
         args.challenge,
     )?;
-    let (conn, publisher) = open_publisher(config).await?;
+    let (conn, submitter) = open_submitter(config, state_or_warn(config)).await?;
     let result = async {
         let waiter = if args.wait {
             Some(EventWaiter::open(&conn, &[&request.name]).await?)
@@ -68,19 +68,18 @@ pub(crate) async fn issue(
             request.job(REASON_CLI),
             certfleet_common::now_ms(),
         );
-        let body = envelope.encode()?;
-        let routing_key = envelope.routing_key();
-        let id = envelope.job_id.to_string();
-        publisher
-            .publish(Outgoing::job(&routing_key, &body, Some(&id)))
-            .await?;
-        out(&id);
-        record_queued(
-            state_or_warn(config).as_ref(),
-            &[&envelope],
-            "queued (certfleet issue)",
-        )
-        .await;
+        let outcome = submitter
+            .submit(
+                &[Submission::new(&envelope)],
+                Dedup::Off,
+                "queued (certfleet issue)",
+            )
+            .await?
+            .pop();
+        if let Some(Outcome::NotAccepted(e)) = outcome {
+            return Err(e.into());
+        }
+        out(envelope.job_id);
         if let Some(waiter) = waiter {
             let jobs = HashMap::from([(envelope.job_id, request.name.clone())]);
             waiter.wait(jobs, args.timeout, shutdown).await?;

@@ -9,7 +9,8 @@ use certfleet_common::error::chain;
 use certfleet_common::schedule::{self, ScanOutcome};
 use certfleet_common::state::State;
 use certfleet_common::storage::StorageError;
-use certfleet_common::{CertName, ChallengeType, Config, Envelope, Store};
+use certfleet_common::submit::Outcome;
+use certfleet_common::{CertName, ChallengeType, Config, Store};
 use clap::Args;
 use futures_util::stream::{self, StreamExt};
 use time::OffsetDateTime;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::error::SubmitError;
-use super::publish::{REASON_CLI, STATUS_CONCURRENCY, open_publisher, publish_all, record_queued};
+use super::publish::{REASON_CLI, STATUS_CONCURRENCY, open_submitter};
 use super::wait::{DEFAULT_WAIT_TIMEOUT, EventWaiter};
 use crate::args::duration;
 use crate::broker::close_broker;
@@ -99,7 +100,7 @@ pub(crate) async fn renew(
         return Err(SubmitError::UnknownNames(unknown));
     }
     let state = State::from_config(config, STATUS_CONCURRENCY).map_err(SubmitError::State)?;
-    let (conn, publisher) = open_publisher(config).await?;
+    let (conn, submitter) = open_submitter(config, Some(state)).await?;
     let result = async {
         let waiter = if args.wait {
             let refs: Vec<&CertName> = names.iter().collect();
@@ -107,66 +108,40 @@ pub(crate) async fn renew(
         } else {
             None
         };
-        let (envelopes, claimed) =
-            schedule::claim_renewals(&state, challenges.iter().cloned(), REASON_CLI)
-                .await
-                .map_err(SubmitError::State)?;
+        let submitted = schedule::submit_renewals(
+            &submitter,
+            challenges.iter().cloned(),
+            REASON_CLI,
+            "queued (certfleet renew)",
+        )
+        .await?;
         let mut wait_for: HashMap<Uuid, CertName> = HashMap::new();
-        let mut to_send: Vec<&Envelope> = Vec::new();
-        for (envelope, mine) in envelopes.iter().zip(&claimed) {
-            if *mine {
-                to_send.push(envelope);
-                continue;
-            }
-            let holder = state
-                .pending_holder(&envelope.job.name)
-                .await
-                .ok()
-                .flatten();
-            match holder {
-                Some(id) => {
-                    eprintln!("{}: already queued as job {id}", envelope.job.name);
+        let (mut attempted, mut failed) = (0, 0);
+        for (envelope, outcome) in &submitted {
+            let name = &envelope.job.name;
+            match outcome {
+                Outcome::Queued => {
+                    attempted += 1;
+                    out(format_args!("{} {name}", envelope.job_id));
+                    wait_for.insert(envelope.job_id, name.clone());
+                }
+                Outcome::NotAccepted(e) => {
+                    attempted += 1;
+                    failed += 1;
+                    eprintln!("{name}: not accepted: {}", chain(e));
+                }
+                Outcome::AlreadyQueued { holder: Some(id) } => {
+                    eprintln!("{name}: already queued as job {id}");
                     if let Ok(id) = id.parse::<Uuid>() {
-                        wait_for.insert(id, envelope.job.name.clone());
+                        wait_for.insert(id, name.clone());
                     }
                 }
                 // Released between the claim and the read: the job just ended.
-                None => eprintln!(
-                    "{}: already queued (that job just finished)",
-                    envelope.job.name
-                ),
-            }
-        }
-        let results = if to_send.is_empty() {
-            Vec::new()
-        } else {
-            match publish_all(&publisher, &to_send).await {
-                Ok(r) => r,
-                Err(e) => {
-                    for envelope in &to_send {
-                        release(&state, envelope).await;
-                    }
-                    return Err(e);
-                }
-            }
-        };
-        let mut accepted: Vec<&Envelope> = Vec::new();
-        let mut failed = 0;
-        for (envelope, result) in to_send.iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    out(format_args!("{} {}", envelope.job_id, envelope.job.name));
-                    wait_for.insert(envelope.job_id, envelope.job.name.clone());
-                    accepted.push(envelope);
-                }
-                Err(e) => {
-                    failed += 1;
-                    eprintln!("{}: not accepted: {}", envelope.job.name, chain(&e));
-                    release(&state, envelope).await;
+                Outcome::AlreadyQueued { holder: None } => {
+                    eprintln!("{name}: already queued (that job just finished)");
                 }
             }
         }
-        record_queued(Some(&state), &accepted, "queued (certfleet renew)").await;
         let wait_result = match waiter {
             Some(waiter) if !wait_for.is_empty() => {
                 waiter.wait(wait_for, args.timeout, shutdown).await
@@ -176,7 +151,7 @@ pub(crate) async fn renew(
         if failed > 0 {
             return Err(SubmitError::Incomplete {
                 failed,
-                total: to_send.len(),
+                total: attempted,
                 what: "renew jobs were not accepted by the broker",
             });
         }
@@ -185,16 +160,6 @@ pub(crate) async fn renew(
     .await;
     close_broker(&conn).await;
     result
-}
-
-async fn release(state: &State, envelope: &Envelope) {
-    if let Err(e) = state
-        .pending_release(&envelope.job.name, &envelope.job_id)
-        .await
-    {
-        tracing::warn!(cert_name = %envelope.job.name, error = %chain(&e),
-            "cannot release the dedup marker; the name waits until it expires");
-    }
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -219,8 +184,8 @@ async fn renew_due(config: &Config, args: &RenewArgs) -> Result<(), SubmitError>
     let report = if args.dry_run {
         schedule::due_list(&state, &store, within).await?
     } else {
-        let (conn, publisher) = open_publisher(config).await?;
-        let r = schedule::due_scan(&state, &store, &publisher, within, false).await;
+        let (conn, submitter) = open_submitter(config, Some(state.clone())).await?;
+        let r = schedule::due_scan(&state, &store, &submitter, within, false).await;
         close_broker(&conn).await;
         r?
     };

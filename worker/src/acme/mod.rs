@@ -11,10 +11,12 @@ pub(crate) mod order;
 
 use std::time::Duration;
 
-use certfleet_common::config::AcmeConfig;
+use crate::config::AcmeConfig;
 use certfleet_common::seal::SealedKey;
 use certfleet_common::state::{COMPARE_AND_DELETE, State};
-use certfleet_common::storage::{Condition, Store};
+use certfleet_common::storage::Store;
+
+use crate::objects::{Condition, ObjectWrites as _};
 use deadpool_redis::redis;
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 use serde::{Deserialize, Serialize};

@@ -347,14 +347,11 @@ impl Acme {
 
     /// The CA's suggested renewal window for a certificate, when it offers
     /// ARI; `None` otherwise (or when asking fails: the fallback is safe).
-    pub(crate) async fn renewal_window(
-        &self,
-        ari_id: &str,
-    ) -> Option<certfleet_common::renewal::Window> {
+    pub(crate) async fn renewal_window(&self, ari_id: &str) -> Option<crate::renewal::Window> {
         let id = ari_identifier(ari_id)?;
         let account = self.account().await.ok()?;
         match account.renewal_info(&id).await {
-            Ok((info, _)) => Some(certfleet_common::renewal::Window {
+            Ok((info, _)) => Some(crate::renewal::Window {
                 start: info.suggested_window.start,
                 end: info.suggested_window.end,
             }),

@@ -1,0 +1,97 @@
+//! The contract's names: every setting's file key, and from it the
+//! environment variable (`CERTFLEET_` + the key in upper case) and the flag
+//! (`--` + the key with dashes). Scripts, the chart and operators depend on
+//! these names; add more, keep these. Which binary reads which setting is
+//! decided by its section ([`super::Config`] for every binary, the worker's
+//! own sections in the worker crate), not here: a TOML file shared by the
+//! roles may hold every key.
+
+macro_rules! settings {
+    ($( $(#[$doc:meta])* $konst:ident = $key:literal, $secret:literal; )*) => {
+        $( $(#[$doc])* pub const $konst: &str = $key; )*
+        /// All keys, for checking a TOML file for typos.
+        pub const ALL: &[&str] = &[$($key),*];
+        /// Whether each key of [`ALL`] is secret (never printed, never a flag).
+        const SECRET_FLAGS: &[bool] = &[$( $secret ),*];
+    };
+}
+
+settings! {
+    /// Broker URL with vhost: `amqp://user:pass@host:5672/vhost`.
+    AMQP_URL = "amqp_url", true;
+    /// `redis://host:port/db`.
+    REDIS_URL = "redis_url", true;
+    /// Prefix of every Redis key (default `certfleet:`).
+    REDIS_PREFIX = "redis_prefix", false;
+    /// Bucket holding certificates and account data.
+    S3_BUCKET = "s3_bucket", false;
+    /// Endpoint of an S3-compatible server (AWS when unset).
+    S3_ENDPOINT = "s3_endpoint", false;
+    /// Region (default `us-east-1`).
+    S3_REGION = "s3_region", false;
+    /// Path-style addressing (`true` for MinIO, moto, Ceph).
+    S3_PATH_STYLE = "s3_path_style", false;
+    /// Prefix of every object key (default empty).
+    S3_PREFIX = "s3_prefix", false;
+    /// ACME directory URL (default Let's Encrypt staging).
+    ACME_DIRECTORY = "acme_directory", false;
+    /// Extra PEM roots to trust for the ACME server.
+    ACME_CA_CERTS = "acme_ca_certs", false;
+    /// Account contact address.
+    ACME_EMAIL = "acme_email", false;
+    /// External account binding key id (ZeroSSL, Google).
+    ACME_EAB_KID = "acme_eab_kid", false;
+    /// External account binding HMAC key, base64url.
+    ACME_EAB_HMAC_KEY = "acme_eab_hmac_key", true;
+    /// Where a worker answers `/.well-known/acme-challenge/`.
+    HTTP01_LISTEN = "http01_listen", false;
+    /// Where a worker serves `/metrics`, `/healthz`, `/readyz`.
+    METRICS_LISTEN = "metrics_listen", false;
+    /// Orders in flight per worker (= AMQP prefetch).
+    CONCURRENCY = "concurrency", false;
+    /// Attempts before a job is dead-lettered.
+    MAX_ATTEMPTS = "max_attempts", false;
+    /// How long in-flight jobs may run on after SIGTERM.
+    SHUTDOWN_GRACE = "shutdown_grace", false;
+    /// Lifetime of a name's lease in Redis (refreshed at a third of it).
+    LEASE_TTL = "lease_ttl", false;
+    /// Run the renewal due-scan this often inside the worker.
+    SCHEDULE_EVERY = "schedule_every", false;
+    /// Routing-key patterns the worker's queue is bound to.
+    WORKER_BINDINGS = "worker_bindings", false;
+    /// The work queue this worker consumes (one per pool of workers).
+    WORK_QUEUE = "work_queue", false;
+    /// Versions kept per certificate besides the current one.
+    HISTORY = "history", false;
+    /// 32-byte key (base64) to encrypt private keys at rest.
+    ENCRYPTION_KEY = "encryption_key", true;
+    /// File holding the encryption key.
+    ENCRYPTION_KEY_FILE = "encryption_key_file", false;
+    /// Fleet-wide cap on new orders per account: `COUNT/DURATION` or `off`.
+    RATE_ORDERS = "rate_orders", false;
+    /// Fleet-wide cap on failed validations per hostname: `COUNT/DURATION` or `off`.
+    RATE_FAILED_VALIDATIONS = "rate_failed_validations", false;
+    /// `text` or `json` logs.
+    LOG_FORMAT = "log_format", false;
+    /// Log filter (`tracing` directives such as `info,certfleet=debug`);
+    /// `RUST_LOG` is read when it is unset.
+    LOG = "log", false;
+}
+
+/// The environment variable of a setting key.
+pub fn env_name(key: &str) -> String {
+    format!("CERTFLEET_{}", key.to_ascii_uppercase())
+}
+
+/// Whether a key's value is secret: never printed, never accepted as a flag.
+pub(crate) fn is_secret(key: &str) -> bool {
+    ALL.iter()
+        .zip(SECRET_FLAGS)
+        .any(|(k, secret)| *secret && *k == key)
+}
+
+/// Environment variable naming the TOML file.
+pub const ENV_CONFIG: &str = "CERTFLEET_CONFIG";
+
+/// Variable read for the log filter when `CERTFLEET_LOG` is unset.
+pub const ENV_RUST_LOG: &str = "RUST_LOG";

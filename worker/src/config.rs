@@ -1,0 +1,430 @@
+//! The worker's own configuration sections, on top of the settings every
+//! binary shares ([`certfleet_common::Config`]): the CA ([`AcmeConfig`])
+//! and the process ([`WorkerConfig`]: listeners, concurrency, attempts,
+//! leases, history, bindings). Only `certfleet-worker` validates these;
+//! the names are the contract's ([`certfleet_common::config::keys`]).
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use certfleet_common::config::parse::{
+    format_duration, parse_count, parse_duration, parse_listen, parse_prefix, parse_u32, parse_url,
+};
+use certfleet_common::config::{ConfigError, Origin, Sources, env_name, keys};
+use certfleet_common::{Config, Secret};
+
+/// Let's Encrypt staging: the default CA, because production must be asked for.
+pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// Default http-01 listener: unprivileged, so the worker need not run as
+/// root; the load balancer or Service maps port 80 to it.
+pub const DEFAULT_HTTP01_LISTEN: &str = "0.0.0.0:8080";
+/// Default metrics listener.
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9090";
+/// Default orders in flight per worker. An order spends most of its time
+/// waiting on the CA, so one process can keep many in the air.
+pub const DEFAULT_CONCURRENCY: u32 = 32;
+/// Upper bound of concurrency: prefetch counts are 16-bit in AMQP.
+pub const MAX_CONCURRENCY: u32 = 65_535;
+/// Default attempts: the first one plus one per retry delay of
+/// [`certfleet_common::topology::RETRY_DELAYS`] (10 s … 2 h, about 2.6
+/// hours in all).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+/// Default shutdown grace period (Helm's terminationGracePeriodSeconds is 45).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default lease lifetime: long enough to survive a GC pause or a slow Redis
+/// round trip, short enough that a crashed worker's names free up quickly.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+/// Shortest lease: it is refreshed at a third of its lifetime, and a
+/// refresh must fit in that third.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(3);
+/// Default versions kept besides the current one.
+pub const DEFAULT_HISTORY: u32 = 3;
+
+/// Everything `certfleet-worker` runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Broker, Redis, S3, key sealing, logs (shared with every binary).
+    pub common: Config,
+    /// The CA.
+    pub acme: AcmeConfig,
+    /// The worker process.
+    pub worker: WorkerConfig,
+}
+
+impl Settings {
+    /// Validates the shared settings and the worker's own.
+    ///
+    /// # Errors
+    /// The first invalid value, naming its variable, flag or file key.
+    pub fn load(src: &Sources<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: Config::load(src)?,
+            acme: AcmeConfig::load(src)?,
+            worker: WorkerConfig::load(src)?,
+        })
+    }
+}
+
+/// External account binding for CAs that require it.
+#[derive(Debug, Clone)]
+pub struct Eab {
+    /// Key identifier.
+    pub kid: String,
+    /// HMAC key, base64url as the CA hands it out.
+    pub hmac_key: Secret<String>,
+}
+
+/// A fleet-wide rate limit: at most `count` events per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Events allowed in the window.
+    pub count: u32,
+    /// The sliding window.
+    pub window: Duration,
+}
+
+impl RateLimit {
+    /// Parses `COUNT/DURATION` (`300/3h`); `off` means no limit.
+    pub fn parse(s: &str) -> Result<Option<Self>, String> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let (count, window) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not COUNT/DURATION (e.g. 300/3h) or off"))?;
+        Ok(Some(Self {
+            count: parse_count(count, u32::MAX)?.get(),
+            window: parse_duration(window)?,
+        }))
+    }
+}
+
+/// ACME settings.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// Directory URL.
+    pub directory: url::Url,
+    /// Extra PEM roots for the ACME server's TLS certificate.
+    pub ca_certs: Option<PathBuf>,
+    /// Contact address.
+    pub email: Option<String>,
+    /// External account binding.
+    pub eab: Option<Eab>,
+    /// New orders per account (Let's Encrypt: 300 per 3 h).
+    pub rate_orders: Option<RateLimit>,
+    /// Failed validations per hostname (Let's Encrypt: 5 per hour).
+    pub rate_failed_validations: Option<RateLimit>,
+}
+
+/// Worker process settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// http-01 responder address.
+    pub http01_listen: SocketAddr,
+    /// Metrics and health address.
+    pub metrics_listen: SocketAddr,
+    /// Orders in flight (= prefetch).
+    pub concurrency: NonZeroU32,
+    /// Attempts before dead-lettering.
+    pub max_attempts: NonZeroU32,
+    /// Grace period on shutdown.
+    pub shutdown_grace: Duration,
+    /// Lease lifetime.
+    pub lease_ttl: Duration,
+    /// Due-scan period, if this worker runs the scheduler.
+    pub schedule_every: Option<Duration>,
+    /// Routing-key patterns of jobs this worker can serve.
+    pub bindings: Vec<String>,
+    /// The queue it consumes.
+    pub work_queue: String,
+    /// Previous versions kept per certificate.
+    pub history: u32,
+}
+
+/// Let's Encrypt's limits, applied by default only to its own directories.
+fn is_letsencrypt(directory: &url::Url) -> bool {
+    directory
+        .host_str()
+        .is_some_and(|h| h.ends_with(".letsencrypt.org"))
+}
+
+impl AcmeConfig {
+    /// Validates the CA settings.
+    ///
+    /// # Errors
+    /// The first invalid value; one half of an external account binding
+    /// without the other.
+    pub fn load(src: &Sources<'_>) -> Result<Self, ConfigError> {
+        let directory = src.parse_or(keys::ACME_DIRECTORY, DEFAULT_ACME_DIRECTORY, |s| {
+            parse_url(s, &["https", "http"])
+        })?;
+        let le = is_letsencrypt(&directory);
+        let eab_kid = src.parse(keys::ACME_EAB_KID, |s| Ok(s.trim().to_string()))?;
+        let eab_hmac = src.parse(keys::ACME_EAB_HMAC_KEY, |s| Ok(s.trim().to_string()))?;
+        let missing = |key: &str, other: &str| ConfigError::Invalid {
+            origin: Origin::Env(env_name(key)),
+            value: None,
+            reason: format!("missing, but {} is set", env_name(other)),
+        };
+        let eab = match (eab_kid, eab_hmac) {
+            (Some(kid), Some(hmac)) => Some(Eab {
+                kid,
+                hmac_key: Secret::new(hmac),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(missing(keys::ACME_EAB_HMAC_KEY, keys::ACME_EAB_KID)),
+            (None, Some(_)) => return Err(missing(keys::ACME_EAB_KID, keys::ACME_EAB_HMAC_KEY)),
+        };
+        Ok(Self {
+            directory,
+            ca_certs: src.parse(keys::ACME_CA_CERTS, parse_existing_file)?,
+            email: src.parse(keys::ACME_EMAIL, parse_email)?,
+            eab,
+            rate_orders: src.parse_or(
+                keys::RATE_ORDERS,
+                if le { "300/3h" } else { "off" },
+                RateLimit::parse,
+            )?,
+            rate_failed_validations: src.parse_or(
+                keys::RATE_FAILED_VALIDATIONS,
+                if le { "5/1h" } else { "off" },
+                RateLimit::parse,
+            )?,
+        })
+    }
+}
+
+impl WorkerConfig {
+    /// Validates the worker process settings.
+    ///
+    /// # Errors
+    /// The first invalid value.
+    pub fn load(src: &Sources<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            http01_listen: src.parse_or(
+                keys::HTTP01_LISTEN,
+                DEFAULT_HTTP01_LISTEN,
+                parse_listen,
+            )?,
+            metrics_listen: src.parse_or(
+                keys::METRICS_LISTEN,
+                DEFAULT_METRICS_LISTEN,
+                parse_listen,
+            )?,
+            concurrency: src.parse_or(
+                keys::CONCURRENCY,
+                &DEFAULT_CONCURRENCY.to_string(),
+                |s| parse_count(s, MAX_CONCURRENCY),
+            )?,
+            max_attempts: src.parse_or(
+                keys::MAX_ATTEMPTS,
+                &DEFAULT_MAX_ATTEMPTS.to_string(),
+                |s| parse_count(s, 1000),
+            )?,
+            shutdown_grace: src.parse_or(
+                keys::SHUTDOWN_GRACE,
+                &format_duration(DEFAULT_SHUTDOWN_GRACE),
+                parse_duration,
+            )?,
+            lease_ttl: src.parse_or(keys::LEASE_TTL, &format_duration(DEFAULT_LEASE_TTL), |s| {
+                let d = parse_duration(s)?;
+                if d < MIN_LEASE_TTL {
+                    return Err(format!(
+                        "must be at least {}",
+                        format_duration(MIN_LEASE_TTL)
+                    ));
+                }
+                Ok(d)
+            })?,
+            schedule_every: src.parse(keys::SCHEDULE_EVERY, |s| {
+                let d = parse_duration(s)?;
+                if d < Duration::from_secs(1) {
+                    return Err("must be at least 1s".into());
+                }
+                Ok(d)
+            })?,
+            bindings: src.parse_or(keys::WORKER_BINDINGS, "job.#", parse_bindings)?,
+            work_queue: src.parse_or(
+                keys::WORK_QUEUE,
+                certfleet_common::topology::WORK_QUEUE,
+                |s| {
+                    let s = s.trim();
+                    if s.starts_with("certfleet.") && s.len() <= 200 && parse_prefix(s).is_ok() {
+                        Ok(s.to_string())
+                    } else {
+                        Err("must start with \"certfleet.\" (e.g. certfleet.work.dns)".into())
+                    }
+                },
+            )?,
+            history: src.parse_or(keys::HISTORY, &DEFAULT_HISTORY.to_string(), |s| {
+                parse_u32(s, 100)
+            })?,
+        })
+    }
+}
+
+fn parse_email(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match s.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && domain.contains('.')
+                && !s.contains(char::is_whitespace)
+                && !domain.contains('@') =>
+        {
+            Ok(s.to_string())
+        }
+        _ => Err("not an email address".into()),
+    }
+}
+
+fn parse_existing_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s.trim());
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(path),
+        Ok(_) => Err("not a regular file".into()),
+        Err(e) => Err(format!("cannot read it: {e}")),
+    }
+}
+
+fn parse_bindings(s: &str) -> Result<Vec<String>, String> {
+    let patterns: Vec<String> = s
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    if patterns.is_empty() {
+        return Err("no routing-key pattern given (e.g. job.#)".into());
+    }
+    for p in &patterns {
+        if !p.starts_with("job.") && p != "#" {
+            return Err(format!(
+                "{p:?} does not match jobs (patterns start with job.)"
+            ));
+        }
+    }
+    Ok(patterns)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env: HashMap<&str, &str> = vars.iter().copied().collect();
+        Settings::load(&Sources::new(&env))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_staging() -> Result<(), ConfigError> {
+        let c = load(&[])?;
+        assert_eq!(c.acme.directory.as_str(), DEFAULT_ACME_DIRECTORY);
+        assert_eq!(c.worker.concurrency.get(), DEFAULT_CONCURRENCY);
+        assert_eq!(c.acme.rate_orders.map(|r| r.count), Some(300));
+        assert_eq!(c.common.redis.prefix, "certfleet:");
+        assert_eq!(c.worker.bindings, vec!["job.#".to_string()]);
+        assert_eq!(c.worker.lease_ttl, DEFAULT_LEASE_TTL);
+        assert_eq!(c.worker.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_value_names_variable_and_value() {
+        let err = load(&[("CERTFLEET_CONCURRENCY", "lots")])
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CERTFLEET_CONCURRENCY=\"lots\": \"lots\" is not a whole number"
+        );
+        let err = load(&[("CERTFLEET_SHUTDOWN_GRACE", "30")])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("CERTFLEET_SHUTDOWN_GRACE=\"30\"")
+        );
+        let err = load(&[("CERTFLEET_LEASE_TTL", "2s")])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().ends_with("must be at least 3s"), "{err}");
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "concurrency = 3\nhistory = 7\ns3_path_style = true\n",
+        )?;
+        let env: HashMap<&str, &str> = [("CERTFLEET_CONCURRENCY", "5")].into();
+        let c = Settings::load(&Sources::new(&env).file(Some(&path))?)?;
+        assert_eq!(c.worker.concurrency.get(), 5);
+        assert_eq!(c.worker.history, 7);
+        assert!(c.common.s3.path_style);
+        let c = Settings::load(
+            &Sources::new(&env)
+                .file(Some(&path))?
+                .flag(keys::CONCURRENCY, Some(9))?,
+        )?;
+        assert_eq!(c.worker.concurrency.get(), 9);
+        Ok(())
+    }
+
+    #[test]
+    fn file_errors_name_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "history = \"many\"\n")?;
+        let env: HashMap<&str, &str> = HashMap::new();
+        let err = Settings::load(&Sources::new(&env).file(Some(&path))?)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().starts_with("history in "), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn eab_needs_both_halves() {
+        let err = load(&[("CERTFLEET_ACME_EAB_KID", "kid")])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("CERTFLEET_ACME_EAB_HMAC_KEY"));
+    }
+
+    #[test]
+    fn rate_limits() {
+        assert_eq!(RateLimit::parse("off"), Ok(None));
+        assert_eq!(
+            RateLimit::parse("300/3h"),
+            Ok(Some(RateLimit {
+                count: 300,
+                window: Duration::from_secs(3 * 3600)
+            }))
+        );
+        assert!(RateLimit::parse("300").is_err());
+        let c = load(&[("CERTFLEET_ACME_DIRECTORY", "https://127.0.0.1:14000/dir")]).expect("ok");
+        assert_eq!(c.acme.rate_orders, None);
+    }
+
+    #[test]
+    fn bindings() {
+        assert!(load(&[("CERTFLEET_WORKER_BINDINGS", "job.*.dns-01, job.renew.#")]).is_ok());
+        assert!(load(&[("CERTFLEET_WORKER_BINDINGS", "cert.#")]).is_err());
+    }
+
+    #[test]
+    fn a_client_does_not_validate_worker_settings() -> Result<(), ConfigError> {
+        // `certfleet pull` on a webserver: a bad worker setting is not its concern.
+        let env: HashMap<&str, &str> = [("CERTFLEET_CONCURRENCY", "lots")].into();
+        Config::load(&Sources::new(&env))?;
+        assert!(Settings::load(&Sources::new(&env)).is_err());
+        Ok(())
+    }
+}
