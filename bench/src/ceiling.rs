@@ -89,13 +89,7 @@ async fn drive(
     warmup: &str,
     tokens: &Tokens,
 ) -> anyhow::Result<Throughput> {
-    let tls = certfleet_tests::http::tls_config(Some(&opts.ca.ca_certs))?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .build();
+    let connector = certfleet_tests::http::connector(Some(&opts.ca.ca_certs), true)?;
     let client: HyperClient<_, BodyWrapper<Bytes>> = HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(connector);

@@ -157,13 +157,7 @@ impl HttpClient for Recorder {
 }
 
 fn recorder(ca: &std::path::Path) -> anyhow::Result<Recorder> {
-    let tls = certfleet_tests::http::tls_config(Some(ca))?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .build();
+    let connector = certfleet_tests::http::connector(Some(ca), true)?;
     Ok(Recorder {
         inner: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector),

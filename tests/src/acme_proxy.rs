@@ -358,15 +358,9 @@ impl Drop for AcmeProxy {
 
 /// A client that trusts only the certificates of `ca_certs`.
 fn upstream_client(ca_certs: &Path) -> anyhow::Result<Upstream> {
-    let tls = crate::http::tls_config(Some(ca_certs))?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector))
+        .build(crate::http::connector(Some(ca_certs), false)?))
 }
 
 /// A fresh CA and a `localhost`/`127.0.0.1` server certificate it signed;

@@ -31,14 +31,8 @@ impl Http {
     /// # Errors
     /// `roots_file` cannot be read.
     pub fn new(roots_file: Option<&Path>) -> anyhow::Result<Self> {
-        let tls = tls_config(roots_file)?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(connector(roots_file, false)?),
         })
     }
 
@@ -91,6 +85,26 @@ impl Http {
         anyhow::ensure!((200..300).contains(&status), "GET {url}: {status} {body}");
         Ok(body)
     }
+}
+
+/// An HTTP and HTTPS connector trusting only the certificates of `roots`
+/// (see [`tls_config`]); with `http2`, h2 is offered through ALPN too.
+///
+/// # Errors
+/// As [`tls_config`].
+pub fn connector(
+    roots_file: Option<&Path>,
+    http2: bool,
+) -> anyhow::Result<hyper_rustls::HttpsConnector<HttpConnector>> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(roots_file)?)
+        .https_or_http()
+        .enable_http1();
+    Ok(if http2 {
+        builder.enable_http2().build()
+    } else {
+        builder.build()
+    })
 }
 
 /// A rustls client configuration (aws-lc-rs) trusting only the
