@@ -43,6 +43,13 @@ impl RedisKeys {
         format!("{}order:{name}", self.prefix)
     }
 
+    /// The dns-01 TXT values an order of a name presented (a set of JSON
+    /// placements), recorded before each is presented so a later attempt
+    /// removes what an interrupted one left.
+    pub fn dns01(&self, name: &CertName) -> String {
+        format!("{}dns01:{name}", self.prefix)
+    }
+
     /// An http-01 key authorization by token.
     pub fn http01(&self, token: &str) -> String {
         format!("{}http01:{token}", self.prefix)
@@ -106,6 +113,7 @@ mod tests {
         let n = CertName::parse("a.example.com")?;
         assert_eq!(k.lease(&n), "t1:lease:a.example.com");
         assert_eq!(k.http01("tok"), "t1:http01:tok");
+        assert_eq!(k.dns01(&n), "t1:dns01:a.example.com");
         assert_eq!(k.expiry(), "t1:expiry");
         assert_eq!(k.rate("orders", "acct"), "t1:rate:orders:acct");
         Ok(())

@@ -2,6 +2,8 @@
 //! One binary, one module per area (ripgrep's layout).
 
 mod cli;
+mod dns01;
+mod dns_providers;
 mod faults;
 mod fixtures;
 mod issue;

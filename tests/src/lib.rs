@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::http::Http;
 
 pub mod acme_proxy;
+pub mod dns;
 pub mod http;
 pub mod pki;
 pub mod private;
@@ -75,6 +76,13 @@ pub struct Stack {
     pub challtestsrv: String,
     /// The stack's state directory.
     pub stack_dir: PathBuf,
+    /// BIND 9, authoritative for `dns01.test`, `dns02.test`, `acmedns.test`
+    /// (Pebble resolves through it).
+    pub bind: String,
+    /// Its TSIG key name (hmac-sha256).
+    pub tsig_key: String,
+    /// The file holding that key's secret (base64).
+    pub tsig_secret_file: PathBuf,
 }
 
 impl Stack {
@@ -111,6 +119,12 @@ impl Stack {
             )),
             pebble_mgmt: var("CERTFLEET_TEST_PEBBLE_MGMT_URL", "https://127.0.0.1:15000"),
             challtestsrv: var("CERTFLEET_TEST_CHALLTESTSRV_URL", "http://127.0.0.1:8055"),
+            bind: var("CERTFLEET_TEST_BIND_ADDR", "127.0.0.153:53"),
+            tsig_key: var("CERTFLEET_RFC2136_TSIG_KEY", "certfleet-test."),
+            tsig_secret_file: PathBuf::from(var(
+                "CERTFLEET_RFC2136_TSIG_SECRET_FILE",
+                &stack_dir.join("bind/tsig.secret").display().to_string(),
+            )),
             stack_dir,
         }
     }
@@ -243,6 +257,67 @@ impl TestEnv {
         Ok(domain)
     }
 
+    /// A fresh name of this test in the stack's dns-01 zone
+    /// (`<label>.<id>.dns01.test`): dns-01 needs no address for it.
+    pub fn dns_domain(&self, label: &str) -> String {
+        format!("{label}.{}.dns01.test", self.id)
+    }
+
+    /// The worker variables of the `rfc2136` provider on the stack's BIND,
+    /// with `extra` on top (later entries win).
+    pub fn rfc2136_vars(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = [
+            ("CERTFLEET_DNS01_PROVIDER", "rfc2136".to_string()),
+            ("CERTFLEET_RFC2136_NAMESERVER", self.stack.bind.clone()),
+            ("CERTFLEET_RFC2136_TSIG_KEY", self.stack.tsig_key.clone()),
+            (
+                "CERTFLEET_RFC2136_TSIG_SECRET_FILE",
+                self.stack.tsig_secret_file.display().to_string(),
+            ),
+            ("CERTFLEET_DNS01_RESOLVERS", self.stack.bind.clone()),
+            ("CERTFLEET_DNS01_PROPAGATION_TIMEOUT", "30s".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string())),
+        );
+        vars
+    }
+
+    /// The TXT values at `fqdn` on the stack's BIND (asked directly).
+    pub async fn dig_txt(&self, fqdn: &str) -> anyhow::Result<Vec<String>> {
+        let (host, port) = self
+            .stack
+            .bind
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("bad BIND address {}", self.stack.bind))?;
+        let out = tokio::process::Command::new("dig")
+            .args([
+                "+short",
+                "+norec",
+                "-p",
+                port,
+                &format!("@{host}"),
+                fqdn,
+                "TXT",
+            ])
+            .output()
+            .await
+            .context("dig")?;
+        anyhow::ensure!(out.status.success(), "dig {fqdn} failed");
+        let mut values: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim().starts_with('"'))
+            .map(|l| l.trim().trim_matches('"').to_string())
+            .collect();
+        values.sort();
+        Ok(values)
+    }
+
     /// Makes `domain` resolve to this test's responder address.
     pub async fn point_dns(&self, domain: &str) -> anyhow::Result<()> {
         let body = serde_json::json!({"host": domain, "addresses": [self.ip.to_string()]});
@@ -272,6 +347,18 @@ impl TestEnv {
     /// Redis state of this test.
     pub fn state(&self) -> anyhow::Result<State> {
         Ok(State::from_config(&self.config()?, 4)?)
+    }
+
+    /// Starts a worker in-process with owned extra variables.
+    pub async fn start_worker_with(
+        &self,
+        extra: &[(String, String)],
+    ) -> anyhow::Result<WorkerHandle> {
+        let extra: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.start_worker(&extra).await
     }
 
     /// Starts a worker in-process.

@@ -15,6 +15,8 @@ use certfleet_common::config::parse::{
 use certfleet_common::config::{ConfigError, Origin, Sources, env_name, keys};
 use certfleet_common::{Config, Secret};
 
+pub use crate::dns01::settings::{Dns01Settings, ProviderName};
+
 /// Let's Encrypt staging: the default CA, because production must be asked for.
 pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 /// Default http-01 listener: unprivileged, so the worker need not run as
@@ -51,6 +53,8 @@ pub struct Settings {
     pub acme: AcmeConfig,
     /// The worker process.
     pub worker: WorkerConfig,
+    /// dns-01: providers, zones, propagation.
+    pub dns01: Dns01Settings,
 }
 
 impl Settings {
@@ -59,10 +63,13 @@ impl Settings {
     /// # Errors
     /// The first invalid value, naming its variable, flag or file key.
     pub fn load(src: &Sources<'_>) -> Result<Self, ConfigError> {
+        let common = Config::load(src)?;
+        let dns01 = Dns01Settings::load(src, common.s3.credentials.as_ref())?;
         Ok(Self {
-            common: Config::load(src)?,
+            common,
             acme: AcmeConfig::load(src)?,
             worker: WorkerConfig::load(src)?,
+            dns01,
         })
     }
 }

@@ -107,6 +107,9 @@ pub enum JobError {
     /// A job that cannot be done as asked (bad input, unsupported kind).
     #[error("{0}")]
     Invalid(String),
+    /// dns-01: a provider, a look-up or the propagation wait.
+    #[error("dns-01: {0}")]
+    Dns(#[from] crate::dns01::DnsError),
     /// Key generation, CSR or certificate parsing.
     #[error("certificate handling: {0}")]
     Crypto(String),
@@ -129,6 +132,7 @@ impl JobError {
         match self {
             JobError::Acme(_) | JobError::Validation { .. } | JobError::OrderInvalid(_) => "acme",
             JobError::Invalid(_) => "input",
+            JobError::Dns(_) => "dns",
             _ => "internal",
         }
     }
@@ -179,6 +183,15 @@ fn acme_disposition(p: &AcmeProblem) -> Disposition {
     }
 }
 
+impl From<crate::dns01::SolveError> for JobError {
+    fn from(e: crate::dns01::SolveError) -> Self {
+        match e {
+            crate::dns01::SolveError::Dns(e) => JobError::Dns(e),
+            crate::dns01::SolveError::State(e) => JobError::State(e),
+        }
+    }
+}
+
 impl Classify for JobError {
     fn disposition(&self) -> Disposition {
         match self {
@@ -191,6 +204,13 @@ impl Classify for JobError {
             JobError::State(e) => e.disposition(),
             JobError::Broker(e) => e.disposition(),
             JobError::Seal(_) | JobError::Invalid(_) => Disposition::Fail,
+            // Credentials or permissions refused, an unknown zone, a bad
+            // setting: no retry can fix them. Timeouts, SERVFAIL, 5xx and
+            // a value not yet everywhere are retried with backoff.
+            JobError::Dns(e) => match e.disposition() {
+                crate::dns01::Disposition::Fail => Disposition::Fail,
+                crate::dns01::Disposition::Retry => Disposition::Retry { after: None },
+            },
             JobError::Busy(_) => Disposition::Defer {
                 after: Duration::from_secs(10),
             },

@@ -12,6 +12,8 @@
 //! - `events`: events, retries and dead letters, all confirmed.
 //! - `ratelimit`: CA limits counted fleet-wide in Redis.
 //! - [`http01`] and `serve`: the challenge responder and the metrics server.
+//! - [`dns01`]: the dns-01 providers (RFC 2136, DigitalOcean, Cloudflare,
+//!   Route 53, acme-dns, exec), the propagation check and the solver.
 //! - [`config`]: the worker's own configuration sections (ACME, process).
 //! - [`objects`]: the writes to the bucket (only workers write).
 //! - [`renewal`]: when a certificate is due (the rule behind the expiry
@@ -29,6 +31,7 @@
 pub(crate) mod acme;
 pub mod config;
 pub mod consumer;
+pub mod dns01;
 pub(crate) mod error;
 pub(crate) mod events;
 pub mod http01;
@@ -81,13 +84,16 @@ pub enum StartError {
     /// The Redis pool could not be built.
     #[error(transparent)]
     State(#[from] certfleet_common::state::StateError),
+    /// A dns-01 provider could not be set up.
+    #[error("dns-01: {0}")]
+    Dns01(#[from] dns01::DnsError),
 }
 
 impl StartError {
     /// Whether the configuration is at fault (exit 64) rather than the
     /// environment (exit 1).
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Client(_))
+        matches!(self, StartError::Client(_) | StartError::Dns01(_))
     }
 }
 
@@ -195,12 +201,14 @@ pub async fn start(cfg: Settings, shutdown: CancellationToken) -> Result<Running
     let state = State::from_config(&cfg.common, pool_size)?;
     let store = Store::from_config(&cfg.common).await;
     let local_answers = Arc::new(http01::LocalAnswers::default());
+    let dns01 = dns01::Solver::new(&cfg.dns01).await?.map(Arc::new);
     let acme = acme::Acme::new(
         cfg.acme.clone(),
         store.clone(),
         state.clone(),
         metrics.clone(),
         local_answers.clone(),
+        dns01,
     )?;
     let id = worker_id();
     let ctx = Arc::new(Ctx {

@@ -277,12 +277,6 @@ async fn run_job(
             ));
         }
     }
-    if env.job.challenge != certfleet_common::ChallengeType::Http01 {
-        return Err(JobError::Invalid(format!(
-            "{} is not supported by this worker",
-            env.job.challenge
-        )));
-    }
     let name = &env.job.name;
     let running = JobStatus::of(env, JobState::Running, "");
     let mut lease = Lease::acquire(
@@ -357,6 +351,7 @@ async fn run_leased(
         domains: &domains,
         key_type,
         replaces: replaces.as_deref(),
+        challenge: env.job.challenge,
     };
     // A retry or redelivery may find what an earlier attempt stored.
     let orphan = if env.attempt > 1 || redelivered {

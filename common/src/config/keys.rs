@@ -76,6 +76,57 @@ settings! {
     /// Log filter (`tracing` directives such as `info,certfleet=debug`);
     /// `RUST_LOG` is read when it is unset.
     LOG = "log", false;
+    /// dns-01 provider for every zone not named in `dns01_zones`:
+    /// `rfc2136`, `digitalocean`, `cloudflare`, `route53`, `acme-dns` or `exec`.
+    DNS01_PROVIDER = "dns01_provider", false;
+    /// Providers of particular zones: `ZONE=PROVIDER[,ZONE=PROVIDER...]`
+    /// (a fleet whose zones live at different DNS hosts).
+    DNS01_ZONES = "dns01_zones", false;
+    /// Recursive resolvers for zone, CNAME and nameserver look-ups:
+    /// `host:port[,host:port...]` (default: the system's).
+    DNS01_RESOLVERS = "dns01_resolvers", false;
+    /// How long to wait until every authoritative server serves the value.
+    DNS01_PROPAGATION_TIMEOUT = "dns01_propagation_timeout", false;
+    /// TTL of the TXT records, seconds.
+    DNS01_TTL = "dns01_ttl", false;
+    /// `exec` provider: the command run as `CMD present|cleanup FQDN VALUE`.
+    DNS01_EXEC = "dns01_exec", false;
+    /// `exec` provider: how long one run may take.
+    DNS01_EXEC_TIMEOUT = "dns01_exec_timeout", false;
+    /// `exec` provider: further variables passed to the command (names).
+    DNS01_EXEC_ENV = "dns01_exec_env", false;
+    /// `rfc2136`: the primary nameserver taking updates, `host[:port]`.
+    RFC2136_NAMESERVER = "rfc2136_nameserver", false;
+    /// `rfc2136`: TSIG key name.
+    RFC2136_TSIG_KEY = "rfc2136_tsig_key", false;
+    /// `rfc2136`: TSIG secret, base64.
+    RFC2136_TSIG_SECRET = "rfc2136_tsig_secret", true;
+    /// `rfc2136`: file holding the TSIG secret.
+    RFC2136_TSIG_SECRET_FILE = "rfc2136_tsig_secret_file", false;
+    /// `rfc2136`: TSIG algorithm (`hmac-sha256`, `hmac-sha384`, `hmac-sha512`).
+    RFC2136_TSIG_ALGORITHM = "rfc2136_tsig_algorithm", false;
+    /// `digitalocean`: API token.
+    DIGITALOCEAN_TOKEN = "digitalocean_token", true;
+    /// `digitalocean`: file holding the API token.
+    DIGITALOCEAN_TOKEN_FILE = "digitalocean_token_file", false;
+    /// `digitalocean`: API base URL (tests, proxies).
+    DIGITALOCEAN_API_URL = "digitalocean_api_url", false;
+    /// `cloudflare`: API token (Zone.DNS edit).
+    CLOUDFLARE_API_TOKEN = "cloudflare_api_token", true;
+    /// `cloudflare`: file holding the API token.
+    CLOUDFLARE_API_TOKEN_FILE = "cloudflare_api_token_file", false;
+    /// `cloudflare`: API base URL (tests, proxies).
+    CLOUDFLARE_API_URL = "cloudflare_api_url", false;
+    /// `route53`: hosted zone id (default: found by the zone's name).
+    ROUTE53_HOSTED_ZONE_ID = "route53_hosted_zone_id", false;
+    /// `route53`: API endpoint (tests, VPC endpoints); credentials come from
+    /// the standard AWS chain.
+    ROUTE53_ENDPOINT = "route53_endpoint", false;
+    /// `acme-dns`: the acme-dns server's API URL.
+    ACMEDNS_API_URL = "acmedns_api_url", false;
+    /// `acme-dns`: JSON file of the registered accounts (lego's
+    /// `ACME_DNS_STORAGE_PATH` format); it holds passwords.
+    ACMEDNS_STORAGE = "acmedns_storage", false;
 }
 
 /// The environment variable of a setting key.

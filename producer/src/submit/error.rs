@@ -171,9 +171,6 @@ pub enum RequestError {
     /// A wildcard validated over http-01 (impossible: RFC 8555 §7.1.3).
     #[error("wildcard names need --challenge dns-01 ({0})")]
     WildcardNeedsDns01(String),
-    /// dns-01 was asked for, but there is no DNS provider yet.
-    #[error("dns-01 is not supported yet (no DNS provider is available); use http-01")]
-    Dns01Unsupported,
 }
 
 /// One bad line of a bulk file.

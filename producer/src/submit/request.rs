@@ -8,10 +8,6 @@ use certfleet_common::{CertName, ChallengeType, Job, KeyType};
 
 use super::error::{LineError, RequestError, SubmitError};
 
-/// Whether a DNS provider exists for dns-01 (none yet): until then dns-01
-/// requests are refused up front instead of failing at the worker.
-pub(crate) const DNS01_SUPPORTED: bool = false;
-
 /// A validated request for one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Request {
@@ -27,8 +23,8 @@ pub(crate) struct Request {
 
 impl Request {
     /// Validates a request: domains normalized ([`domain::normalize_domains`]),
-    /// wildcards only with dns-01, dns-01 only once supported, the name
-    /// given or derived from the first domain.
+    /// wildcards only with dns-01 (RFC 8555 §7.1.3), the name given or
+    /// derived from the first domain.
     ///
     /// # Errors
     /// The first rule the request breaks.
@@ -42,9 +38,6 @@ impl Request {
         let wildcard = domains.iter().find(|d| domain::is_wildcard(d));
         if let (Some(w), ChallengeType::Http01) = (wildcard, challenge) {
             return Err(RequestError::WildcardNeedsDns01(w.clone()));
-        }
-        if challenge == ChallengeType::Dns01 && !DNS01_SUPPORTED {
-            return Err(RequestError::Dns01Unsupported);
         }
         let name = match name {
             Some(n) => CertName::parse(n)?,
@@ -219,10 +212,18 @@ mod tests {
                 .to_string()
                 .starts_with("wildcard names need --challenge dns-01")
         );
-        assert_eq!(
-            Request::new(&["example.com"], None, k, ChallengeType::Dns01),
-            Err(RequestError::Dns01Unsupported)
-        );
+        // Wildcard and apex in one certificate, with dns-01.
+        let r = Request::new(
+            &["example.com", "*.example.com"],
+            None,
+            k,
+            ChallengeType::Dns01,
+        )
+        .expect("dns-01 takes wildcards");
+        assert_eq!(r.domains, domains(&["example.com", "*.example.com"]));
+        let r = Request::new(&["*.example.com"], None, k, ChallengeType::Dns01)
+            .expect("a wildcard alone");
+        assert_eq!(r.name.as_str(), "_wildcard.example.com");
         assert!(matches!(
             Request::new(&["10.0.0.1"], None, k, http),
             Err(RequestError::Domain(DomainError::IpLiteral(_)))
@@ -264,10 +265,6 @@ mod tests {
             ("a.example.com name=a name=b", "name= given twice"),
             ("name=a", "no domain names"),
             ("*.example.com", "wildcard names need challenge=dns-01"),
-            (
-                "a.example.com challenge=dns-01",
-                "dns-01 is not supported yet",
-            ),
             ("a..example.com", "empty label"),
             ("127.0.0.1", "IP address"),
         ] {

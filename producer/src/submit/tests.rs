@@ -44,7 +44,6 @@ async fn issue_validates_before_connecting() {
         (&["bad_domain!.example.com"][..], ChallengeType::Http01),
         (&["1.2.3.4"], ChallengeType::Http01),
         (&["*.example.com"], ChallengeType::Http01),
-        (&["example.com"], ChallengeType::Dns01),
     ] {
         let err = issue(
             &config,

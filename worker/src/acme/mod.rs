@@ -77,6 +77,8 @@ pub(crate) struct Acme {
     limiter: RateLimiter,
     metrics: Metrics,
     local_answers: std::sync::Arc<crate::http01::LocalAnswers>,
+    /// The dns-01 solver, when this worker has a DNS provider.
+    dns01: Option<std::sync::Arc<crate::dns01::Solver>>,
 }
 
 impl Acme {
@@ -86,6 +88,7 @@ impl Acme {
         state: State,
         metrics: Metrics,
         local_answers: std::sync::Arc<crate::http01::LocalAnswers>,
+        dns01: Option<std::sync::Arc<crate::dns01::Solver>>,
     ) -> Result<Self, client::ClientError> {
         let http = AcmeHttp::new(
             cfg.ca_certs.as_deref(),
@@ -109,7 +112,12 @@ impl Acme {
             limiter,
             metrics,
             local_answers,
+            dns01,
         })
+    }
+
+    pub(crate) fn dns01(&self) -> Option<&crate::dns01::Solver> {
+        self.dns01.as_deref()
     }
 
     pub(crate) fn limiter(&self) -> &RateLimiter {

@@ -66,6 +66,8 @@ pub(crate) struct Request<'a> {
     pub(crate) key_type: KeyType,
     /// ARI identifier of the certificate being replaced (renewals).
     pub(crate) replaces: Option<&'a str>,
+    /// How control of the names is proven.
+    pub(crate) challenge: certfleet_common::ChallengeType,
 }
 
 /// A certificate and its key, straight from the CA.
@@ -270,6 +272,68 @@ impl Acme {
         Ok(tokens)
     }
 
+    /// Presents every pending authorization's dns-01 value (recorded in
+    /// Redis first), waits until every authoritative nameserver serves
+    /// them all, then tells the CA to validate.
+    async fn solve_dns01(&self, order: &mut Order, req: &Request<'_>) -> Result<(), JobError> {
+        let solver = self.dns01().ok_or_else(|| {
+            JobError::Invalid(
+                "this worker has no dns-01 provider (set CERTFLEET_DNS01_PROVIDER, or bind only http-01 jobs with CERTFLEET_WORKER_BINDINGS)".into(),
+            )
+        })?;
+        let mut pending = Vec::new();
+        let mut placements = Vec::new();
+        let mut authzs = order.authorizations();
+        while let Some(authz) = authzs.next().await {
+            let mut authz = authz.map_err(acme_error)?;
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => {
+                    return Err(JobError::OrderInvalid(format!(
+                        "authorization for {} is {other:?}",
+                        identifier_name(authz.identifier().identifier)
+                    )));
+                }
+            }
+            let domain = identifier_name(authz.identifier().identifier);
+            let challenge = authz.challenge(ChallengeType::Dns01).ok_or_else(|| {
+                JobError::Invalid(format!("the CA offers no dns-01 challenge for {domain}"))
+            })?;
+            let value = challenge.key_authorization().dns_value();
+            let placement = solver.place(&domain, &value).await?;
+            solver
+                .present(self.state(), req.name, &placement)
+                .await
+                .map_err(JobError::from)?;
+            placements.push(placement);
+            // A resumed order may have told the CA already (a worker died
+            // after `set_ready`): presenting again is enough.
+            if challenge.status == ChallengeStatus::Pending {
+                pending.push(challenge.url.clone());
+            }
+        }
+        solver.wait(&placements).await?;
+        let mut authzs = order.authorizations();
+        while let Some(authz) = authzs.next().await {
+            let mut authz = authz.map_err(acme_error)?;
+            if let Some(mut challenge) = authz.challenge(ChallengeType::Dns01)
+                && pending.contains(&challenge.url)
+            {
+                challenge.set_ready().await.map_err(acme_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the dns-01 values recorded for the request's name, once the
+    /// CA has decided (valid or invalid) or the order is gone.
+    async fn clean_dns01(&self, req: &Request<'_>) {
+        if let Some(solver) = self.dns01() {
+            solver.cleanup(self.state(), req.name).await;
+        }
+    }
+
     /// Finds out why an order went invalid, and counts failed validations.
     async fn why_invalid(&self, order: &mut Order) -> JobError {
         let order_problem = order.state().error.clone();
@@ -307,12 +371,28 @@ impl Acme {
             }
         };
         let mut tokens = Vec::new();
+        let dns01 = req.challenge == certfleet_common::ChallengeType::Dns01;
         loop {
             let status = order.state().status;
             match status {
                 OrderStatus::Pending => {
-                    tokens.extend(self.solve_http01(&mut order).await?);
-                    match order.poll_ready(&POLL).await.map_err(acme_error)? {
+                    if dns01 {
+                        if let Err(e) = self.solve_dns01(&mut order, req).await {
+                            // A value the CA will never look at again goes
+                            // now; a retry presents it anew.
+                            self.clean_dns01(req).await;
+                            return Err(e);
+                        }
+                    } else {
+                        tokens.extend(self.solve_http01(&mut order).await?);
+                    }
+                    let polled = order.poll_ready(&POLL).await.map_err(acme_error);
+                    // Once the CA has decided; not while it may still be
+                    // validating (a poll that timed out is retried).
+                    if dns01 && matches!(&polled, Ok(s) if *s != OrderStatus::Pending) {
+                        self.clean_dns01(req).await;
+                    }
+                    match polled? {
                         OrderStatus::Invalid => {
                             let e = self.why_invalid(&mut order).await;
                             self.drop_record(req.name).await?;
@@ -323,6 +403,11 @@ impl Acme {
                     }
                 }
                 OrderStatus::Ready => {
+                    if dns01 {
+                        // Validated (maybe by an attempt that died since):
+                        // whatever any attempt presented can go.
+                        self.clean_dns01(req).await;
+                    }
                     let csr = keys::csr(&key, req.domains)?;
                     order.finalize_csr(&csr).await.map_err(acme_error)?;
                 }
@@ -337,6 +422,9 @@ impl Acme {
                     });
                 }
                 OrderStatus::Invalid => {
+                    if dns01 {
+                        self.clean_dns01(req).await;
+                    }
                     let e = self.why_invalid(&mut order).await;
                     self.drop_record(req.name).await?;
                     return Err(e);
