@@ -150,3 +150,24 @@ pub fn nsupdate(commands: &str) {
 pub fn bind_provider() -> std::sync::Arc<Rfc2136Provider> {
     std::sync::Arc::new(provider())
 }
+
+/// An RFC 2136 provider on the main stack's BIND (`scripts/stack.sh`), for
+/// the fake DNS APIs of the end-to-end tests: what they are asked to
+/// create, Pebble then finds there.
+pub fn stack_bind_provider(
+    stack: &crate::Stack,
+) -> anyhow::Result<std::sync::Arc<Rfc2136Provider>> {
+    let secret = std::fs::read_to_string(&stack.tsig_secret_file)?;
+    let mut c = Rfc2136Config::new(
+        stack.bind.as_str(),
+        stack.tsig_key.as_str(),
+        TsigSecret::from_base64(secret.trim())?,
+    );
+    c.timeout = Duration::from_secs(5);
+    Ok(std::sync::Arc::new(Rfc2136Provider::new(c)?))
+}
+
+/// The exec test hook (`tests/dns/nsupdate-hook.sh`).
+pub fn nsupdate_hook() -> String {
+    format!("{}/dns/nsupdate-hook.sh", env!("CARGO_MANIFEST_DIR"))
+}
