@@ -4,7 +4,7 @@
 #   make test    everything CI runs: fmt, clippy, unit and integration tests
 #   make bench   side-by-side benchmarks (bench/results/)
 #
-# The local stack (RabbitMQ, Redis, S3 via moto, Pebble) is installed and
+# The local stack (RabbitMQ, Redis, S3 via moto, BIND 9, Pebble) is installed and
 # started by scripts/stack.sh on loopback; `make stack-down` stops it.
 
 SHELL := /bin/bash

@@ -503,3 +503,54 @@ async fn two_providers_by_zone_in_one_worker() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// A renewal keeps the stored certificate's challenge: `renew NAME` routes
+/// it as `job.renew.dns-01`, so a worker pool bound to dns-01 jobs only
+/// (`CERTFLEET_WORKER_BINDINGS`) renews it through the DNS again.
+#[tokio::test]
+async fn renewal_keeps_dns01_and_its_routing() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("dns-renew").await?;
+    let worker = env
+        .start_worker_with(&env.rfc2136_vars(&[
+            ("CERTFLEET_WORKER_BINDINGS", "job.*.dns-01"),
+            ("CERTFLEET_WORK_QUEUE", "certfleet.work.dns"),
+        ]))
+        .await?;
+    let apex = env.dns_domain("renewed");
+    let domains = [apex.clone(), format!("*.{apex}")];
+    env.certfleet(&[
+        "issue",
+        &domains[0],
+        &domains[1],
+        "--challenge",
+        "dns-01",
+        "--wait",
+        "--timeout",
+        "90s",
+    ])
+    .await?;
+    let name = CertName::parse(&apex)?;
+    let store = env.store().await;
+    let (first, _) = store
+        .pointer(&name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("not stored"))?;
+    assert_eq!(first.challenge, ChallengeType::Dns01);
+    env.certfleet(&["renew", &apex, "--wait", "--timeout", "90s"])
+        .await?;
+    let (second, _) = store
+        .pointer(&name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("gone"))?;
+    assert_ne!(second.serial, first.serial, "renewed");
+    assert_eq!(
+        second.challenge,
+        ChallengeType::Dns01,
+        "the challenge is kept"
+    );
+    assert!(env.dig_txt(&challenge_name(&apex)).await?.is_empty());
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
