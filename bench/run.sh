@@ -8,15 +8,19 @@
 #   C=64         worker concurrency of the main runs
 #   SWEEP=1      every mode at C in 1 8 C 256 (default delay: 128 instead
 #                of 256; default: only instant mode sweeps, http-01 runs at
-#                C, default delay at C and 1000 certificates at 128)
+#                C, default delay at C and 1000 certificates at 128, dns-01
+#                at 8 and C)
 #   LEGO_N=100   lego sequential, instant mode (x8 runs min(N, 200))
-#   LEGO_SLOW_N=20  lego sequential with real validation (~5 s each)
+#   LEGO_SLOW_N=20  lego sequential with real validation (http-01, delay,
+#                dns-01; ~5 s each)
 #   LEGO_SLOW_PAR_N=80  lego x8 with real validation
 #   FANOUT="1 10 100"  subscriber counts; FANOUT_CERTS=10 certificates each
 #   BENCH_IP=127.240.0.2  loopback address the bench's domains resolve to
 #   BENCH_PEBBLE_PORT=14600 BENCH_PEBBLE_MGMT_PORT=15600
 #   BENCH_CHALLTESTSRV_DNS_PORT=8653 BENCH_CHALLTESTSRV_MGMT_PORT=8655
 #   BENCH_STACK_DIR=.stack/bench-pebble   state of the private Pebble
+#   BENCH_BIND_ADDR=127.0.0.154  the private BIND of dns-01 mode (port 53;
+#                not the shared stack's 127.0.0.153)
 #   NO_BUILD=1   use the release binaries as they are
 #
 # The shared stack (RabbitMQ, Redis, S3) must be up (`make bench` starts
@@ -24,6 +28,15 @@
 # private Pebble (scripts/stack.sh with its own STACK_DIR and ports),
 # restarted in the right validation mode before every step, so each step
 # starts from an empty CA; the shared Pebble is never touched.
+#
+# dns-01 mode: the private Pebble resolves through a private BIND
+# (scripts/stack.sh's bind in the same STACK_DIR, on BENCH_BIND_ADDR,
+# authoritative for dns01.test, where that mode's names are); certfleet's
+# worker (rfc2136 provider) and `lego --dns rfc2136` write their TXT records
+# there with TSIG. lego's propagation check resolves the zone's NS names
+# through the system resolver, which is off loopback here: every lego
+# dns-01 process runs in a mount namespace whose /etc/resolv.conf is that
+# BIND's resolv.conf (bench-step lego does this, and checks it first).
 #
 # Pebble 2.4 (Debian) deadlocks (every request hangs; its MemoryStore
 # locks) with 256 orders in flight under the default validation delay, with
@@ -51,6 +64,9 @@ B_PEBBLE_PORT=${BENCH_PEBBLE_PORT:-14600}
 B_PEBBLE_MGMT_PORT=${BENCH_PEBBLE_MGMT_PORT:-15600}
 B_DNS_PORT=${BENCH_CHALLTESTSRV_DNS_PORT:-8653}
 B_CHALLTESTSRV_PORT=${BENCH_CHALLTESTSRV_MGMT_PORT:-8655}
+# The private BIND of dns-01 mode.
+B_BIND_ADDR=${BENCH_BIND_ADDR:-127.0.0.154}
+DNS01_ZONE=dns01.test
 export RUST_BACKTRACE=0
 
 TS=$(date -u +%Y%m%dT%H%M%SZ)
@@ -98,16 +114,17 @@ fi
   echo "N: $N"
   echo "C: $C"
   echo "SWEEP: $SWEEP"
-  echo "lego sample sizes: instant ${LEGO_N} sequential / $(min "$N" 200) x8; real validation ${LEGO_SLOW_N} sequential / ${LEGO_SLOW_PAR_N} x8"
+  echo "lego sample sizes: instant ${LEGO_N} sequential / $(min "$N" 200) x8; real validation (http-01, delay, dns-01) ${LEGO_SLOW_N} sequential / ${LEGO_SLOW_PAR_N} x8"
   echo "fan-out: subscribers ${FANOUT}; ${FANOUT_CERTS} certificates each"
   echo "BENCH_IP: $BENCH_IP"
+  echo "BENCH_BIND_ADDR: $B_BIND_ADDR"
   echo "nproc: $(nproc)"
   echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "memory: $(free -g | awk '/^Mem:/{print $2 " GiB"}')"
   echo "kernel: $(uname -r)"
   echo "certfleet: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (uncommitted changes)')"
   echo "rustc: $(rustc --version 2>/dev/null || echo '?')"
-  for p in pebble lego rabbitmq-server redis-server; do
+  for p in pebble lego bind9 rabbitmq-server redis-server; do
     echo "$p: $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo '?')"
   done
   echo "moto: $("$REPO/.stack/venv/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null || echo '?')"
@@ -118,29 +135,49 @@ fi
 # ------------------------------------------------------------ private Pebble
 
 PEBBLE_DIR=$B_STACK_DIR/pebble
-private_stack() { # CMD...: scripts/stack.sh for the private Pebble
+BIND_DIR=$B_STACK_DIR/bind
+private_stack() { # CMD...: scripts/stack.sh for the private Pebble (and BIND)
   env STACK_DIR="$B_STACK_DIR" PEBBLE_PORT="$B_PEBBLE_PORT" PEBBLE_MGMT_PORT="$B_PEBBLE_MGMT_PORT" \
     CHALLTESTSRV_DNS_PORT="$B_DNS_PORT" CHALLTESTSRV_MGMT_PORT="$B_CHALLTESTSRV_PORT" \
+    BIND_ADDR="$B_BIND_ADDR" BIND_PORT=53 \
     "$@" >>"$OUT/logs/pebble-stack.log" 2>&1
 }
 pebble_up() { # MODE: (re)start the private Pebble in MODE
   local mode=$1 va
   case $mode in
     instant) va=(PEBBLE_VA_NOSLEEP=1 PEBBLE_VA_ALWAYS_VALID=1) ;;
-    http01) va=(PEBBLE_VA_NOSLEEP=1) ;;
+    http01 | dns01) va=(PEBBLE_VA_NOSLEEP=1) ;;
     # 0, not empty: stack.sh defaults an empty PEBBLE_VA_NOSLEEP to 1.
     delay) va=(PEBBLE_VA_NOSLEEP=0) ;;
   esac
+  # Pebble resolves through the private BIND when it runs (stack.sh decides
+  # at Pebble's start): up for dns-01, down for the other modes.
+  if [[ $mode == dns01 ]]; then
+    private_stack scripts/stack.sh up bind ||
+      { log "the private BIND did not start"; tail -n 20 "$OUT/logs/pebble-stack.log" >&2; FAILED+=("bind-$mode"); return 1; }
+  else
+    private_stack scripts/stack.sh down bind || true
+  fi
   private_stack env -u PEBBLE_VA_ALWAYS_VALID -u PEBBLE_VA_NOSLEEP "${va[@]}" scripts/stack.sh restart pebble ||
     { log "the private Pebble did not start"; tail -n 20 "$OUT/logs/pebble-stack.log" >&2; FAILED+=("pebble-$mode"); return 1; }
+  if [[ $mode == dns01 && $(cat "$PEBBLE_DIR/pebble.dnsserver" 2>/dev/null) != "$B_BIND_ADDR:53" ]]; then
+    log "the private Pebble does not resolve through the private BIND ($B_BIND_ADDR:53)"
+    FAILED+=("pebble-$mode"); return 1
+  fi
 }
-pebble_down() { private_stack scripts/stack.sh down pebble || true; }
+pebble_down() { private_stack scripts/stack.sh down pebble bind || true; }
 trap pebble_down EXIT
 
 ca_args() { # MODE: sets CA, the flags naming the private CA for the bench binaries
   CA=(--mode "$1" --directory "https://127.0.0.1:$B_PEBBLE_PORT/dir" --ca-certs "$PEBBLE_DIR/ca.pem"
     --challtestsrv "http://127.0.0.1:$B_CHALLTESTSRV_PORT" --pebble-pid-file "$PEBBLE_DIR/pebble.pid"
     --ip "$BENCH_IP")
+  if [[ $1 == dns01 ]]; then
+    # The private BIND's zone, key and resolv.conf (scripts/stack.sh bind).
+    CA+=(--zone "$DNS01_ZONE" --rfc2136-nameserver "$B_BIND_ADDR:53" --dns-resolvers "$B_BIND_ADDR:53"
+      --tsig-key certfleet-test. --tsig-algorithm hmac-sha256 --tsig-secret-file "$BIND_DIR/tsig.secret"
+      --resolv-conf "$BIND_DIR/resolv.conf" --bind-pid-file "$BIND_DIR/named.pid")
+  fi
 }
 
 FAILED=()
@@ -189,6 +226,8 @@ n_for() { # C MODE
 sweep_for() { # MODE
   if [[ $SWEEP == 1 || $1 == instant ]]; then
     printf '%s\n' 1 8 "$C" "$(top_for "$1")" | sort -n | uniq | tr '\n' ' '
+  elif [[ $1 == dns01 ]]; then
+    printf '%s\n' 8 "$C" | sort -n | uniq | tr '\n' ' '
   else
     echo "$C"
   fi
@@ -223,7 +262,7 @@ lego_run() { # MODE P N
 
 # -------------------------------------------------------------------- modes
 
-for mode in instant http01 delay; do
+for mode in instant http01 delay dns01; do
   log "== $(tr '[:lower:]' '[:upper:]' <<<"$mode") mode"
 
   for c in $(sweep_for "$mode"); do certfleet "$mode" "$c" "$(n_for "$c" "$mode")"; done
@@ -244,9 +283,16 @@ for mode in instant http01 delay; do
       log "profiling failed (log: $OUT/logs/profile.log)"
     fi
   fi
-  for c in $(sweep_for "$mode"); do ceiling "$mode" "$c" "$(n_for "$c" "$mode")"; done
+  # The ceiling answers http-01 only.
+  if [[ $mode != dns01 ]]; then
+    for c in $(sweep_for "$mode"); do ceiling "$mode" "$c" "$(n_for "$c" "$mode")"; done
+  fi
 
-  if command -v lego >/dev/null; then
+  if [[ $mode == dns01 ]] && ! grep -qx "nameserver $B_BIND_ADDR" "$BIND_DIR/resolv.conf" 2>/dev/null; then
+    # Never run lego's dns-01 without its resolver on loopback (see the top).
+    log "no $BIND_DIR/resolv.conf naming $B_BIND_ADDR: lego dns-01 skipped"
+    FAILED+=("lego-dns01-resolv-conf")
+  elif command -v lego >/dev/null; then
     if [[ $mode == instant ]]; then
       lego_run "$mode" 1 "$(min "$N" "$LEGO_N")"
       lego_run "$mode" 8 "$(min "$N" 200)"

@@ -101,7 +101,12 @@ async fn run_in(slice: &Slice, indexed: usize, jobs: usize) -> anyhow::Result<Bo
     )
     .await?;
     let envelopes = (0..jobs)
-        .map(|i| issue_envelope(&format!("j{i:05}.bulk.{}", crate::names::SUFFIX)))
+        .map(|i| {
+            issue_envelope(
+                &format!("j{i:05}.bulk.{}", crate::names::SUFFIX),
+                ChallengeType::Http01,
+            )
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut publish_runs_s = Vec::new();
     for _ in 0..PUBLISH_RUNS {

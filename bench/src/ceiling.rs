@@ -31,7 +31,7 @@ use crate::pool::{self, Attempt};
 use crate::procfs::{self, CpuMeter};
 use crate::results::{Throughput, Tool};
 use crate::stack::{Ca, Stack};
-use crate::{names, stats};
+use crate::stats;
 use certfleet_tests::http::Http;
 
 /// The worker's order polling policy, copied from `POLL` in
@@ -68,8 +68,13 @@ type Tokens = Arc<Mutex<HashMap<String, String>>>;
 /// that fail are counted.
 pub async fn run(stack: &Stack, opts: &Options) -> anyhow::Result<Throughput> {
     let http = Http::new(None)?;
-    let names = names::list(&opts.label, opts.n);
-    let warmup = names::warmup(&opts.label, "ceiling");
+    anyhow::ensure!(
+        opts.ca.mode.challenge() == certfleet_common::ChallengeType::Http01,
+        "the ceiling answers http-01 only (no {} mode)",
+        opts.ca.mode.as_str()
+    );
+    let names = opts.ca.names(&opts.label, opts.n);
+    let warmup = opts.ca.warmup_name(&opts.label, "ceiling");
     opts.ca
         .point_dns(&http, &[names.clone(), vec![warmup.clone()]].concat())
         .await?;
@@ -112,9 +117,7 @@ async fn drive(
         .await
         .context("warm-up order")?;
 
-    let mut pid_files = stack.service_pid_files();
-    pid_files.push(("pebble", opts.ca.pebble_pid_file.clone()));
-    let cpu = CpuMeter::start(&pid_files, &[("ceiling", std::process::id())]);
+    let cpu = CpuMeter::start(&opts.ca.pid_files(stack), &[("ceiling", std::process::id())]);
     let tokens = tokens.clone();
     let timed = pool::run(names, opts.concurrency, move |name| {
         let (account, tokens) = (account.clone(), tokens.clone());

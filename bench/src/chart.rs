@@ -46,6 +46,9 @@ fn color(tool: Tool, mode: Mode) -> RGBColor {
         (Tool::Lego, Mode::Instant) => RGBColor(200, 40, 30),
         (Tool::Lego, Mode::Http01) => RGBColor(235, 120, 30),
         (Tool::Lego, Mode::Delay) => RGBColor(240, 180, 40),
+        (Tool::Certfleet, Mode::Dns01) => RGBColor(20, 40, 120),
+        (Tool::Ceiling, Mode::Dns01) => RGBColor(70, 70, 70),
+        (Tool::Lego, Mode::Dns01) => RGBColor(140, 20, 20),
     }
 }
 

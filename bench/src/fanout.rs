@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use certfleet::agent::WatchOptions;
-use certfleet_common::{CertName, EventKind, Store, topology};
+use certfleet_common::{CertName, ChallengeType, EventKind, Store, topology};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ use crate::procfs::CpuMeter;
 use crate::results::Fanout;
 use crate::stack::{Ca, Slice, Stack};
 use crate::worker::WorkerProcess;
-use crate::{names, stats};
+use crate::stats;
 
 /// How often subscriber directories are checked.
 pub const POLL_EVERY: Duration = Duration::from_millis(5);
@@ -81,8 +81,11 @@ async fn run_in(stack: &Stack, slice: &Slice, opts: &Options) -> anyhow::Result<
         let mut events = Events::subscribe(&cfg, "cert.#").await?;
         let jobs = Jobs::connect(&cfg).await?;
         // Warm-up (account) before the subscribers start.
-        jobs.publish(&issue_envelope(&names::warmup(&opts.label, "fan"))?)
-            .await?;
+        jobs.publish(&issue_envelope(
+            &opts.ca.warmup_name(&opts.label, "fan"),
+            opts.ca.mode.challenge(),
+        )?)
+        .await?;
         events
             .next(Duration::from_secs(120))
             .await?
@@ -99,8 +102,8 @@ async fn run_in(stack: &Stack, slice: &Slice, opts: &Options) -> anyhow::Result<
         let mut all = Vec::new();
         let mut missing = 0;
         for k in 0..opts.certificates {
-            let name = format!("f{k:03}.{}.{}", opts.label, names::SUFFIX);
-            let seen = deliver(&jobs, &mut events, &dirs, &name).await?;
+            let name = format!("f{k:03}.{}.{}", opts.label, opts.ca.zone);
+            let seen = deliver(&jobs, &mut events, &dirs, &name, opts.ca.mode.challenge()).await?;
             let (pointer, _) = store
                 .pointer(&CertName::parse(&name)?)
                 .await?
@@ -221,8 +224,9 @@ async fn deliver(
     events: &mut Events,
     dirs: &[PathBuf],
     name: &str,
+    challenge: ChallengeType,
 ) -> anyhow::Result<Seen> {
-    let env = issue_envelope(name)?;
+    let env = issue_envelope(name, challenge)?;
     jobs.publish(&env).await?;
     let files: Vec<PathBuf> = dirs.iter().map(|d| target(d, name)).collect();
     let mut at: Vec<Option<SystemTime>> = vec![None; dirs.len()];

@@ -12,18 +12,18 @@ use certfleet_common::{
 };
 use futures_util::StreamExt;
 
-/// An issue job for one name (ECDSA P-256, http-01: the defaults).
+/// An issue job for one name (ECDSA P-256) answered with `challenge`.
 ///
 /// # Errors
 /// `name` is not a valid certificate name.
-pub fn issue_envelope(name: &str) -> anyhow::Result<Envelope> {
+pub fn issue_envelope(name: &str, challenge: ChallengeType) -> anyhow::Result<Envelope> {
     Ok(Envelope::new(
         JobKind::Issue,
         Job {
             name: CertName::parse(name)?,
             domains: vec![name.to_string()],
             key_type: KeyType::EcdsaP256,
-            challenge: ChallengeType::Http01,
+            challenge,
             reason: "bench".into(),
         },
         certfleet_common::now_ms(),

@@ -8,6 +8,19 @@
 //! run; every timed process reuses it from `--path`. Each process's time is
 //! start → exit; the CPU of all of them is this process's waited-for
 //! children time.
+//!
+//! In dns-01 mode lego uses its `rfc2136` provider on the bench's BIND
+//! (`--dns rfc2136`, TSIG from `RFC2136_*`, zones looked up through
+//! `--dns.resolvers`). Its propagation check, though, looks the zone's NS
+//! names up through the system resolver (`/etc/resolv.conf`), whatever
+//! `--dns.resolvers` says; here that file names a resolver off loopback,
+//! where the bench must send nothing. So every dns-01 lego process runs in
+//! a mount namespace of its own whose `/etc/resolv.conf` is the BIND's
+//! `resolv.conf` (`nameserver <BIND address>`):
+//! `unshare -m --propagation private sh -c 'mount --bind F /etc/resolv.conf
+//! && exec lego …'`. The bench refuses to start lego in dns-01 mode when
+//! that file names anything but loopback addresses, or when the mount does
+//! not take effect (checked once before the warm-up).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,7 +34,7 @@ use crate::pool::{self, Attempt};
 use crate::procfs::{self, CpuMeter};
 use crate::results::{Throughput, Tool};
 use crate::stack::{Ca, HTTP01_PORT, Mode, Stack};
-use crate::{names, stats};
+use crate::stats;
 use certfleet_tests::http::Http;
 
 /// Longest time one lego process may take (it is killed after that).
@@ -61,8 +74,14 @@ pub struct Options {
 /// lego or the responder cannot start, or the warm-up fails.
 pub async fn run(stack: &Stack, opts: &Options) -> anyhow::Result<Throughput> {
     let http = Http::new(None)?;
-    let names = names::list(&opts.label, opts.n);
-    let warmup = names::warmup(&opts.label, &format!("lego{}", opts.parallel));
+    let names = opts.ca.names(&opts.label, opts.n);
+    let warmup = opts
+        .ca
+        .warmup_name(&opts.label, &format!("lego{}", opts.parallel));
+    if opts.ca.mode == Mode::Dns01 {
+        opts.ca.dns.secret_file()?;
+        check_namespace(resolv_conf(opts)?).await?;
+    }
     opts.ca
         .point_dns(&http, &[names.clone(), vec![warmup.clone()]].concat())
         .await?;
@@ -71,8 +90,8 @@ pub async fn run(stack: &Stack, opts: &Options) -> anyhow::Result<Throughput> {
     std::fs::create_dir_all(opts.dir.join("path"))?;
     let log = opts.dir.join("lego.log");
     let responder = match opts.ca.mode {
-        Mode::Instant => None,
-        _ => Some(start_responder(&opts.ca, &webroot, &opts.dir.join("responder.log")).await?),
+        Mode::Instant | Mode::Dns01 => None,
+        Mode::Http01 | Mode::Delay => Some(start_responder(&opts.ca, &webroot, &opts.dir.join("responder.log")).await?),
     };
     let result = drive(stack, opts, &names, &warmup, &webroot, &log).await;
     if let Some(mut r) = responder {
@@ -96,9 +115,7 @@ async fn drive(
             log.display()
         );
     }
-    let mut pid_files = stack.service_pid_files();
-    pid_files.push(("pebble", opts.ca.pebble_pid_file.clone()));
-    let cpu = CpuMeter::start(&pid_files, &[]);
+    let cpu = CpuMeter::start(&opts.ca.pid_files(stack), &[]);
     let children_before = procfs::children_cpu_seconds()?;
     let (webroot, log) = (webroot.to_path_buf(), log.to_path_buf());
     let lego_opts = opts.clone();
@@ -170,8 +187,26 @@ async fn lego_once(
         .create(true)
         .append(true)
         .open(log)?;
-    let run = Command::new(&opts.lego)
-        .env("LEGO_CA_CERTIFICATES", &opts.ca.ca_certs)
+    let mut cmd = if opts.ca.mode == Mode::Dns01 {
+        let dns = &opts.ca.dns;
+        let mut c = in_namespace(resolv_conf(opts)?, &opts.lego);
+        c.env("RFC2136_NAMESERVER", dns.rfc2136_nameserver.to_string())
+            .env("RFC2136_TSIG_KEY", &dns.tsig_key)
+            // miekg/dns spells algorithms as names: `hmac-sha256.`.
+            .env(
+                "RFC2136_TSIG_ALGORITHM",
+                format!("{}.", dns.tsig_algorithm.trim_end_matches('.')),
+            )
+            .env("RFC2136_TSIG_SECRET_FILE", dns.secret_file()?)
+            // lego's defaults wait 60 s between names and poll every 2 s.
+            .env("RFC2136_SEQUENCE_INTERVAL", "1")
+            .env("RFC2136_POLLING_INTERVAL", "1")
+            .env("RFC2136_PROPAGATION_TIMEOUT", "30");
+        c
+    } else {
+        Command::new(&opts.lego)
+    };
+    cmd.env("LEGO_CA_CERTIFICATES", &opts.ca.ca_certs)
         .arg("--server")
         .arg(&opts.ca.directory)
         .args([
@@ -183,8 +218,14 @@ async fn lego_once(
         ])
         .arg("--path")
         .arg(opts.dir.join("path"))
-        .args(["--domains", name, "--http", "--http.webroot"])
-        .arg(webroot)
+        .args(["--domains", name]);
+    if opts.ca.mode == Mode::Dns01 {
+        cmd.args(["--dns", "rfc2136", "--dns.resolvers"])
+            .arg(opts.ca.dns.resolver().to_string());
+    } else {
+        cmd.args(["--http", "--http.webroot"]).arg(webroot);
+    }
+    let run = cmd
         .arg("run")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
@@ -199,6 +240,93 @@ async fn lego_once(
         )),
         Err(_) => Ok(None),
     }
+}
+
+/// The resolv.conf every dns-01 lego process gets, checked to name only
+/// loopback resolvers.
+///
+/// # Errors
+/// Not given, unreadable, or naming no resolver or one off loopback.
+fn resolv_conf(opts: &Options) -> anyhow::Result<&Path> {
+    let f = opts
+        .ca
+        .dns
+        .resolv_conf
+        .as_deref()
+        .context("--mode dns01 needs --resolv-conf (lego must not use the system resolver)")?;
+    let text =
+        std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+    let mut servers = 0;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("nameserver"), Some(ip)) => {
+                let ip: std::net::IpAddr = ip
+                    .parse()
+                    .with_context(|| format!("{}: bad nameserver {ip}", f.display()))?;
+                anyhow::ensure!(
+                    ip.is_loopback(),
+                    "{} names {ip}, not a loopback address",
+                    f.display()
+                );
+                servers += 1;
+            }
+            _ => bail!("{}: unexpected line {line:?}", f.display()),
+        }
+    }
+    anyhow::ensure!(servers > 0, "{} names no nameserver", f.display());
+    Ok(f)
+}
+
+/// `program` in a mount namespace of its own whose `/etc/resolv.conf` is
+/// `resolv_conf`: `unshare -m --propagation private sh -c 'mount --bind
+/// "$0" /etc/resolv.conf && exec "$@"' RESOLV_CONF PROGRAM`, arguments
+/// to be added. `unshare` and `sh` exec, so the process is the program's
+/// (and its CPU the driver's waited-for children's).
+fn in_namespace(resolv_conf: &Path, program: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    c.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#,
+    ])
+    .arg(resolv_conf)
+    .arg(program);
+    c
+}
+
+/// Runs `cat /etc/resolv.conf` the way lego will run, and checks that it
+/// reads `resolv_conf`: no lego process starts with the system's resolver.
+///
+/// # Errors
+/// unshare or mount failed, or the file read back differs.
+async fn check_namespace(resolv_conf: &Path) -> anyhow::Result<()> {
+    let want = std::fs::read_to_string(resolv_conf)?;
+    let out = in_namespace(resolv_conf, Path::new("cat"))
+        .arg("/etc/resolv.conf")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running unshare (util-linux)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "a private mount namespace with {} as /etc/resolv.conf could not be made ({}): {}",
+        resolv_conf.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    anyhow::ensure!(
+        String::from_utf8_lossy(&out.stdout) == want,
+        "/etc/resolv.conf in the namespace is not {}",
+        resolv_conf.display()
+    );
+    Ok(())
 }
 
 /// `python3 -m http.server` on the bench address, port 5002, serving the

@@ -179,6 +179,19 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
          loopback address.\n",
         inp.setting("BENCH_IP").unwrap_or("the bench address")
     );
+    if inp.throughput().any(|t| t.mode == Mode::Dns01) {
+        let _ = writeln!(
+            md,
+            "dns01 mode: the private Pebble resolves through a BIND 9 of the bench's own \
+             (`scripts/stack.sh up bind` in the same STACK_DIR, on {}), authoritative for \
+             `dns01.test`, where the names of this mode are; both clients write their \
+             `_acme-challenge` TXT records there with TSIG-signed RFC 2136 updates and wait until \
+             its NS serves them: certfleet's `rfc2136` provider, and `lego --dns rfc2136` (each lego \
+             process in a mount namespace whose /etc/resolv.conf names that BIND, since lego's \
+             propagation check resolves NS names through the system resolver).\n",
+            inp.setting("BENCH_BIND_ADDR").unwrap_or("its own loopback address")
+        );
+    }
 
     // Targets first: the verdict.
     let _ = writeln!(md, "## Targets (2-core machine, measured by this run)\n");
@@ -202,7 +215,8 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
          jobs outstanding, so this is the job's own time, not its wait in the queue); ceiling = \
          new order → chain downloaded; lego = one `lego run` process, start → exit. CPU per \
          certificate from /proc (utime+stime) over the timed part; lego = all lego processes; \
-         the ceiling's includes its in-process http-01 responder. S3 and ACME requests from the \
+         the ceiling's includes its in-process http-01 responder (the ceiling answers http-01 \
+         only, so dns01 mode has none). S3 and ACME requests from the \
          worker's `/metrics`. \"1,000 certs take\" is measured where a run had 1,000, else \
          extrapolated from the run's rate.\n"
     );
@@ -297,9 +311,9 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
         md,
         "![certificates per second vs concurrency](chart.png)\n\n{}\n",
         if inp.chart_text {
-            "Chart: log-log; certfleet (blue), the instant-acme-only ceiling (grey), lego (red/orange; x = parallel processes)."
+            "Chart: log-log; certfleet (blues; dns01 navy), the instant-acme-only ceiling (grey), lego (red/orange; dns01 dark red; x = parallel processes)."
         } else {
-            "Chart drawn without text: no TTF font was found (install fonts-dejavu-core). Blue: certfleet, grey: ceiling, red/orange: lego; x = concurrency (log), y = certificates/s (log)."
+            "Chart drawn without text: no TTF font was found (install fonts-dejavu-core). Blues: certfleet (dns01 navy), grey: ceiling, red/orange: lego (dns01 dark red); x = concurrency (log), y = certificates/s (log)."
         }
     );
 
@@ -444,17 +458,17 @@ fn where_time_goes(inp: &Inputs) -> String {
         .unwrap_or(2.0);
     let _ = writeln!(
         md,
-        "CPU seconds per certificate of each process during certfleet's runs (from /proc; \
-         `machine` = every CPU of the machine, including anything else running on it), and how \
-         busy the machine was ({cores:.0} cores):\n"
+        "CPU milliseconds per certificate of each process during certfleet's runs (from /proc; \
+         BIND = the bench's BIND of dns01 mode; `machine` = every CPU of the machine, including \
+         anything else running on it), and how busy the machine was ({cores:.0} cores):\n"
     );
     let _ = writeln!(
         md,
-        "| run | certs/s | worker | Pebble | S3 (moto) | RabbitMQ | Redis | machine | machine busy | S3 server CPU per request | job in the worker / published → event, mean s |"
+        "| run | certs/s | worker | Pebble | BIND | S3 (moto) | RabbitMQ | Redis | machine | machine busy | S3 server CPU per request | job in the worker / published → event, mean s |"
     );
     let _ = writeln!(
         md,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut runs: Vec<&Throughput> = inp
         .throughput()
@@ -471,7 +485,7 @@ fn where_time_goes(inp: &Inputs) -> String {
         if t.ok == 0 || t.elapsed_s <= 0.0 {
             let _ = writeln!(
                 md,
-                "| {} C={} | no certificate | | | | | | | | | |",
+                "| {} C={} | no certificate | | | | | | | | | | |",
                 t.mode.as_str(),
                 t.concurrency
             );
@@ -482,12 +496,17 @@ fn where_time_goes(inp: &Inputs) -> String {
         let s3_cpu = t.cpu_s.get("s3").copied().unwrap_or(0.0);
         let _ = writeln!(
             md,
-            "| {} C={} | {} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} / {:.2} |",
+            "| {} C={} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} / {:.2} |",
             t.mode.as_str(),
             t.concurrency,
             rate(t.certs_per_s),
             ms("worker"),
             ms("pebble"),
+            if t.cpu_s.contains_key("bind") {
+                ms("bind")
+            } else {
+                "—".into()
+            },
             ms("s3"),
             ms("rabbitmq"),
             ms("redis"),

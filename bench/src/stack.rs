@@ -7,14 +7,17 @@
 //! never restarted. Each step works in a [`Slice`]: its own vhost, Redis
 //! prefix and S3 prefix, and its domains resolve (through the private
 //! challtestsrv) to the bench's own loopback address, so nothing collides
-//! with tests running at the same time.
+//! with tests running at the same time. In dns-01 mode ([`Mode::Dns01`])
+//! that Pebble resolves through a BIND of the bench's own ([`Dns`]: the
+//! same STACK_DIR, its own loopback address), whose zone holds the step's
+//! names and the clients' TXT records.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use certfleet_common::Config;
+use certfleet_common::{ChallengeType, Config};
 use certfleet_common::config::Sources;
 use deadpool_redis::redis;
 use serde::{Deserialize, Serialize};
@@ -108,6 +111,10 @@ pub enum Mode {
     /// Pebble's default: each of the VA's three validation requests waits
     /// 0–4 s first (`PEBBLE_VA_SLEEPTIME`, default 5).
     Delay,
+    /// `PEBBLE_VA_NOSLEEP=1` with Pebble resolving through the bench's own
+    /// BIND: real dns-01 validation, the clients' TXT records written there
+    /// with TSIG-signed RFC 2136 updates.
+    Dns01,
 }
 
 impl Mode {
@@ -117,6 +124,7 @@ impl Mode {
             Mode::Instant => "instant",
             Mode::Http01 => "http01",
             Mode::Delay => "delay",
+            Mode::Dns01 => "dns01",
         }
     }
 
@@ -126,11 +134,22 @@ impl Mode {
             Mode::Instant => "instant validation (PEBBLE_VA_NOSLEEP=1 PEBBLE_VA_ALWAYS_VALID=1)",
             Mode::Http01 => "real http-01 validation (PEBBLE_VA_NOSLEEP=1)",
             Mode::Delay => "Pebble's default validation delay (0-4 s per VA request)",
+            Mode::Dns01 => {
+                "real dns-01 validation through the bench's BIND (PEBBLE_VA_NOSLEEP=1; RFC 2136 with TSIG)"
+            }
         }
     }
 
     /// All modes, in report order.
-    pub const ALL: [Mode; 3] = [Mode::Instant, Mode::Http01, Mode::Delay];
+    pub const ALL: [Mode; 4] = [Mode::Instant, Mode::Http01, Mode::Delay, Mode::Dns01];
+
+    /// The challenge the clients answer in this mode.
+    pub fn challenge(self) -> ChallengeType {
+        match self {
+            Mode::Dns01 => ChallengeType::Dns01,
+            Mode::Instant | Mode::Http01 | Mode::Delay => ChallengeType::Http01,
+        }
+    }
 }
 
 /// The private CA a step runs against (flags set by `bench/run.sh`).
@@ -155,6 +174,68 @@ pub struct Ca {
     /// responder of the step listens on it, port 5002.
     #[arg(long, default_value_t = DEFAULT_IP)]
     pub ip: Ipv4Addr,
+    /// The parent domain of the step's names (`--mode dns01`: a zone of the
+    /// bench's BIND).
+    #[arg(long, default_value = crate::names::SUFFIX)]
+    pub zone: String,
+    /// The bench's BIND (`--mode dns01`).
+    #[command(flatten)]
+    pub dns: Dns,
+}
+
+/// The bench's own BIND for `--mode dns01` (`scripts/stack.sh up bind` in
+/// the private Pebble's STACK_DIR, on its own loopback address): where the
+/// clients write their TXT records and look zones up.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Dns {
+    /// The RFC 2136 server (the zone's primary).
+    #[arg(long, default_value = "127.0.0.154:53")]
+    pub rfc2136_nameserver: SocketAddr,
+    /// TSIG key name.
+    #[arg(long, default_value = "certfleet-test.")]
+    pub tsig_key: String,
+    /// TSIG algorithm.
+    #[arg(long, default_value = "hmac-sha256")]
+    pub tsig_algorithm: String,
+    /// File holding the key's base64 secret (`$STACK_DIR/bind/tsig.secret`).
+    #[arg(long)]
+    pub tsig_secret_file: Option<PathBuf>,
+    /// Recursive resolver for zone and NS look-ups (default: the RFC 2136
+    /// server, which answers for its zones).
+    #[arg(long)]
+    pub dns_resolvers: Option<SocketAddr>,
+    /// A resolv.conf naming only that BIND (`$STACK_DIR/bind/resolv.conf`),
+    /// bind-mounted over /etc/resolv.conf for every lego process (lego looks
+    /// the zone's NS names up through the system resolver).
+    #[arg(long)]
+    pub resolv_conf: Option<PathBuf>,
+    /// BIND's pid file (CPU accounting).
+    #[arg(long)]
+    pub bind_pid_file: Option<PathBuf>,
+}
+
+impl Dns {
+    /// The resolver for zone and NS look-ups.
+    pub fn resolver(&self) -> SocketAddr {
+        self.dns_resolvers.unwrap_or(self.rfc2136_nameserver)
+    }
+
+    /// The TSIG secret file, which dns-01 needs.
+    ///
+    /// # Errors
+    /// Not given, or not readable.
+    pub fn secret_file(&self) -> anyhow::Result<&Path> {
+        let f = self
+            .tsig_secret_file
+            .as_deref()
+            .context("--mode dns01 needs --tsig-secret-file")?;
+        anyhow::ensure!(
+            std::fs::metadata(f).is_ok_and(|m| m.len() > 0),
+            "the TSIG secret file {} is missing or empty",
+            f.display()
+        );
+        Ok(f)
+    }
 }
 
 impl Ca {
@@ -165,7 +246,9 @@ impl Ca {
     /// # Errors
     /// challtestsrv unreachable or refusing.
     pub async fn point_dns(&self, http: &Http, names: &[String]) -> anyhow::Result<()> {
-        if self.mode == Mode::Instant {
+        // dns-01: the names are in the BIND's zone (wildcard A), and only
+        // their TXT records are looked up.
+        if matches!(self.mode, Mode::Instant | Mode::Dns01) {
             return Ok(());
         }
         let url = format!("{}/add-a", self.challtestsrv.trim_end_matches('/'));
@@ -183,8 +266,57 @@ impl Ca {
     }
 
     /// The http-01 listen address of this step's responder.
-    pub fn http01_addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::from((self.ip, HTTP01_PORT))
+    pub fn http01_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, HTTP01_PORT))
+    }
+
+    /// `n` names of `label` in this CA's zone.
+    pub fn names(&self, label: &str, n: usize) -> Vec<String> {
+        crate::names::list(label, n, &self.zone)
+    }
+
+    /// A name outside the measured set, in this CA's zone.
+    pub fn warmup_name(&self, label: &str, who: &str) -> String {
+        crate::names::warmup(label, who, &self.zone)
+    }
+
+    /// Pid files for CPU accounting: the shared services', Pebble's and,
+    /// in dns-01 mode, the bench's BIND.
+    pub fn pid_files(&self, stack: &Stack) -> Vec<(&'static str, PathBuf)> {
+        let mut v = stack.service_pid_files();
+        v.push(("pebble", self.pebble_pid_file.clone()));
+        if self.mode == Mode::Dns01
+            && let Some(f) = &self.dns.bind_pid_file
+        {
+            v.push(("bind", f.clone()));
+        }
+        v
+    }
+
+    /// The worker's dns-01 settings in dns-01 mode (the `rfc2136` provider
+    /// on the bench's BIND), none otherwise.
+    ///
+    /// # Errors
+    /// dns-01 mode without a readable TSIG secret file.
+    pub fn dns01_vars(&self) -> anyhow::Result<Vec<(&'static str, String)>> {
+        if self.mode != Mode::Dns01 {
+            return Ok(Vec::new());
+        }
+        let d = &self.dns;
+        Ok(vec![
+            ("CERTFLEET_DNS01_PROVIDER", "rfc2136".into()),
+            (
+                "CERTFLEET_RFC2136_NAMESERVER",
+                d.rfc2136_nameserver.to_string(),
+            ),
+            ("CERTFLEET_RFC2136_TSIG_KEY", d.tsig_key.clone()),
+            ("CERTFLEET_RFC2136_TSIG_ALGORITHM", d.tsig_algorithm.clone()),
+            (
+                "CERTFLEET_RFC2136_TSIG_SECRET_FILE",
+                d.secret_file()?.display().to_string(),
+            ),
+            ("CERTFLEET_DNS01_RESOLVERS", d.resolver().to_string()),
+        ])
     }
 }
 
@@ -238,6 +370,9 @@ impl Slice {
                 "CERTFLEET_HTTP01_LISTEN".into(),
                 ca.http01_addr().to_string(),
             );
+            for (k, v) in ca.dns01_vars()? {
+                vars.insert(k.into(), v);
+            }
         }
         let slice = Self {
             id: id.to_string(),

@@ -10,6 +10,9 @@
 //! its wait in the queue, and compares with one lego process per
 //! certificate. One certificate is issued first, untimed: it creates the
 //! fleet's ACME account, as lego's and the ceiling's warm-ups do.
+//!
+//! In dns-01 mode the jobs ask for dns-01 and the worker gets the `rfc2136`
+//! provider on the bench's BIND ([`crate::stack::Ca::dns01_vars`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -29,7 +32,7 @@ use crate::results::{Throughput, Tool};
 use crate::stack::{Ca, Slice, Stack};
 use crate::stats;
 use crate::worker::WorkerProcess;
-use crate::{names, worker};
+use crate::worker;
 use certfleet_tests::http::Http;
 
 /// Longest wait for the next event before the run is called stuck (far
@@ -92,8 +95,8 @@ async fn run_in(
     opts: &Options,
 ) -> anyhow::Result<Throughput> {
     let cfg = slice.config()?;
-    let names = names::list(&opts.label, opts.n);
-    let warmup = names::warmup(&opts.label, "cf");
+    let names = opts.ca.names(&opts.label, opts.n);
+    let warmup = opts.ca.warmup_name(&opts.label, "cf");
     opts.ca
         .point_dns(http, &[names.clone(), vec![warmup.clone()]].concat())
         .await?;
@@ -118,7 +121,8 @@ async fn drive(
     let jobs = Arc::new(Jobs::connect(cfg).await?);
 
     // Warm-up: account creation, connections.
-    let env = issue_envelope(warmup)?;
+    let challenge = opts.ca.mode.challenge();
+    let env = issue_envelope(warmup, challenge)?;
     jobs.publish(&env).await?;
     let ev = events
         .next(EVENT_TIMEOUT)
@@ -132,9 +136,7 @@ async fn drive(
 
     let pid = worker.pid();
     let before = worker.metrics().await?;
-    let mut pid_files = stack.service_pid_files();
-    pid_files.push(("pebble", opts.ca.pebble_pid_file.clone()));
-    let cpu = CpuMeter::start(&pid_files, &[("worker", pid)]);
+    let cpu = CpuMeter::start(&opts.ca.pid_files(stack), &[("worker", pid)]);
     let perf = match &opts.perf {
         Some(file) => Some(start_perf(pid, file).await?),
         None => None,
@@ -187,7 +189,7 @@ async fn drive(
             for name in names {
                 let permit = slots.acquire().await?;
                 permit.forget();
-                let env = issue_envelope(&name)?;
+                let env = issue_envelope(&name, challenge)?;
                 if let Ok(mut m) = started.lock() {
                     m.insert(env.job_id, Instant::now());
                 }

@@ -14,7 +14,8 @@
 //!
 //! Settings, `AWS_*` credentials and the log filter (`CERTFLEET_LOG`, else
 //! `RUST_LOG`) are all read through [`Sources`]; nothing else in certfleet
-//! reads the environment, and no connection is opened before validation
+//! reads the environment (except the AWS SDK's default credential chain,
+//! when no static keys are given), and no connection is opened before validation
 //! succeeds: a bad value ends the program with exit code 64 and a message
 //! that names the variable (or flag, or file key) and the value.
 
