@@ -117,7 +117,10 @@ async fn drive(
         .await
         .context("warm-up order")?;
 
-    let cpu = CpuMeter::start(&opts.ca.pid_files(stack), &[("ceiling", std::process::id())]);
+    let cpu = CpuMeter::start(
+        &opts.ca.pid_files(stack),
+        &[("ceiling", std::process::id())],
+    );
     let tokens = tokens.clone();
     let timed = pool::run(names, opts.concurrency, move |name| {
         let (account, tokens) = (account.clone(), tokens.clone());

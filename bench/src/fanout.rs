@@ -25,8 +25,8 @@ use crate::jobs::{Events, Jobs, issue_envelope};
 use crate::procfs::CpuMeter;
 use crate::results::Fanout;
 use crate::stack::{Ca, Slice, Stack};
-use crate::worker::WorkerProcess;
 use crate::stats;
+use crate::worker::WorkerProcess;
 
 /// How often subscriber directories are checked.
 pub const POLL_EVERY: Duration = Duration::from_millis(5);

@@ -91,7 +91,9 @@ pub async fn run(stack: &Stack, opts: &Options) -> anyhow::Result<Throughput> {
     let log = opts.dir.join("lego.log");
     let responder = match opts.ca.mode {
         Mode::Instant | Mode::Dns01 => None,
-        Mode::Http01 | Mode::Delay => Some(start_responder(&opts.ca, &webroot, &opts.dir.join("responder.log")).await?),
+        Mode::Http01 | Mode::Delay => {
+            Some(start_responder(&opts.ca, &webroot, &opts.dir.join("responder.log")).await?)
+        }
     };
     let result = drive(stack, opts, &names, &warmup, &webroot, &log).await;
     if let Some(mut r) = responder {
@@ -254,8 +256,7 @@ fn resolv_conf(opts: &Options) -> anyhow::Result<&Path> {
         .resolv_conf
         .as_deref()
         .context("--mode dns01 needs --resolv-conf (lego must not use the system resolver)")?;
-    let text =
-        std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+    let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
     let mut servers = 0;
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {

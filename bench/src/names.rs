@@ -54,7 +54,11 @@ mod tests {
             "n0001.instant-c64-20251125t101500z.bench.test"
         );
         assert_eq!(
-            list(&label(&["dns01", "c64", "n200", "20261203T101500Z"]), 1, "dns01.test")[0],
+            list(
+                &label(&["dns01", "c64", "n200", "20261203T101500Z"]),
+                1,
+                "dns01.test"
+            )[0],
             "n0000.dns01-c64-n200-20261203t101500z.dns01.test"
         );
     }

@@ -189,7 +189,8 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
              its NS serves them: certfleet's `rfc2136` provider, and `lego --dns rfc2136` (each lego \
              process in a mount namespace whose /etc/resolv.conf names that BIND, since lego's \
              propagation check resolves NS names through the system resolver).\n",
-            inp.setting("BENCH_BIND_ADDR").unwrap_or("its own loopback address")
+            inp.setting("BENCH_BIND_ADDR")
+                .unwrap_or("its own loopback address")
         );
     }
 

@@ -17,8 +17,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use certfleet_common::{ChallengeType, Config};
 use certfleet_common::config::Sources;
+use certfleet_common::{ChallengeType, Config};
 use deadpool_redis::redis;
 use serde::{Deserialize, Serialize};
 

@@ -31,8 +31,8 @@ use crate::prom::{Scrape, delta};
 use crate::results::{Throughput, Tool};
 use crate::stack::{Ca, Slice, Stack};
 use crate::stats;
-use crate::worker::WorkerProcess;
 use crate::worker;
+use crate::worker::WorkerProcess;
 use certfleet_tests::http::Http;
 
 /// Longest wait for the next event before the run is called stuck (far

@@ -69,6 +69,12 @@ impl Keys {
         format!("{}certs/{name}/versions/{version}.json", self.prefix)
     }
 
+    /// A worker's start-up probe (written, rewritten and deleted at start
+    /// to check the bucket and its conditional writes).
+    pub fn probe(&self, worker_id: &str) -> String {
+        format!("{}probes/{worker_id}.json", self.prefix)
+    }
+
     /// The account record for a CA directory.
     pub fn account(&self, directory: &str) -> String {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, directory.as_bytes());
@@ -201,6 +207,18 @@ pub enum StorageError {
         /// Cause.
         detail: String,
     },
+    /// The bucket itself: missing, or the credentials refused. Retried
+    /// (a bucket recreated or a credential rotated heals it), and the
+    /// reason names the bucket and the endpoint.
+    #[error("object storage bucket {bucket} at {endpoint}: {detail}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// The endpoint (`AWS` when none is configured).
+        endpoint: String,
+        /// What the service said.
+        detail: String,
+    },
     /// An object that does not parse.
     #[error("{key} is not a valid {what}: {detail}")]
     Corrupt {
@@ -219,7 +237,11 @@ pub enum StorageError {
 impl Classify for StorageError {
     fn disposition(&self) -> Disposition {
         match self {
-            StorageError::Unavailable { .. } => Disposition::Retry { after: None },
+            // A bucket or credentials that went away: retried on the usual
+            // schedule (10 s … 2 h), never failed for good.
+            StorageError::Unavailable { .. } | StorageError::Bucket { .. } => {
+                Disposition::Retry { after: None }
+            }
             StorageError::Conflict(_) => Disposition::Defer {
                 after: std::time::Duration::from_secs(10),
             },
@@ -239,6 +261,8 @@ pub struct ETag(pub String);
 pub struct Store {
     client: aws_sdk_s3::Client,
     bucket: String,
+    /// The endpoint, for messages (`AWS` when none is configured).
+    endpoint: String,
     keys: Keys,
     sealer: Sealer,
 }
@@ -253,10 +277,45 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// What an S3 SDK error means for certfleet: a failed condition is
-/// [`StorageError::Conflict`], a missing key [`StorageError::NotFound`],
-/// anything else [`StorageError::Unavailable`] (retried).
-pub fn sdk_error<E, R>(op: &'static str, key: &str, err: SdkError<E, R>) -> StorageError
+/// S3 error codes that concern the bucket or the credentials, not an
+/// object: a key read then is not "missing", the whole store is.
+const BUCKET_CODES: &[&str] = &[
+    "NoSuchBucket",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "InvalidBucketName",
+    "ExpiredToken",
+    "InvalidToken",
+];
+
+impl Store {
+    /// What an S3 SDK error means for certfleet: a failed condition is
+    /// [`StorageError::Conflict`], a missing key [`StorageError::NotFound`],
+    /// a missing bucket or refused credentials [`StorageError::Bucket`]
+    /// (naming bucket and endpoint), anything else
+    /// [`StorageError::Unavailable`] (retried).
+    pub fn sdk_error<E, R>(&self, op: &'static str, key: &str, err: SdkError<E, R>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        match err.code() {
+            Some(code) if BUCKET_CODES.contains(&code) => StorageError::Bucket {
+                bucket: self.bucket.clone(),
+                endpoint: self.endpoint.clone(),
+                detail: match err.message() {
+                    Some(m) => format!("{code}: {m} ({op} {key})"),
+                    None => format!("{code} ({op} {key})"),
+                },
+            },
+            _ => sdk_error(op, key, err),
+        }
+    }
+}
+
+fn sdk_error<E, R>(op: &'static str, key: &str, err: SdkError<E, R>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -331,6 +390,10 @@ impl Store {
         Self {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: cfg.bucket.clone(),
+            endpoint: cfg.endpoint.as_ref().map_or_else(
+                || "AWS".to_string(),
+                |u| u.as_str().trim_end_matches('/').to_string(),
+            ),
             keys: Keys::new(cfg.prefix.clone()),
             sealer,
         }
@@ -344,6 +407,11 @@ impl Store {
             Sealer::new(cfg.storage.encryption_key.clone()),
         )
         .await
+    }
+
+    /// The endpoint, for messages (`AWS` when none is configured).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// The key layout.
@@ -379,7 +447,7 @@ impl Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| sdk_error("get", key, e))?;
+            .map_err(|e| self.sdk_error("get", key, e))?;
         let etag = ETag(out.e_tag().unwrap_or_default().to_string());
         let body = out
             .body
@@ -431,7 +499,7 @@ impl Store {
                 .set_continuation_token(token.take())
                 .send()
                 .await
-                .map_err(|e| sdk_error("list", prefix, e))?;
+                .map_err(|e| self.sdk_error("list", prefix, e))?;
             keys.extend(
                 out.contents()
                     .iter()

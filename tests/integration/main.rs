@@ -9,4 +9,5 @@ mod fixtures;
 mod issue;
 mod renew;
 mod services;
+mod storage;
 mod watch;

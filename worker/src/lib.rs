@@ -84,6 +84,10 @@ pub enum StartError {
     /// The Redis pool could not be built.
     #[error(transparent)]
     State(#[from] certfleet_common::state::StateError),
+    /// The bucket is missing, not writable, or its endpoint ignores
+    /// conditional writes.
+    #[error(transparent)]
+    Storage(#[from] objects::StorageCheckError),
     /// A dns-01 provider could not be set up.
     #[error("dns-01: {0}")]
     Dns01(#[from] dns01::DnsError),
@@ -200,6 +204,11 @@ pub async fn start(cfg: Settings, shutdown: CancellationToken) -> Result<Running
     let pool_size = (cfg.worker.concurrency.get() as usize / 2).clamp(8, 64);
     let state = State::from_config(&cfg.common, pool_size)?;
     let store = Store::from_config(&cfg.common).await;
+    let id = worker_id();
+    {
+        use objects::ObjectWrites as _;
+        store.check(&store.keys().probe(&id)).await?;
+    }
     let local_answers = Arc::new(http01::LocalAnswers::default());
     let dns01 = dns01::Solver::new(&cfg.dns01).await?.map(Arc::new);
     let acme = acme::Acme::new(
@@ -210,7 +219,6 @@ pub async fn start(cfg: Settings, shutdown: CancellationToken) -> Result<Running
         local_answers.clone(),
         dns01,
     )?;
-    let id = worker_id();
     let ctx = Arc::new(Ctx {
         connection_name: certfleet_common::amqp::connection_name("certfleet-worker"),
         cfg,

@@ -5,7 +5,7 @@
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
-use certfleet_common::storage::{ETag, StorageError, Store, sdk_error};
+use certfleet_common::storage::{ETag, StorageError, Store};
 use serde::Serialize;
 
 /// A write condition.
@@ -17,6 +17,18 @@ pub enum Condition<'a> {
     Absent,
     /// Only if the object still has this ETag (`If-Match`).
     Matches(&'a ETag),
+}
+
+/// The bucket is not usable by a worker: named with its endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("object storage: bucket {bucket} at {endpoint}: {what}")]
+pub struct StorageCheckError {
+    /// The bucket.
+    pub bucket: String,
+    /// The endpoint.
+    pub endpoint: String,
+    /// What is wrong.
+    pub what: String,
 }
 
 /// The writes a worker makes on a [`Store`].
@@ -38,6 +50,15 @@ pub trait ObjectWrites {
     /// # Errors
     /// Unavailable.
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Checks, before the worker takes any job, that the bucket exists, is
+    /// writable with these credentials, and that the endpoint honours
+    /// `If-None-Match: *` and `If-Match` (the pointer's fencing relies on
+    /// both): writes, rewrites and deletes one probe object under `key`.
+    ///
+    /// # Errors
+    /// [`StorageCheckError`], naming bucket and endpoint.
+    fn check(&self, key: &str) -> impl Future<Output = Result<(), StorageCheckError>> + Send;
 
     /// Creates the bucket if it does not exist (local stacks and tests).
     ///
@@ -70,8 +91,18 @@ impl ObjectWrites for Store {
             Condition::Absent => req.if_none_match("*"),
             Condition::Matches(etag) => req.if_match(etag.0.clone()),
         };
-        let out = req.send().await.map_err(|e| sdk_error("put", key, e))?;
-        Ok(ETag(out.e_tag().unwrap_or_default().to_string()))
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("put", key, e))?;
+        match out.e_tag() {
+            Some(tag) if !tag.trim_matches('"').is_empty() => Ok(ETag(tag.to_string())),
+            _ => Err(StorageError::Unavailable {
+                op: "put",
+                key: key.to_string(),
+                detail: "the answer carries no ETag (conditional writes cannot work)".into(),
+            }),
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -81,8 +112,51 @@ impl ObjectWrites for Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| sdk_error("delete", key, e))?;
+            .map_err(|e| self.sdk_error("delete", key, e))?;
         Ok(())
+    }
+
+    async fn check(&self, key: &str) -> Result<(), StorageCheckError> {
+        let fail = |what: String| StorageCheckError {
+            bucket: self.bucket().to_string(),
+            endpoint: self.endpoint().to_string(),
+            what,
+        };
+        let probe = serde_json::json!({ "probe": "certfleet-worker start-up check" });
+        let first = self
+            .put_json(key, &probe, Condition::Absent)
+            .await
+            .map_err(|e| fail(format!("cannot write {key}: {e}")))?;
+        let result = async {
+            match self.put_json(key, &probe, Condition::Absent).await {
+                Err(StorageError::Conflict(_)) => {}
+                Ok(_) => {
+                    return Err(fail(
+                        "the endpoint ignores If-None-Match: * (a second create of one key succeeded)".into(),
+                    ));
+                }
+                Err(e) => return Err(fail(format!("conditional create: {e}"))),
+            }
+            let stale = ETag("\"00000000000000000000000000000000\"".into());
+            match self.put_json(key, &probe, Condition::Matches(&stale)).await {
+                Err(StorageError::Conflict(_)) => {}
+                Ok(_) => {
+                    return Err(fail(
+                        "the endpoint ignores If-Match (a write with a stale ETag succeeded)".into(),
+                    ));
+                }
+                Err(e) => return Err(fail(format!("conditional replace: {e}"))),
+            }
+            self.put_json(key, &probe, Condition::Matches(&first))
+                .await
+                .map_err(|e| fail(format!("replace with the current ETag: {e}")))?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = self.delete(key).await {
+            tracing::warn!(key, error = %e, "cannot delete the start-up probe");
+        }
+        result
     }
 
     async fn ensure_bucket(&self) -> Result<(), StorageError> {
@@ -96,7 +170,7 @@ impl ObjectWrites for Store {
             Ok(_) => Ok(()),
             Err(e) => match e.code() {
                 Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists") => Ok(()),
-                _ => Err(sdk_error("create bucket", self.bucket(), e)),
+                _ => Err(self.sdk_error("create bucket", self.bucket(), e)),
             },
         }
     }

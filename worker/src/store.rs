@@ -139,9 +139,18 @@ pub(crate) async fn store_version(
             challenge: v.challenge,
             ari_id: v.issued.ari_id.clone(),
         };
+        // Never fail open: a pointer read without an ETag cannot be
+        // replaced conditionally, and an unconditional write could undo a
+        // newer version.
         let condition = match &previous {
-            Some((_, etag)) if !etag.0.is_empty() => Condition::Matches(etag),
-            Some(_) => Condition::None,
+            Some((_, etag)) if !etag.0.trim_matches('"').is_empty() => Condition::Matches(etag),
+            Some(_) => {
+                return Err(JobError::Storage(StorageError::Unavailable {
+                    op: "put",
+                    key: store.keys().pointer(v.name),
+                    detail: "the pointer was read without an ETag; refusing an unconditional replace (does the endpoint support conditional writes?)".into(),
+                }));
+            }
             None => Condition::Absent,
         };
         metrics.s3("put");
