@@ -53,6 +53,14 @@ pub enum BrokerError {
         /// Routing key.
         routing_key: String,
     },
+    /// No confirm came in time (a blocked or blackholed broker).
+    #[error("no publisher confirm from the broker within {}s for {routing_key:?}", .after.as_secs())]
+    ConfirmTimeout {
+        /// Routing key of the first unconfirmed message.
+        routing_key: String,
+        /// How long we waited.
+        after: Duration,
+    },
     /// The broker refused the message (nack).
     #[error("the broker refused the message for {routing_key:?} on {exchange} (nack)")]
     Nacked {
@@ -67,9 +75,9 @@ impl Classify for BrokerError {
     fn disposition(&self) -> Disposition {
         match self {
             BrokerError::Connect { .. } | BrokerError::Channel(_) => Disposition::Stop,
-            BrokerError::Unroutable { .. } | BrokerError::Nacked { .. } => {
-                Disposition::Retry { after: None }
-            }
+            BrokerError::Unroutable { .. }
+            | BrokerError::Nacked { .. }
+            | BrokerError::ConfirmTimeout { .. } => Disposition::Retry { after: None },
         }
     }
 }
@@ -171,6 +179,11 @@ pub async fn connect(url: &SecretUrl, connection_name: &str) -> Result<Connectio
         }),
     }
 }
+
+/// How long a publish may wait for the broker's confirm (a broker that is
+/// blocked for lack of memory or disk, or gone silent, answers no confirm):
+/// then the message counts as not accepted, a retryable error.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a polite close (close, then the broker's close-ok) may take;
 /// after it the connection is dropped anyway.
@@ -328,8 +341,18 @@ impl Publisher {
     /// # Errors
     /// Broker errors, unroutable (mandatory) or refused messages.
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), BrokerError> {
-        let confirm = self.start(&msg).await?;
-        check(confirm.await?, msg.exchange, msg.routing_key)
+        let confirmed = async {
+            let confirm = self.start(&msg).await?;
+            check(confirm.await?, msg.exchange, msg.routing_key)
+        };
+        tokio::time::timeout(CONFIRM_TIMEOUT, confirmed)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BrokerError::ConfirmTimeout {
+                    routing_key: msg.routing_key.to_string(),
+                    after: CONFIRM_TIMEOUT,
+                })
+            })
     }
 
     /// Publishes many messages, pipelined, then waits for every confirm.
@@ -342,18 +365,30 @@ impl Publisher {
         &self,
         msgs: &[Outgoing<'_>],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        // One deadline for the whole batch: every message not confirmed by
+        // then is reported as such (never counted as accepted).
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         let mut pending = Vec::with_capacity(msgs.len());
         for msg in msgs {
-            pending.push(self.start(msg).await);
+            match tokio::time::timeout_at(deadline, self.start(msg)).await {
+                Ok(started) => pending.push(Some(started)),
+                Err(_) => pending.push(None),
+            }
         }
         let mut results = Vec::with_capacity(msgs.len());
         for (msg, confirm) in msgs.iter().zip(pending) {
+            let timed_out = || BrokerError::ConfirmTimeout {
+                routing_key: msg.routing_key.to_string(),
+                after: CONFIRM_TIMEOUT,
+            };
             let result = match confirm {
-                Ok(c) => match c.await {
-                    Ok(conf) => check(conf, msg.exchange, msg.routing_key),
-                    Err(e) => Err(BrokerError::Channel(e)),
+                Some(Ok(c)) => match tokio::time::timeout_at(deadline, c).await {
+                    Ok(Ok(conf)) => check(conf, msg.exchange, msg.routing_key),
+                    Ok(Err(e)) => Err(BrokerError::Channel(e)),
+                    Err(_) => Err(timed_out()),
                 },
-                Err(e) => Err(BrokerError::Channel(e)),
+                Some(Err(e)) => Err(BrokerError::Channel(e)),
+                None => Err(timed_out()),
             };
             results.push(result);
         }

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::Request;
+use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -27,8 +28,12 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::metrics::AcmeMetrics;
 
-/// Longest wait for the CA to start answering one ACME request.
+/// Longest wait for one whole ACME exchange: the CA's answer, headers and
+/// body (a CA that sends headers and then stalls must not hold a job).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest ACME response body read: a certificate chain or an order is a
+/// few KiB; anything far beyond is refused instead of buffered.
+const MAX_RESPONSE_BODY: usize = 1 << 20;
 
 tokio::task_local! {
     static RETRY_AFTER: Cell<Option<SystemTime>>;
@@ -51,7 +56,8 @@ pub(crate) fn retry_after() -> Option<Duration> {
 fn parse_retry_after(value: &str) -> Option<SystemTime> {
     let value = value.trim();
     if let Ok(secs) = u64::from_str(value) {
-        return Some(SystemTime::now() + Duration::from_secs(secs));
+        // A huge value from the network must not overflow the clock.
+        return SystemTime::now().checked_add(Duration::from_secs(secs));
     }
     let parsed =
         time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
@@ -79,6 +85,8 @@ pub enum ClientError {
 pub(crate) struct AcmeHttp {
     inner: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
     metrics: Arc<AcmeMetrics>,
+    /// Deadline of one whole exchange ([`REQUEST_TIMEOUT`]).
+    timeout: Duration,
 }
 
 impl AcmeHttp {
@@ -123,7 +131,11 @@ impl AcmeHttp {
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Ok(Self { inner, metrics })
+        Ok(Self {
+            inner,
+            metrics,
+            timeout: REQUEST_TIMEOUT,
+        })
     }
 }
 
@@ -132,19 +144,34 @@ impl HttpClient for AcmeHttp {
         &self,
         req: Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
-        let fut = HttpClient::request(&self.inner, req);
+        let fut = self.inner.request(req);
         let metrics = self.metrics.clone();
+        let timeout = self.timeout;
         Box::pin(async move {
-            // A CA that stops answering must not hold a job (and its lease)
-            // forever: the timeout is a retryable transport error.
-            let rsp = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+            // A CA that stops answering, or stalls in the middle of a body,
+            // must not hold a job (and its lease) forever: the whole
+            // exchange has one deadline, a retryable transport error.
+            let whole = async {
+                let rsp = fut
+                    .await
+                    .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
+                let (parts, body) = rsp.into_parts();
+                let bytes = http_body_util::Limited::new(body, MAX_RESPONSE_BODY)
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        instant_acme::Error::Other(format!("reading the CA's answer: {e}").into())
+                    })?
+                    .to_bytes();
+                Ok(BytesResponse {
+                    parts,
+                    body: Box::new(bytes),
+                })
+            };
+            let rsp = match tokio::time::timeout(timeout, whole).await {
                 Ok(r) => r,
                 Err(_) => Err(instant_acme::Error::Other(
-                    format!(
-                        "no answer from the CA within {}s",
-                        REQUEST_TIMEOUT.as_secs()
-                    )
-                    .into(),
+                    format!("no whole answer from the CA within {}s", timeout.as_secs()).into(),
                 )),
             };
             match &rsp {
@@ -182,6 +209,57 @@ mod tests {
         let date = parse_retry_after("Fri, 31 Dec 2999 23:59:59 GMT").expect("date");
         assert!(date > SystemTime::now());
         assert!(parse_retry_after("soon").is_none());
+        // A value from the network that would overflow the clock: no panic.
+        assert!(parse_retry_after(&u64::MAX.to_string()).is_none());
+    }
+
+    /// A CA that sends its headers and then stalls in the body: the request
+    /// ends with a (retryable) transport error at the deadline instead of
+    /// holding the job; a body beyond the cap is refused.
+    #[tokio::test]
+    async fn whole_answer_has_a_deadline_and_a_size_cap() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut sock, _)) = listener.accept().await {
+                n += 1;
+                let huge = n > 1;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    if huge {
+                        let body = vec![b'x'; MAX_RESPONSE_BODY + 1];
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        let _ = sock.write_all(head.as_bytes()).await;
+                        let _ = sock.write_all(&body).await;
+                    } else {
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                            .await;
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                });
+            }
+        });
+        let mut client = AcmeHttp::new(None, true, Arc::new(AcmeMetrics::default()))?;
+        client.timeout = Duration::from_millis(500);
+        let request =
+            || Request::get(format!("http://{addr}/dir")).body(BodyWrapper::from(Vec::new()));
+        let started = tokio::time::Instant::now();
+        let stalled = client.request(request()?).await;
+        assert!(stalled.is_err(), "a stalled body is an error");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let huge = client.request(request()?).await;
+        assert!(huge.is_err(), "a body over the cap is refused");
+        Ok(())
     }
 
     #[tokio::test]
