@@ -8,6 +8,7 @@ mod faults;
 mod fixtures;
 mod issue;
 mod renew;
+mod responder;
 mod services;
 mod storage;
 mod watch;

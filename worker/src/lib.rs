@@ -101,6 +101,14 @@ impl StartError {
     }
 }
 
+/// Redis connections of the http-01 responder (separate from the pool
+/// that keeps leases and orders going).
+const HTTP01_REDIS_POOL: usize = 4;
+/// Connections the http-01 responder serves at once.
+const HTTP01_MAX_CONNECTIONS: usize = 256;
+/// Connections the metrics and health endpoint serves at once.
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
 /// Shared by every task of a worker.
 pub(crate) struct Ctx {
     pub(crate) cfg: Settings,
@@ -240,11 +248,15 @@ pub async fn start(cfg: Settings, shutdown: CancellationToken) -> Result<Running
 
     let servers = CancellationToken::new();
     let h01 = {
-        let state = ctx.state.clone();
+        // The responder's own small Redis pool: a flood of requests for
+        // unknown tokens waits on it, never on the pool that keeps leases
+        // alive.
+        let state = State::from_config(&ctx.cfg.common, HTTP01_REDIS_POOL)?;
         let m = ctx.metrics.service.clone();
         tokio::spawn(serve::serve(
             http01,
             "http01",
+            HTTP01_MAX_CONNECTIONS,
             move |req| http01::respond(req, state.clone(), local_answers.clone(), m.clone()),
             servers.clone(),
         ))
@@ -254,6 +266,7 @@ pub async fn start(cfg: Settings, shutdown: CancellationToken) -> Result<Running
         tokio::spawn(serve::serve(
             metrics_listener,
             "metrics",
+            METRICS_MAX_CONNECTIONS,
             move |req| {
                 let ctx = ctx.clone();
                 let registry = registry.clone();

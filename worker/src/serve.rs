@@ -1,10 +1,14 @@
 //! A small HTTP/1.1 server for the http-01 responder and the metrics
 //! endpoint. The accept loop races the shutdown token, so neither can hold
 //! up shutdown (linkerd2-proxy `serve.rs`); open connections get a second
-//! to finish.
+//! to finish. What a client can cost is bounded: at most `max_connections`
+//! at once (further connections wait in the listen backlog: mini-redis's
+//! `limit_connections`), 10 s to send the request head, and each answer
+//! within [`RESPONSE_TIMEOUT`] (else 503).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,8 +19,13 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
+
+/// Longest time one answer may take (a Redis look-up, a metrics encode);
+/// after it the client gets 503 and the work is dropped.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A response with a short text body.
 pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -33,13 +42,22 @@ pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<
 pub(crate) async fn serve<H, Fut>(
     listener: TcpListener,
     name: &'static str,
+    max_connections: usize,
     handler: H,
     shutdown: CancellationToken,
 ) where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let limit = Arc::new(Semaphore::new(max_connections.max(1)));
     loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => r,
@@ -57,9 +75,17 @@ pub(crate) async fn serve<H, Fut>(
         let shutdown = shutdown.clone();
         tokio::spawn(
             async move {
+                let _permit = permit;
                 let service = service_fn(move |req| {
                     let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
+                    async move {
+                        let rsp = tokio::time::timeout(RESPONSE_TIMEOUT, handler(req))
+                            .await
+                            .unwrap_or_else(|_| {
+                                text(StatusCode::SERVICE_UNAVAILABLE, "timed out\n")
+                            });
+                        Ok::<_, Infallible>(rsp)
+                    }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())

@@ -1,0 +1,72 @@
+//! Issue 11, item 7: the http-01 responder cannot starve the fleet. It
+//! answers from a Redis pool of its own, serves a bounded number of
+//! connections and answers each request within a deadline, so a flood of
+//! requests for unknown tokens does not make the worker's leases lapse.
+
+use std::time::Duration;
+
+use certfleet_common::event::EventKind;
+use certfleet_tests::{TestEnv, init_logging};
+
+use crate::issue::issue_job;
+
+/// 64 clients send 3,200 requests for unknown tokens while a worker whose
+/// leases live 3 s runs an order: the certificate is issued once, no job
+/// lost its lease, and the flood was answered (404s, not hangs).
+#[tokio::test]
+async fn unknown_token_flood_does_not_starve_leases() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("h01-flood").await?;
+    let worker = env
+        .start_worker(&[
+            ("CERTFLEET_LEASE_TTL", "3s"),
+            ("CERTFLEET_CONCURRENCY", "4"),
+        ])
+        .await?;
+    let base = format!("http://{}:5002/.well-known/acme-challenge", env.ip);
+    let flood: Vec<_> = (0..64)
+        .map(|c| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let http = certfleet_tests::Http::new(None)?;
+                let mut answered = 0u32;
+                for i in 0..50 {
+                    let url = format!("{base}/unknown-token-{c:03}-{i:03}-abcdefghijklmnop");
+                    if let Ok((status, _)) = http.send(::http::Method::GET, &url, None).await
+                        && status == 404
+                    {
+                        answered += 1;
+                    }
+                }
+                anyhow::Ok(answered)
+            })
+        })
+        .collect();
+    let mut events = env.events("cert.#").await?;
+    let job = issue_job(&[env.domain("f").await?])?;
+    env.publish_job(&job).await?;
+    let event = events.next(Duration::from_secs(90)).await?;
+    assert_eq!((event.kind, event.job_id), (EventKind::Issued, job.job_id));
+    let mut answered = 0;
+    for f in flood {
+        answered += f.await??;
+    }
+    assert_eq!(answered, 3200, "every flood request got its 404");
+    assert!(
+        events.quiet_for(Duration::from_secs(2)).await.is_none(),
+        "one event"
+    );
+    let versions =
+        crate::faults::versions_per_name(&env, std::slice::from_ref(&job.job.name)).await?;
+    assert_eq!(versions, vec![1]);
+    // One handling of the one job: no attempt lost its lease and deferred.
+    let handled =
+        crate::issue::metric(&env, worker.metrics_addr, "certfleet_jobs_handled_total").await?;
+    assert_eq!(handled, 1.0, "the job was handled once");
+    println!(
+        "http-01 flood: {answered} unknown-token requests answered; the job handled {handled} time(s)"
+    );
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
