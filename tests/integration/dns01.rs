@@ -28,7 +28,7 @@ pub(crate) fn dns_job(domains: &[String]) -> anyhow::Result<Envelope> {
 }
 
 /// `_acme-challenge.<domain>` without a wildcard label.
-fn challenge_name(domain: &str) -> String {
+pub(crate) fn challenge_name(domain: &str) -> String {
     format!("_acme-challenge.{}", domain.trim_start_matches("*."))
 }
 
@@ -88,7 +88,10 @@ async fn rfc2136_apex_and_wildcard_in_one_certificate() -> anyhow::Result<()> {
 /// The worker variables of the `exec` provider running
 /// `tests/dns/nsupdate-hook.sh` against the stack's BIND; `sleep` makes the
 /// hook linger after presenting.
-fn exec_vars(env: &TestEnv, sleep: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+pub(crate) fn exec_vars(
+    env: &TestEnv,
+    sleep: Option<&str>,
+) -> anyhow::Result<Vec<(String, String)>> {
     let secret = std::fs::read_to_string(&env.stack.tsig_secret_file)?;
     let server = env.stack.bind.replace(':', " ");
     let mut vars = vec![

@@ -6,6 +6,7 @@ mod dns01;
 mod dns_providers;
 mod faults;
 mod fixtures;
+mod freeze;
 mod issue;
 mod renew;
 mod responder;
