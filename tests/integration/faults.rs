@@ -22,13 +22,30 @@ pub(crate) async fn versions_per_name(
     Ok(out)
 }
 
+/// How many of `names` have a stored certificate now.
+pub(crate) async fn stored_count(env: &TestEnv, names: &[CertName]) -> anyhow::Result<usize> {
+    let store = env.store().await;
+    let mut n = 0;
+    for name in names {
+        if store.pointer(name).await?.is_some() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Shutdown during orders: the worker stops within its grace period, and
 /// the jobs it had not finished are done by the next worker — none lost,
 /// none twice.
 #[tokio::test]
 async fn shutdown_mid_run_loses_nothing_duplicates_nothing() -> anyhow::Result<()> {
     init_logging();
-    let env = TestEnv::new("fault-shutdown").await?;
+    let base = TestEnv::new("fault-shutdown").await?;
+    // Validations that take 0–14 s: when the first certificate is out, the
+    // others are still in flight (with instant validation all 40 finish
+    // within the grace period and the shutdown would hit nothing).
+    let pebble = Private::start(Service::Pebble, PEBBLE_WITH_LONG_SLEEP).await?;
+    let env = private::env_for(&base, &[&pebble]).await?;
     let grace = Duration::from_secs(3);
     let first = env
         .start_worker(&[
@@ -43,6 +60,12 @@ async fn shutdown_mid_run_loses_nothing_duplicates_nothing() -> anyhow::Result<(
     let stopping = Instant::now();
     first.stop().await;
     let took = stopping.elapsed();
+    // The shutdown hit work in flight.
+    let stored_before = stored_count(&env, &names).await?;
+    assert!(
+        stored_before < 40,
+        "jobs were in flight: {stored_before} of 40 stored"
+    );
     assert!(
         took < grace + Duration::from_secs(7),
         "shutdown took {took:?}"
@@ -58,9 +81,21 @@ async fn shutdown_mid_run_loses_nothing_duplicates_nothing() -> anyhow::Result<(
         versions.iter().all(|v| *v == 1),
         "one version each: {versions:?}"
     );
-    println!("shutdown: stopped in {took:?}; 40 jobs, 40 certificates, versions {versions:?}");
+    let resumed = crate::issue::metric(
+        &env,
+        second.metrics_addr,
+        "certfleet_acme_orders_resumed_total",
+    )
+    .await?;
+    assert!(
+        resumed > 0.0,
+        "the second worker resumed orders of the first"
+    );
+    println!(
+        "shutdown: stopped in {took:?} with {stored_before} of 40 stored; the next worker resumed {resumed} order(s); 40 certificates, versions {versions:?}"
+    );
     second.stop().await;
-    env.cleanup().await;
+    base.cleanup().await;
     Ok(())
 }
 
@@ -202,6 +237,10 @@ async fn broker_restart_mid_run() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let before = stored(&store, &names).await;
+    assert!(
+        before < 50,
+        "the restart hit jobs in flight: {before} of 50 stored"
+    );
     broker.restart().await?;
     let deadline = Instant::now() + Duration::from_secs(240);
     while stored(&store, &names).await < 50 {
@@ -244,7 +283,12 @@ async fn redis_outage_mid_run() -> anyhow::Result<()> {
     let mut events = env.events("cert.#").await?;
     let names = publish_issues(&env, "r", 20).await?;
     let first = events.next(Duration::from_secs(60)).await?;
+    let stored_before = stored_count(&env, &names).await?;
     redis.stop().await?;
+    assert!(
+        stored_before < 20,
+        "the outage hit jobs in flight: {stored_before} of 20 stored"
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
     redis.start_again().await?;
     let mut seen: HashSet<String> = HashSet::from([first.name.to_string()]);
@@ -257,7 +301,9 @@ async fn redis_outage_mid_run() -> anyhow::Result<()> {
     }
     assert_eq!(seen.len(), 20, "all issued after Redis returned");
     let versions = versions_per_name(&env, &names).await?;
-    println!("redis outage: 20 issued; versions {versions:?}");
+    println!(
+        "redis outage: {stored_before} of 20 stored when Redis stopped; 20 issued; versions {versions:?}"
+    );
     assert!(
         versions.iter().all(|v| *v == 1),
         "no duplicate versions: {versions:?}"
