@@ -169,6 +169,7 @@ async fn start_subscribers(
                 queue_id,
                 filters: Vec::new(),
                 on_change: None,
+                hook_env: vec![],
             };
             if let Err(e) = certfleet::agent::watch(&cfg, o, stop).await {
                 tracing::warn!(error = %e, "a subscriber stopped");

@@ -65,6 +65,16 @@ pub enum SealError {
     /// Tampered with, or moved to another place.
     #[error("the encrypted private key does not open (corrupt, or copied from elsewhere)")]
     Corrupt,
+    /// Stored in the clear although an encryption key is configured: anyone
+    /// who can write to the bucket could have put it there, so it is not
+    /// used (see [`Sealer::open_sealed`]).
+    #[error(
+        "the private key is stored in the clear but an encryption key is configured (CERTFLEET_ENCRYPTION_KEY, key id {configured}): refused; renew the certificate so that it is stored encrypted"
+    )]
+    Plaintext {
+        /// Key id configured.
+        configured: String,
+    },
     /// The system random source failed.
     #[error("encryption failed")]
     Crypto,
@@ -128,6 +138,28 @@ impl Sealer {
             nonce: B64.encode(nonce),
             ciphertext: B64.encode(data),
         })
+    }
+
+    /// Like [`Sealer::open`], but when a key is configured a key stored in
+    /// the clear is refused ([`SealError::Plaintext`]): with encryption on,
+    /// every key certfleet writes is sealed and bound to its place, so a
+    /// plaintext one was put there by someone else (or before encryption was
+    /// turned on). Readers of certificate bundles use this
+    /// ([`crate::Store::open_key`]).
+    ///
+    /// # Errors
+    /// As [`Sealer::open`], and [`SealError::Plaintext`].
+    pub fn open_sealed(
+        &self,
+        stored: &SealedKey,
+        context: &str,
+    ) -> Result<Secret<String>, SealError> {
+        if let (SealedKey::Plain { .. }, Some((_, id))) = (stored, &self.key) {
+            return Err(SealError::Plaintext {
+                configured: id.clone(),
+            });
+        }
+        self.open(stored, context)
     }
 
     /// Opens a stored key written for `context`.
@@ -210,6 +242,26 @@ mod tests {
         assert_eq!(stored, SealedKey::Plain { pem: PEM.into() });
         assert_eq!(format!("{stored:?}"), "SealedKey::Plain(***)");
         assert_eq!(s.open(&stored, "y")?.expose(), PEM);
+        assert_eq!(s.open_sealed(&stored, "y")?.expose(), PEM);
+        Ok(())
+    }
+
+    #[test]
+    fn plaintext_is_refused_when_a_key_is_configured() -> Result<(), SealError> {
+        let s = Sealer::new(Some(Secret::new([7u8; 32])));
+        let plain = SealedKey::Plain { pem: PEM.into() };
+        let err = s.open_sealed(&plain, "a/v1").err();
+        assert!(matches!(&err, Some(SealError::Plaintext { .. })), "{err:?}");
+        assert!(
+            err.map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains("stored in the clear")
+        );
+        // Sealed keys still open, and `open` (order and account keys) is
+        // unchanged.
+        let sealed = s.seal(PEM, "a/v1")?;
+        assert_eq!(s.open_sealed(&sealed, "a/v1")?.expose(), PEM);
+        assert_eq!(s.open(&plain, "a/v1")?.expose(), PEM);
         Ok(())
     }
 }

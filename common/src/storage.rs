@@ -563,12 +563,14 @@ impl Store {
         Ok(Some((pointer, bundle)))
     }
 
-    /// Opens a bundle's private key.
+    /// Opens a bundle's private key. When an encryption key is configured,
+    /// a key stored in the clear is refused ([`Sealer::open_sealed`]).
     ///
     /// # Errors
-    /// The key is sealed and cannot be opened here.
+    /// The key is sealed and cannot be opened here, or it is in the clear
+    /// while encryption is configured.
     pub fn open_key(&self, bundle: &Bundle) -> Result<Secret<String>, StorageError> {
-        Ok(self.sealer.open(
+        Ok(self.sealer.open_sealed(
             &bundle.key,
             &Bundle::seal_context(&bundle.name, &bundle.version),
         )?)

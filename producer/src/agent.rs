@@ -10,20 +10,23 @@
 //! durable queue receives, and runs the `--on-change` hook after each change
 //! (`hook`); it reconnects on its own when the broker goes away (`run`).
 //!
-//! An event is a hint, not the source of the files. If it announces a
-//! version newer than the one on disk (or the disk has none), that
-//! version's bundle is read directly from its own key in storage (an
-//! immutable object), without reading the pointer. If the disk already
+//! An event is a hint, not the source of the files. If the disk already
 //! holds the announced version, or a newer one (a late or duplicated
 //! event), storage is not read at all, so an event never rolls a
-//! certificate back. The pointer read at that moment
-//! decides when the event names no usable version, when the announced
-//! bundle is gone already (pruned), and when the two versions are of the
-//! same second, which version ids cannot order (see `sync`).
+//! certificate back. Otherwise the pointer, read at that moment, decides:
+//! only the version it names is ever installed, so a forged event cannot
+//! bring in a bundle that was never current (see `sync`). And the version
+//! the pointer names is installed only after it proved itself (`check`):
+//! bundle and pointer agree, the private key is the certificate's, the
+//! certificate covers the domains, is valid now and its chain verifies.
+//! One that fails is logged with the reason and retried like any other
+//! sync failure; the files and the hook stay as they were.
 //!
 //! # Layout
-//! - `sync`: one name from storage to disk: which version (pointer or the
-//!   event's hint), its bundle, the files, the hook's pending marker.
+//! - `sync`: one name from storage to disk: which version (the pointer;
+//!   an event's hint only saves reads), its bundle, the files, the hook's
+//!   pending marker.
+//! - `check`: what a version must prove before it is installed.
 //! - `pull`: [`pull()`] and its [`PullReport`].
 //! - `watch`: [`WatchOptions`] and [`watch()`], which runs the hooks and the
 //!   broker sessions.
@@ -33,6 +36,7 @@
 //! - `hook`: the `--on-change` command, its pending markers and retries.
 //! - `error`: [`WatchError`].
 
+mod check;
 mod error;
 mod files;
 mod hook;

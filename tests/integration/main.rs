@@ -1,6 +1,7 @@
 //! Integration tests against the real services of `scripts/stack.sh`.
 //! One binary, one module per area (ripgrep's layout).
 
+mod agent_checks;
 mod cli;
 mod dns01;
 mod dns_providers;

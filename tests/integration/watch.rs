@@ -48,6 +48,7 @@ impl Watcher {
             queue_id: queue.to_string(),
             filters: vec![],
             on_change: hook,
+            hook_env: vec![],
         };
         let token = stop.clone();
         let task = tokio::spawn(async move { watch(&cfg, opts, token).await });

@@ -27,6 +27,14 @@ pub enum WatchError {
         /// Why it was refused.
         reason: String,
     },
+    /// A `--hook-env` name that may not be passed to hooks.
+    #[error("--hook-env {name:?}: {reason}")]
+    HookEnv {
+        /// The name given.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// `--dir` does not exist, is not a directory, or is not writable.
     #[error("--dir {}: {reason}", path.display())]
     Dir {
@@ -42,11 +50,14 @@ pub enum WatchError {
         /// `DIR/<name>`.
         path: PathBuf,
     },
-    /// Storage holds something that cannot be written out.
-    #[error("certificate {name}: unusable bundle in storage: {reason}")]
+    /// The version storage names cannot be installed: it failed a check
+    /// (see `check`), or cannot be written out. Nothing is switched in.
+    #[error("certificate {name}: version {version} in storage not installed: {reason}")]
     Bundle {
         /// Certificate name.
         name: CertName,
+        /// The version the pointer names.
+        version: String,
         /// What is wrong.
         reason: String,
     },
@@ -70,12 +81,15 @@ pub enum WatchError {
 }
 
 impl WatchError {
-    /// Bad usage (exit 64): a bad `--queue` id, a bad `--filter`, or a
-    /// `--dir` that is not a writable directory.
+    /// Bad usage (exit 64): a bad `--queue` id, a bad `--filter`, a
+    /// refused `--hook-env`, or a `--dir` that is not a writable directory.
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            WatchError::QueueId { .. } | WatchError::Filter { .. } | WatchError::Dir { .. }
+            WatchError::QueueId { .. }
+                | WatchError::Filter { .. }
+                | WatchError::HookEnv { .. }
+                | WatchError::Dir { .. }
         )
     }
 }
@@ -87,6 +101,7 @@ impl Classify for WatchError {
             WatchError::Io { .. } => Disposition::Retry { after: None },
             WatchError::QueueId { .. }
             | WatchError::Filter { .. }
+            | WatchError::HookEnv { .. }
             | WatchError::Dir { .. }
             | WatchError::Occupied { .. }
             | WatchError::Bundle { .. }

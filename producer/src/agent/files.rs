@@ -329,6 +329,7 @@ impl CertDir {
     pub(crate) fn write(&self, m: &Material) -> Result<PathBuf, WatchError> {
         check_version(&m.version).map_err(|reason| WatchError::Bundle {
             name: m.name.clone(),
+            version: m.version.clone(),
             reason,
         })?;
         let previous = self.check_link_free(&m.name)?;

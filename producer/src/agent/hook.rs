@@ -6,7 +6,15 @@
 //! what the hook is to be told. A task per name then runs
 //! `sh -c CMD` with `CERTFLEET_CERT_NAME`, `CERTFLEET_CERT_DIR`,
 //! `CERTFLEET_CERT_VERSION`, `CERTFLEET_CERT_SERIAL` and `CERTFLEET_EVENT`
-//! set, and deletes the marker only once the command exited 0. A failure is
+//! set, and deletes the marker only once the command exited 0.
+//!
+//! The hook gets a clean environment ([`HookEnv`]): those variables, `PATH`,
+//! `HOME`, `LANG`, and only the names the operator allowed with
+//! `--hook-env`; never the broker URL, Redis URL, S3 credentials or the
+//! encryption key certfleet itself runs with. It runs in a process group of
+//! its own; one still running after [`HOOK_TIMEOUT`] gets SIGTERM, then
+//! after [`KILL_GRACE`] SIGKILL, both sent to the whole group, so a reload
+//! script's children (`sleep 100 &`) do not outlive it. A failure is
 //! logged with the exit status and the end of stderr and retried after
 //! [`RETRY_FIRST`], doubling up to [`RETRY_MAX`]; a newer change of the same
 //! name retries at once, with the newer values. After a restart, markers
@@ -19,13 +27,16 @@
 //! runs the hook for a version whose files are not in place yet.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use certfleet_common::CertName;
+use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,8 +61,106 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Hooks running at once (a catch-up after downtime may change many names;
 /// a handful of parallel reloads is plenty).
 pub(crate) const MAX_PARALLEL: usize = 4;
+/// How long a timed-out hook's process group has between SIGTERM and
+/// SIGKILL.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long the hook's output is still read after it exited: a background
+/// child it left behind may hold the pipes open.
+const PIPE_GRACE: Duration = Duration::from_secs(1);
 /// How much of a failed hook's stderr is logged.
 const STDERR_TAIL: usize = 1000;
+/// How much of each output stream is kept while reading it.
+const OUTPUT_KEEP: usize = 16 * 1024;
+/// Variables a hook always inherits from certfleet's environment.
+pub(crate) const ALWAYS_PASSED: [&str; 3] = ["PATH", "HOME", "LANG"];
+/// `PATH` for a hook when certfleet itself has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// Prefixes of names `--hook-env` refuses: certfleet's own settings (the
+/// broker and Redis URLs with their passwords, the encryption key and its
+/// file, the config file) and the AWS SDK's (S3 credentials). The hook's
+/// own `CERTFLEET_CERT_*` and `CERTFLEET_EVENT` are set by certfleet.
+pub(crate) const REFUSED_PREFIXES: [&str; 2] = ["CERTFLEET_", "AWS_"];
+
+/// The part of certfleet's environment a hook inherits: [`ALWAYS_PASSED`]
+/// and the names allowed with `--hook-env`, read once when `watch` starts.
+/// Everything else (credentials above all) is left out.
+#[derive(Clone, Default)]
+pub(crate) struct HookEnv {
+    vars: Vec<(String, OsString)>,
+}
+
+impl std::fmt::Debug for HookEnv {
+    /// Names only: an allowed variable may still be private.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.vars.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+impl HookEnv {
+    /// Whether `name` may be passed to hooks with `--hook-env`.
+    ///
+    /// # Errors
+    /// Why not: not a variable name, or one of [`REFUSED_PREFIXES`].
+    pub(crate) fn check_name(name: &str) -> Result<(), String> {
+        let mut chars = name.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err("not an environment variable name (A-Z a-z 0-9 _)".into());
+        }
+        let upper = name.to_ascii_uppercase();
+        if let Some(p) = REFUSED_PREFIXES.iter().find(|p| upper.starts_with(**p)) {
+            return Err(format!(
+                "{p}* variables carry certfleet's or the AWS SDK's settings and credentials, never passed to hooks"
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`ALWAYS_PASSED`] and `allowed` (already checked with
+    /// [`HookEnv::check_name`]) as `lookup` gives them; unset ones are left
+    /// out.
+    pub(crate) fn from_lookup(
+        allowed: &[String],
+        lookup: impl Fn(&str) -> Option<OsString>,
+    ) -> Self {
+        let mut vars: Vec<(String, OsString)> = Vec::new();
+        for name in ALWAYS_PASSED
+            .iter()
+            .copied()
+            .chain(allowed.iter().map(String::as_str))
+        {
+            if vars.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            if let Some(value) = lookup(name) {
+                vars.push((name.to_string(), value));
+            }
+        }
+        Self { vars }
+    }
+
+    /// From this process's environment. Besides `common::config` (and the
+    /// AWS SDK's credential chain), this is the one place the agent reads
+    /// the environment: only to hand these names on.
+    pub(crate) fn from_process(allowed: &[String]) -> Self {
+        Self::from_lookup(allowed, |name| std::env::var_os(name))
+    }
+
+    /// The variables, `PATH` defaulted.
+    fn pairs(&self) -> impl Iterator<Item = (&str, &std::ffi::OsStr)> {
+        let default_path = (!self.vars.iter().any(|(n, _)| n == "PATH"))
+            .then_some(("PATH", std::ffi::OsStr::new(DEFAULT_PATH)));
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_os_str()))
+            .chain(default_path)
+    }
+}
 
 /// What the hook of one pending change is told.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,17 +264,83 @@ fn tail(bytes: &[u8]) -> String {
     text[start..].to_string()
 }
 
-/// Runs the hook once for a pending change.
+/// Sends `signal` to a process group; a group already gone is fine.
+fn signal_group(group: Option<Pid>, signal: Signal) {
+    if let Some(pid) = group
+        && let Err(e) = kill_process_group(pid, signal)
+        && e != rustix::io::Errno::SRCH
+    {
+        tracing::warn!(pgid = pid.as_raw_nonzero().get(), error = %e, "cannot signal the hook's process group");
+    }
+}
+
+/// Kills the hook's process group when dropped while armed: a hook cut
+/// short (shutdown past [`SHUTDOWN_GRACE`] drops the run) leaves nothing
+/// behind. Disarmed once the hook exited on its own, so a daemon it started
+/// on purpose is left alone.
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0.take(), Signal::KILL);
+    }
+}
+
+/// Reads a pipe to its end into `out`, keeping the last [`OUTPUT_KEEP`]
+/// bytes.
+async fn read_into<R: AsyncRead + Unpin>(mut pipe: R, out: Arc<std::sync::Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let Ok(mut kept) = out.lock() else { break };
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > OUTPUT_KEEP {
+                    let cut = kept.len() - OUTPUT_KEEP;
+                    kept.drain(..cut);
+                }
+            }
+        }
+    }
+}
+
+/// A pipe being read on its own task, and what it gave so far.
+type Reader = (tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<Vec<u8>>>);
+
+fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(pipe: Option<R>) -> Option<Reader> {
+    pipe.map(|p| {
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        (tokio::spawn(read_into(p, out.clone())), out)
+    })
+}
+
+/// What a reader collected, waiting at most [`PIPE_GRACE`] for its end.
+async fn collected(reader: Option<Reader>) -> Vec<u8> {
+    let Some((mut task, out)) = reader else {
+        return Vec::new();
+    };
+    if tokio::time::timeout(PIPE_GRACE, &mut task).await.is_err() {
+        task.abort();
+    }
+    out.lock().map(|o| o.clone()).unwrap_or_default()
+}
+
+/// Runs the hook once for a pending change, in a clean environment (`env`
+/// plus the hook's own variables) and a process group of its own.
 pub(crate) async fn run_once(
     command: &str,
     cert_dir: &Path,
     name: &CertName,
     pending: &Pending,
+    env: &HookEnv,
     timeout: Duration,
 ) -> Result<(), HookFailure> {
-    let child = tokio::process::Command::new("sh")
+    let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
+        .env_clear()
+        .envs(env.pairs())
         .env("CERTFLEET_CERT_NAME", name.as_str())
         .env("CERTFLEET_CERT_DIR", cert_dir)
         .env("CERTFLEET_CERT_VERSION", &pending.version)
@@ -174,36 +349,56 @@ pub(crate) async fn run_once(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| HookFailure {
             status: format!("could not start sh: {e}"),
             stderr_tail: String::new(),
         })?;
-    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    // The hook leads its group: its pid is the group id.
+    let group = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .filter(|id| *id > 1)
+        .and_then(Pid::from_raw);
+    let mut guard = GroupGuard(group);
+    let stdout = spawn_reader(child.stdout.take());
+    let stderr = spawn_reader(child.stderr.take());
+    let status: ExitStatus = match tokio::time::timeout(timeout, child.wait()).await {
         Err(_) => {
+            signal_group(group, Signal::TERM);
+            let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
+            signal_group(guard.0.take(), Signal::KILL);
+            // In case the group could not be signalled: the hook at least.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
             return Err(HookFailure {
-                status: format!("still running after {timeout:?}, killed"),
-                stderr_tail: String::new(),
+                status: format!("still running after {timeout:?}, killed with its process group"),
+                stderr_tail: tail(&collected(stderr).await),
             });
         }
         Ok(Err(e)) => {
+            signal_group(guard.0.take(), Signal::KILL);
             return Err(HookFailure {
                 status: format!("could not wait for it: {e}"),
                 stderr_tail: String::new(),
             });
         }
-        Ok(Ok(output)) => output,
+        Ok(Ok(status)) => status,
     };
-    if !output.stdout.is_empty() {
-        tracing::debug!(cert_name = %name, stdout = %tail(&output.stdout), "hook output");
+    guard.0 = None;
+    let out = collected(stdout).await;
+    let err = collected(stderr).await;
+    if !out.is_empty() {
+        tracing::debug!(cert_name = %name, stdout = %tail(&out), "hook output");
     }
-    if output.status.success() {
+    if status.success() {
         Ok(())
     } else {
         Err(HookFailure {
-            status: output.status.to_string(),
-            stderr_tail: tail(&output.stderr),
+            status: status.to_string(),
+            stderr_tail: tail(&err),
         })
     }
 }
@@ -216,6 +411,7 @@ pub(crate) struct Hooks {
 
 struct Inner {
     command: String,
+    env: HookEnv,
     dir: CertDir,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -233,19 +429,35 @@ impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hooks")
             .field("command", &self.inner.command)
+            .field("env", &self.inner.env)
             .finish_non_exhaustive()
     }
 }
 
 impl Hooks {
-    /// A runner for `command`; its tasks stop on `shutdown`.
-    pub(crate) fn new(command: String, dir: CertDir, shutdown: CancellationToken) -> Self {
-        Self::with_timing(command, dir, shutdown, RETRY_FIRST, RETRY_MAX, HOOK_TIMEOUT)
+    /// A runner for `command` with environment `env`; its tasks stop on
+    /// `shutdown`.
+    pub(crate) fn new(
+        command: String,
+        env: HookEnv,
+        dir: CertDir,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self::with_timing(
+            command,
+            env,
+            dir,
+            shutdown,
+            RETRY_FIRST,
+            RETRY_MAX,
+            HOOK_TIMEOUT,
+        )
     }
 
     /// Like [`Hooks::new`] with other delays (tests).
     pub(crate) fn with_timing(
         command: String,
+        env: HookEnv,
         dir: CertDir,
         shutdown: CancellationToken,
         retry_first: Duration,
@@ -255,6 +467,7 @@ impl Hooks {
         Self {
             inner: Arc::new(Inner {
                 command,
+                env,
                 dir,
                 shutdown,
                 tracker: TaskTracker::new(),
@@ -425,6 +638,7 @@ async fn drive(inner: Arc<Inner>, name: CertName, notify: Arc<Notify>) {
                     &cert_dir,
                     &name,
                     &pending,
+                    &inner.env,
                     inner.timeout,
                 ));
                 let outcome = tokio::select! {

@@ -12,7 +12,8 @@
 //! An event is acked once the name is in its current version on disk and
 //! its hook is recorded as pending (the hook itself runs later, on its own
 //! task). If the name cannot be synced (storage away, a disk error, someone
-//! else's directory in the way), the event is still acked and the name is
+//! else's directory in the way, a current version that fails its checks in
+//! `sync`), the event is still acked and the name is
 //! retried here, from [`SYNC_RETRY_FIRST`] up to [`SYNC_RETRY_MAX`] apart:
 //! storage, not the event, holds what has to be written, and a restart
 //! catches up with storage anyway. Holding the delivery instead would
@@ -326,12 +327,13 @@ impl Watcher {
         self.sync_hinted(name, event, None, shutdown).await
     }
 
-    /// [`Watcher::sync`] with the version and serial an event announced.
+    /// [`Watcher::sync`] with the version an event announced (a hint: see
+    /// `sync`).
     async fn sync_hinted(
         &mut self,
         name: &CertName,
         event: &str,
-        hint: Option<(&str, &str)>,
+        hint: Option<&str>,
         shutdown: &CancellationToken,
     ) -> Synced {
         // Reading storage may be slow and is safe to abandon; writing is not
@@ -403,10 +405,7 @@ impl Watcher {
         let name = &event.name;
         match event.kind {
             EventKind::Issued | EventKind::Renewed => {
-                let hint = event
-                    .certificate
-                    .as_ref()
-                    .map(|c| (c.version.as_str(), c.serial.as_str()));
+                let hint = event.certificate.as_ref().map(|c| c.version.as_str());
                 match self
                     .sync_hinted(name, event.kind.as_str(), hint, shutdown)
                     .await

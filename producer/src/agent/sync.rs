@@ -2,21 +2,30 @@
 //! the hook) on the other.
 //!
 //! [`Syncer::fetch`] reads the name's pointer, then the bundle it names,
-//! unless the disk already holds that version. [`Syncer::fetch_hinted`]
-//! starts from the version an event announced instead: newer than the
-//! disk's, it reads that version's bundle directly, without the pointer;
-//! the disk's or older, it reads nothing; of the same second as the disk's
-//! (or unusable, or pruned already), the pointer decides as in `fetch`
-//! ([`follow_hint`]). Either way certificate and key come from one bundle,
-//! so they belong together. [`Syncer::apply`] writes a fetched version
-//! (`files`), recording it for the `--on-change` hook first when there is
-//! one (`hook`). `pull` and the `watch` session (`run`) both sync through
-//! a [`Syncer`].
+//! unless the disk already holds that version; the bundle is installed only
+//! once it passed `check` (pointer and bundle agree, the key is the
+//! certificate's, the domains are covered, valid now, the chain verifies).
+//! [`Syncer::fetch_hinted`] starts from the version an event announced: if
+//! the disk holds that version or a newer one (a late or duplicated event),
+//! storage is not read at all; otherwise the pointer decides exactly as in
+//! `fetch`. The announced version itself is never installed unless the
+//! pointer, read then, names it: an event is unauthenticated, and a forged
+//! one could name any bundle in the bucket (an old version, or one whose
+//! pointer flip never happened). Either way certificate and key come from
+//! one bundle, so they belong together. [`Syncer::apply`] writes a checked
+//! version (`files`), recording it for the `--on-change` hook first when
+//! there is one (`hook`). `pull` and the `watch` session (`run`) both sync
+//! through a [`Syncer`].
+//!
+//! Cost per event that brings a new version: two S3 reads (pointer, bundle)
+//! per webserver. A late or duplicated event costs none.
 
 use std::path::PathBuf;
 
 use certfleet_common::{CertName, Store};
+use time::OffsetDateTime;
 
+use super::check;
 use super::error::WatchError;
 use super::files::{self, CertDir, Material};
 use super::hook::{Hooks, Pending};
@@ -28,38 +37,16 @@ pub(super) enum Fetched {
     Missing,
     /// The disk already has the current version.
     Unchanged { version: String },
-    /// A version to write.
+    /// A checked version to write.
     New(Material),
 }
 
-/// What an event's announced version means for the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hint {
-    /// Read the announced version's bundle (newer than the disk's).
-    Follow,
-    /// Nothing to do: the disk has it, or something newer (a late event).
-    Stale,
-    /// The pointer decides: no usable hint, or a version of the same second
-    /// as the disk's (version ids order by notBefore, to the second; two of
-    /// one second, e.g. a renewal right after issuance, do not order).
-    ReadPointer,
-}
-
-fn follow_hint(on_disk: Option<&str>, announced: Option<&str>) -> Hint {
-    let Some(announced) = announced else {
-        return Hint::ReadPointer;
-    };
-    let Some(on_disk) = on_disk else {
-        return Hint::Follow;
-    };
-    if on_disk == announced {
-        return Hint::Stale;
-    }
-    match version_time(on_disk).cmp(version_time(announced)) {
-        std::cmp::Ordering::Less => Hint::Follow,
-        std::cmp::Ordering::Greater => Hint::Stale,
-        std::cmp::Ordering::Equal => Hint::ReadPointer,
-    }
+/// Whether the disk already holds `announced` or something newer, so that
+/// an event for it needs no storage read. Version ids order by notBefore,
+/// to the second; two of one second (a renewal right after issuance) do
+/// not order by their text, so then the pointer decides (`false`).
+fn already_on_disk(on_disk: &str, announced: &str) -> bool {
+    on_disk == announced || version_time(on_disk) > version_time(announced)
 }
 
 /// The time part of a version id (`20261125T083000Z` of
@@ -83,84 +70,72 @@ impl Syncer {
     }
 
     /// Like [`Syncer::fetch`], with the version an event announced. The
-    /// event is only a hint: the bundle is read from its canonical key (an
-    /// immutable object, never from a key the event names), and a version
-    /// older than the one on disk (a late event) is ignored without reading
-    /// storage at all. This halves the requests per event (no pointer read),
-    /// which matters when a hundred webservers follow the same event. See
-    /// [`follow_hint`] for when the pointer decides instead.
+    /// event is only a hint: a version the disk already has (or an older
+    /// one: a late event) is ignored without reading storage; anything else
+    /// is decided by the pointer, and only the pointer's version is
+    /// installed (see the module doc).
+    ///
+    /// # Errors
+    /// Storage or disk trouble, or [`WatchError::Bundle`] when the version
+    /// the pointer names fails a check: nothing is written then.
     pub(super) async fn fetch_hinted(
         &self,
         name: &CertName,
-        hint: Option<(&str, &str)>,
+        announced: Option<&str>,
     ) -> Result<Fetched, WatchError> {
         let dir = self.dir.clone();
         let n = name.clone();
         let on_disk = files::blocking(move || dir.current(&n)).await?;
-        let announced = hint.filter(|(v, _)| files::check_version(v).is_ok());
-        let follow = follow_hint(
-            on_disk.as_ref().map(|d| d.version.as_str()),
-            announced.map(|(v, _)| v),
-        );
-        let (version, serial) = match (follow, announced, &on_disk) {
-            (Hint::Stale, _, Some(d)) => {
-                return Ok(Fetched::Unchanged {
-                    version: d.version.clone(),
-                });
-            }
-            (Hint::Follow, Some((v, s)), _) => (v.to_string(), s.to_string()),
-            _ => {
-                // Pointer first, then the bundle it names: certificate and
-                // key of the current version.
-                let Some((pointer, _)) = self.store.pointer(name).await? else {
-                    return Ok(Fetched::Missing);
-                };
-                if on_disk
-                    .as_ref()
-                    .is_some_and(|d| d.version == pointer.version)
-                {
-                    return Ok(Fetched::Unchanged {
-                        version: pointer.version,
-                    });
-                }
-                (pointer.version, pointer.serial)
-            }
-        };
-        let bundle = match self
-            .store
-            .bundle(&self.store.keys().bundle(name, &version))
-            .await
+        let announced = announced.filter(|v| files::check_version(v).is_ok());
+        if let (Some(d), Some(a)) = (&on_disk, announced)
+            && already_on_disk(&d.version, a)
         {
-            Ok(b) => b,
-            // Pruned already (history is short and events can be late): the
-            // pointer knows what is current.
-            Err(certfleet_common::storage::StorageError::NotFound(_)) if announced.is_some() => {
-                return Box::pin(self.fetch_hinted(name, None)).await;
-            }
-            Err(e) => return Err(e.into()),
+            return Ok(Fetched::Unchanged {
+                version: d.version.clone(),
+            });
+        }
+        let Some((pointer, _)) = self.store.pointer(name).await? else {
+            return Ok(Fetched::Missing);
         };
+        if let Some(a) = announced
+            && a != pointer.version
+        {
+            let earlier = pointer.history.iter().any(|h| h == a)
+                || version_time(a) < version_time(&pointer.version);
+            if earlier {
+                tracing::debug!(cert_name = %name, announced = %a, current = %pointer.version, "event for an earlier version; the pointer names a newer one");
+            } else {
+                tracing::warn!(cert_name = %name, announced = %a, current = %pointer.version, fence = pointer.fence,
+                    "event announces a version the pointer does not name (forged, or never made current); not installed");
+            }
+        }
+        if on_disk
+            .as_ref()
+            .is_some_and(|d| d.version == pointer.version)
+        {
+            return Ok(Fetched::Unchanged {
+                version: pointer.version,
+            });
+        }
         let bad = |reason: String| WatchError::Bundle {
             name: name.clone(),
+            version: pointer.version.clone(),
             reason,
         };
-        if &bundle.name != name || bundle.version != version {
-            return Err(bad(format!(
-                "the pointer names version {version} but its bundle holds {} version {}",
-                bundle.name, bundle.version
-            )));
-        }
-        if !bundle.cert_pem.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(bad("the certificate is not PEM".into()));
-        }
-        files::check_version(&version).map_err(bad)?;
+        files::check_version(&pointer.version).map_err(bad)?;
+        // From its canonical key (an immutable object), not a key taken
+        // from the pointer's text.
+        let bundle = self
+            .store
+            .bundle(&self.store.keys().bundle(name, &pointer.version))
+            .await?;
         let key_pem = self.store.open_key(&bundle)?;
-        if !key_pem.expose().contains("PRIVATE KEY-----") {
-            return Err(bad("the private key is not PEM".into()));
-        }
+        let checked =
+            check::check(&pointer, &bundle, &key_pem, OffsetDateTime::now_utc()).map_err(bad)?;
         Ok(Fetched::New(Material {
             name: name.clone(),
-            version,
-            serial,
+            version: pointer.version,
+            serial: checked.serial,
             cert_pem: bundle.cert_pem,
             chain_pem: bundle.chain_pem,
             key_pem,
@@ -198,17 +173,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hints_follow_newer_skip_older_and_ask_the_pointer_within_a_second() {
+    fn late_events_need_no_read_and_a_second_does_not_order() {
         let old = "20261125T083000Z-ff";
         let same_second = "20261125T083000Z-0a";
         let newer = "20261125T083001Z-00";
-        assert_eq!(follow_hint(Some(old), Some(newer)), Hint::Follow);
-        assert_eq!(follow_hint(None, Some(newer)), Hint::Follow);
-        assert_eq!(follow_hint(Some(newer), Some(old)), Hint::Stale);
-        assert_eq!(follow_hint(Some(old), Some(old)), Hint::Stale);
+        assert!(!already_on_disk(old, newer));
+        assert!(already_on_disk(newer, old));
+        assert!(already_on_disk(old, old));
         // "ff" > "0a" as text, yet the later serial may be the newer
         // certificate: only the pointer knows.
-        assert_eq!(follow_hint(Some(old), Some(same_second)), Hint::ReadPointer);
-        assert_eq!(follow_hint(Some(old), None), Hint::ReadPointer);
+        assert!(!already_on_disk(old, same_second));
+        assert!(!already_on_disk(same_second, old));
     }
 }

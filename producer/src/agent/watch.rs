@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::WatchError;
 use super::files::{self, CertDir};
-use super::hook::Hooks;
+use super::hook::{HookEnv, Hooks};
 use super::sync::Syncer;
 use super::{pattern, run};
 
@@ -28,6 +28,11 @@ pub struct WatchOptions {
     pub filters: Vec<String>,
     /// Shell command run after each change (`--on-change`).
     pub on_change: Option<String>,
+    /// Variables of certfleet's environment the hook also gets
+    /// (`--hook-env`), besides `PATH`, `HOME`, `LANG` and its own
+    /// `CERTFLEET_CERT_*` and `CERTFLEET_EVENT`. `CERTFLEET_*` and `AWS_*`
+    /// names are refused.
+    pub hook_env: Vec<String>,
 }
 
 /// `certfleet watch`.
@@ -45,10 +50,15 @@ pub struct WatchArgs {
     /// Command run after certificates changed.
     #[arg(long, value_name = "CMD")]
     pub on_change: Option<String>,
+    /// Pass this variable of certfleet's environment on to the hook
+    /// (repeatable). The hook gets only PATH, HOME, LANG, its CERTFLEET_CERT_*
+    /// and CERTFLEET_EVENT otherwise; CERTFLEET_* and AWS_* are refused.
+    #[arg(long = "hook-env", value_name = "NAME")]
+    pub hook_env: Vec<String>,
 }
 
-/// The command line's `--dir`, `--queue`, `--filter` and `--on-change`, as
-/// given (they are checked by [`watch`]).
+/// The command line's `--dir`, `--queue`, `--filter`, `--on-change` and
+/// `--hook-env`, as given (they are checked by [`watch`]).
 impl From<WatchArgs> for WatchOptions {
     fn from(args: WatchArgs) -> Self {
         WatchOptions {
@@ -56,6 +66,7 @@ impl From<WatchArgs> for WatchOptions {
             queue_id: args.queue_id,
             filters: args.filters,
             on_change: args.on_change,
+            hook_env: args.hook_env,
         }
     }
 }
@@ -79,15 +90,21 @@ pub async fn watch(
     })?;
     let filters = pattern::Filters::parse(&opts.filters)
         .map_err(|(pattern, reason)| WatchError::Filter { pattern, reason })?;
+    for name in &opts.hook_env {
+        HookEnv::check_name(name).map_err(|reason| WatchError::HookEnv {
+            name: name.clone(),
+            reason,
+        })?;
+    }
     let path = opts.dir.clone();
     let dir = files::blocking(move || CertDir::open(&path)).await?;
     let store = Store::from_config(config).await;
     // The hook tasks get their own token, cancelled once the watcher is done.
     let hooks_stop = shutdown.child_token();
-    let hooks = opts
-        .on_change
-        .clone()
-        .map(|cmd| Hooks::new(cmd, dir.clone(), hooks_stop.clone()));
+    let hooks = opts.on_change.clone().map(|cmd| {
+        let env = HookEnv::from_process(&opts.hook_env);
+        Hooks::new(cmd, env, dir.clone(), hooks_stop.clone())
+    });
     if let Some(h) = &hooks {
         h.resume().await?;
     }
@@ -123,11 +140,21 @@ mod tests {
             queue_id: queue.into(),
             filters: filters.iter().map(|s| s.to_string()).collect(),
             on_change: None,
+            hook_env: vec![],
+        };
+        let with_env = |name: &str| WatchOptions {
+            hook_env: vec!["TZ".into(), name.into()],
+            ..opts("web1", &[], tmp.path())
         };
         let cases = [
             opts("Web 1", &[], tmp.path()),
             opts("web1", &["job.#"], tmp.path()),
             opts("web1", &["cert.#"], &tmp.path().join("missing")),
+            with_env("AWS_SECRET_ACCESS_KEY"),
+            with_env("CERTFLEET_AMQP_URL"),
+            with_env("certfleet_encryption_key"),
+            with_env("BAD=NAME"),
+            with_env(""),
         ];
         for o in cases {
             let err = watch(&config, o, CancellationToken::new())

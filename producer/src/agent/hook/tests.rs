@@ -16,6 +16,7 @@ fn pending(version: &str) -> Pending {
 fn fast(command: String, dir: CertDir, shutdown: CancellationToken) -> Hooks {
     Hooks::with_timing(
         command,
+        HookEnv::default(),
         dir,
         shutdown,
         Duration::from_millis(20),
@@ -59,6 +60,7 @@ async fn hook_sees_its_environment() {
         Path::new("/srv/certs/www.example.com"),
         &name,
         &pending("v7"),
+        &HookEnv::default(),
         Duration::from_secs(10),
     )
     .await
@@ -77,6 +79,7 @@ async fn failure_reports_status_and_stderr() {
         Path::new("/x"),
         &name,
         &pending("v1"),
+        &HookEnv::default(),
         Duration::from_secs(10),
     )
     .await
@@ -88,11 +91,157 @@ async fn failure_reports_status_and_stderr() {
         Path::new("/x"),
         &name,
         &pending("v1"),
+        &HookEnv::default(),
         Duration::from_millis(100),
     )
     .await
     .expect_err("times out");
     assert!(slow.status.contains("killed"), "{slow:?}");
+}
+
+/// Processes (zombies aside) whose process group is `pgid`, from
+/// `/proc/*/stat`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let mut members = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return members;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+            && fields.first() != Some(&"Z")
+        {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_process_group() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pids = tmp.path().join("pids");
+    let name = CertName::parse("www.example.com").expect("name");
+    // A background child, then the hook itself hangs.
+    let cmd = format!("sleep 100 & echo $$ $! > {}; sleep 100", pids.display());
+    let started = tokio::time::Instant::now();
+    let f = run_once(
+        &cmd,
+        Path::new("/x"),
+        &name,
+        &pending("v1"),
+        &HookEnv::default(),
+        Duration::from_millis(300),
+    )
+    .await
+    .expect_err("times out");
+    assert!(f.status.contains("killed with its process group"), "{f:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = fs::read_to_string(&pids).expect("pids written");
+    let ids: Vec<u32> = text
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    assert_eq!(ids.len(), 2, "{text}");
+    let group = ids[0];
+    // The background sleep was reparented when the hook died; give its new
+    // parent a moment to reap it.
+    eventually("no process of the hook's group left", || {
+        group_members(group).is_empty()
+    })
+    .await;
+    assert!(group_members(group).is_empty());
+}
+
+#[tokio::test]
+async fn hook_environment_is_clean() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("env.txt");
+    let name = CertName::parse("www.example.com").expect("name");
+    let parent: HashMap<&str, &str> = HashMap::from([
+        ("PATH", "/usr/bin:/bin"),
+        ("HOME", "/home/web"),
+        ("TZ", "UTC"),
+        ("SECRET_TOKEN", "hunter2"),
+        ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+    ]);
+    let env = HookEnv::from_lookup(&["TZ".into(), "NOT_SET".into()], |n| {
+        parent.get(n).map(|v| v.into())
+    });
+    assert_eq!(format!("{env:?}"), r#"["PATH", "HOME", "TZ"]"#);
+    run_once(
+        &format!("env > {}", out.display()),
+        Path::new("/srv/certs/www.example.com"),
+        &name,
+        &pending("v3"),
+        &env,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("hook");
+    let text = fs::read_to_string(&out).expect("env");
+    let mut names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(n, _)| n))
+        .filter(|n| !["PWD", "SHLVL", "_", "OLDPWD"].contains(n))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "CERTFLEET_CERT_DIR",
+            "CERTFLEET_CERT_NAME",
+            "CERTFLEET_CERT_SERIAL",
+            "CERTFLEET_CERT_VERSION",
+            "CERTFLEET_EVENT",
+            "HOME",
+            "PATH",
+            "TZ"
+        ],
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l == "TZ=UTC"), "{text}");
+    assert!(
+        !text.contains("hunter2") && !text.contains("s3cr3t"),
+        "{text}"
+    );
+}
+
+#[test]
+fn hook_env_names_refuse_credentials() {
+    for ok in ["TZ", "NGINX_PID_FILE", "_X", "http_proxy"] {
+        assert!(HookEnv::check_name(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "1X",
+        "A=B",
+        "A B",
+        "CERTFLEET_AMQP_URL",
+        "CERTFLEET_ENCRYPTION_KEY",
+        "certfleet_redis_url",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ] {
+        assert!(HookEnv::check_name(bad).is_err(), "{bad}");
+    }
+    // No PATH in certfleet's environment: the hook still gets one.
+    let env = HookEnv::from_lookup(&[], |_| None);
+    assert!(env.pairs().any(|(n, v)| n == "PATH" && v == DEFAULT_PATH));
 }
 
 #[tokio::test]
