@@ -328,3 +328,28 @@ async fn absurd_retry_after_defers_for_the_longest_delay() -> anyhow::Result<()>
     env.cleanup().await;
     Ok(())
 }
+
+/// An order polled with `Retry-After: 18446744073709551615`: instant-acme
+/// adds it to the clock unchecked (a panic that left the delivery
+/// unsettled, the job never done); the worker's client caps it first, and
+/// the job is issued.
+#[tokio::test]
+async fn absurd_retry_after_on_an_order_poll() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("hostile-poll").await?;
+    let proxy = AcmeProxy::start(&env).await?;
+    let vars = proxy.vars();
+    let worker = env.start_worker(&private::pairs(&vars)).await?;
+    let mut events = env.events("cert.#").await?;
+    proxy.retry_after_on_orders(1, &u64::MAX.to_string());
+    let job = issue_job(&[env.domain("poll").await?])?;
+    env.publish_job(&job).await?;
+    let event = events.next(Duration::from_secs(90)).await?;
+    assert_eq!((event.job_id, event.kind), (job.job_id, EventKind::Issued));
+    assert_eq!(proxy.order_retry_afters_sent(), 1);
+    let panicked = metric(&env, worker.metrics_addr, "certfleet_jobs_panicked_total").await?;
+    assert_eq!(panicked, 0.0);
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
