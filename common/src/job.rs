@@ -7,14 +7,22 @@
 //! append enum variants at the end, never reorder fields; anything else
 //! bumps [`ENVELOPE_VERSION`] and keeps a decoder for every shipped version
 //! (fixtures in `common/tests/fixtures/`).
+//!
+//! Every byte of a job comes from the network, so decoding is bounded: a
+//! body longer than [`MAX_BODY_LEN`] is refused before it is looked at, and
+//! the decoder may claim at most [`DECODE_LIMIT`] bytes, so a length prefix
+//! that claims a huge string or list is an error instead of an allocation.
+//! What decodes is checked once more by [`Envelope::validate`] before a
+//! worker spends anything on it.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::CertName;
+use crate::domain::{self, CertName, DomainError, MAX_DOMAINS};
 use crate::error::{Classify, Disposition};
 
 /// A job's routing key on the jobs exchange: `job.<kind>.<challenge>`, so a
@@ -26,9 +34,34 @@ pub fn routing_key(kind: JobKind, challenge: ChallengeType) -> String {
 /// The envelope format this build writes.
 pub const ENVELOPE_VERSION: u16 = 1;
 
+/// The longest job body a worker (or `certfleet dlq`) decodes; longer ones
+/// are undecodable without a look inside.
+///
+/// The largest valid job carries [`MAX_DOMAINS`] names of
+/// [`domain::MAX_NAME_LEN`] characters: 100 × (253 + 2 bytes of length) ≈
+/// 25.5 KiB, plus a certificate name of at most 200 characters, a reason of
+/// a few characters and ~40 bytes of fixed fields. 64 KiB is more than twice
+/// that, so no job the CLI can submit comes near it, while a hostile body of
+/// many MiB is refused before any work.
+pub const MAX_BODY_LEN: usize = 64 * 1024;
+
+/// The most bytes the decoder may claim while decoding one body (bincode's
+/// `with_limit`). Every string claims its length and every integer its
+/// in-memory size before anything is allocated, and a list claims
+/// `len × size_of::<element>()` (24 bytes per name) while it fills, so a
+/// valid body claims about as much as it is long (the largest valid job
+/// ≈ 28 KiB). The same figure as [`MAX_BODY_LEN`]: a length prefix that
+/// claims more than the body could hold is refused before any allocation.
+pub const DECODE_LIMIT: usize = MAX_BODY_LEN;
+
 /// The bincode configuration of the wire format (varint integers).
 fn wire() -> bincode::config::Configuration {
     bincode::config::standard()
+}
+
+/// [`wire`] with the decode limit: the same encoding, bounded claims.
+fn wire_bounded() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
 
 /// What a job asks for.
@@ -189,9 +222,13 @@ pub enum CodecError {
     /// An envelope version this build does not read.
     #[error("unknown envelope version {0} (this worker reads version {ENVELOPE_VERSION})")]
     UnknownVersion(u16),
-    /// Not bincode, or not an envelope.
+    /// Not bincode, or not an envelope (a length prefix that claims more
+    /// than [`DECODE_LIMIT`] included).
     #[error("undecodable job body: {0}")]
     Malformed(String),
+    /// A body longer than [`MAX_BODY_LEN`], refused without decoding.
+    #[error("undecodable job body: {0} bytes, more than the limit of {MAX_BODY_LEN}")]
+    TooLarge(usize),
     /// Could not encode (should not happen).
     #[error("cannot encode job: {0}")]
     Encode(String),
@@ -245,18 +282,24 @@ impl Envelope {
         bincode::serde::encode_to_vec(self, wire()).map_err(|e| CodecError::Encode(e.to_string()))
     }
 
-    /// Decodes from the wire format, checking the version first.
+    /// Decodes from the wire format, checking the size, then the version,
+    /// then the whole envelope with at most [`DECODE_LIMIT`] bytes claimed.
     ///
     /// # Errors
-    /// [`CodecError::UnknownVersion`] or [`CodecError::Malformed`].
+    /// [`CodecError::TooLarge`], [`CodecError::UnknownVersion`] or
+    /// [`CodecError::Malformed`].
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let (version, _): (u16, usize) = bincode::serde::decode_from_slice(bytes, wire())
+        if bytes.len() > MAX_BODY_LEN {
+            return Err(CodecError::TooLarge(bytes.len()));
+        }
+        let (version, _): (u16, usize) = bincode::serde::decode_from_slice(bytes, wire_bounded())
             .map_err(|e| CodecError::Malformed(e.to_string()))?;
         if version != ENVELOPE_VERSION {
             return Err(CodecError::UnknownVersion(version));
         }
-        let (envelope, used): (Self, usize) = bincode::serde::decode_from_slice(bytes, wire())
-            .map_err(|e| CodecError::Malformed(e.to_string()))?;
+        let (envelope, used): (Self, usize) =
+            bincode::serde::decode_from_slice(bytes, wire_bounded())
+                .map_err(|e| CodecError::Malformed(e.to_string()))?;
         if used != bytes.len() {
             return Err(CodecError::Malformed(format!(
                 "{} bytes after the envelope",
@@ -264,6 +307,77 @@ impl Envelope {
             )));
         }
         Ok(envelope)
+    }
+}
+
+/// Why a decoded job cannot be done as asked.
+///
+/// The producer's validation (`certfleet issue`, `submit`) makes none of
+/// these, but a job can reach the queue by other paths (a replayed dead
+/// letter, an older producer, anyone with publish rights), so a worker checks
+/// again with [`Envelope::validate`] before spending a lease, an order or a
+/// rate-limit slot on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidJob {
+    /// A name the CLI would refuse, too many names, none in an issue job,
+    /// or a bad certificate name.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// A valid name in another spelling than the normalized one (upper case,
+    /// a trailing dot, Unicode): names are compared and stored normalized.
+    #[error("domain {given:?} is not normalized (it would be {normalized:?})")]
+    NotNormalized {
+        /// As in the job.
+        given: String,
+        /// As [`domain::normalize_domain`] writes it.
+        normalized: String,
+    },
+    /// The same name twice.
+    #[error("domain {0:?} is listed twice")]
+    Duplicate(String),
+    /// A wildcard with http-01 (RFC 8555 §7.1.3: only dns-01 proves a zone).
+    #[error("wildcard {0:?} needs the dns-01 challenge")]
+    WildcardNeedsDns01(String),
+}
+
+impl Envelope {
+    /// Checks what decoding cannot: at most [`MAX_DOMAINS`] names (at least
+    /// one in an issue job; a renew job may carry none), each normalized as
+    /// [`domain::normalize_domain`] would write it and listed once,
+    /// wildcards only with dns-01, and a valid certificate name. The key
+    /// type and challenge need no check: a value this build does not know
+    /// does not decode.
+    ///
+    /// # Errors
+    /// The first rule the job breaks.
+    pub fn validate(&self) -> Result<(), InvalidJob> {
+        let job = &self.job;
+        // The count first: nothing below runs for more than MAX_DOMAINS names.
+        if job.domains.len() > MAX_DOMAINS {
+            return Err(DomainError::TooMany(job.domains.len()).into());
+        }
+        if job.domains.is_empty() && self.kind == JobKind::Issue {
+            return Err(DomainError::NoDomains.into());
+        }
+        CertName::parse(job.name.as_str())?;
+        let mut seen: HashSet<&str> = HashSet::with_capacity(job.domains.len());
+        for given in &job.domains {
+            let normalized = domain::normalize_domain(given)?;
+            if normalized != *given {
+                return Err(InvalidJob::NotNormalized {
+                    given: given.clone(),
+                    normalized,
+                });
+            }
+            if !seen.insert(given) {
+                return Err(InvalidJob::Duplicate(given.clone()));
+            }
+            if domain::is_wildcard(given) && job.challenge != ChallengeType::Dns01 {
+                return Err(InvalidJob::WildcardNeedsDns01(given.clone()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -348,6 +462,117 @@ mod tests {
             Err(CodecError::Malformed(_))
         ));
         Ok(())
+    }
+
+    /// `sample()` encoded, with the length prefix of the first string after
+    /// `field` (its bytes as encoded) replaced by the varint `claim`.
+    fn with_claimed_len(field: &[u8], claim: u64) -> Vec<u8> {
+        let bytes = sample().encode().expect("encodes");
+        let at = bytes
+            .windows(field.len())
+            .position(|w| w == field)
+            .expect("field in bytes");
+        // bincode varint: 0xfd, then the u64 little-endian.
+        let mut out = bytes[..at].to_vec();
+        out.push(0xfd);
+        out.extend_from_slice(&claim.to_le_bytes());
+        out.extend_from_slice(&bytes[at + 1..]);
+        out
+    }
+
+    #[test]
+    fn huge_length_prefixes_are_refused_without_allocating() {
+        // The certificate name's length (0x0f "www.example.com"), then the
+        // domain list's (0x02 0x0f ...): each claims 2^40 bytes or entries.
+        // Unbounded, the first is a 1 TiB allocation that aborts the process.
+        for (field, what) in [
+            (&b"\x0fwww.example.com\x02"[..], "string"),
+            (&b"\x02\x0fwww.example.com"[..], "list"),
+        ] {
+            for claim in [1u64 << 40, u64::MAX / 2, u64::MAX] {
+                let bad = with_claimed_len(field, claim);
+                assert!(
+                    matches!(Envelope::decode(&bad), Err(CodecError::Malformed(_))),
+                    "{what} claiming {claim}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_over_the_limit_are_refused_before_decoding() -> Result<(), CodecError> {
+        let mut big = sample().encode()?;
+        big.resize(MAX_BODY_LEN + 1, 0);
+        assert_eq!(
+            Envelope::decode(&big),
+            Err(CodecError::TooLarge(MAX_BODY_LEN + 1))
+        );
+        assert!(
+            Envelope::decode(&vec![1u8; 20 << 20])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+                .contains("more than the limit of 65536")
+        );
+        Ok(())
+    }
+
+    /// The largest valid job (100 names of 253 characters, the longest
+    /// certificate name) fits both limits with room to spare.
+    #[test]
+    fn the_largest_valid_job_decodes() -> Result<(), CodecError> {
+        let label = "a".repeat(63);
+        let mut e = sample();
+        e.job.domains = (0..MAX_DOMAINS)
+            .map(|i| format!("{label}.{label}.{label}.{}{i:03}.com", "b".repeat(54)))
+            .collect();
+        assert!(e.job.domains.iter().all(|d| d.len() == 253));
+        e.job.name = CertName::parse(&"n".repeat(200)).expect("valid");
+        assert_eq!(e.validate(), Ok(()));
+        let bytes = e.encode()?;
+        assert!(bytes.len() < MAX_BODY_LEN / 2, "{} bytes", bytes.len());
+        assert_eq!(Envelope::decode(&bytes)?, e);
+        Ok(())
+    }
+
+    #[test]
+    fn validation() {
+        let ok = sample();
+        assert_eq!(ok.validate(), Ok(()));
+        let with = |domains: &[&str], challenge: ChallengeType| {
+            let mut e = sample();
+            e.job.domains = domains.iter().map(|d| (*d).to_string()).collect();
+            e.job.challenge = challenge;
+            e.validate()
+        };
+        let http = ChallengeType::Http01;
+        for (domains, want) in [
+            (&["not a domain!!"][..], "contains ' '"),
+            (&["192.0.2.1"][..], "IP address"),
+            (&["localhost"][..], "not a fully qualified"),
+            (&["WWW.example.com"][..], "not normalized"),
+            (&["www.example.com."][..], "not normalized"),
+            (&["a.example.com", "a.example.com"][..], "listed twice"),
+            (&["*.example.com"][..], "needs the dns-01"),
+            (&[][..], "no domain names"),
+        ] {
+            let err = with(domains, http)
+                .map(|()| String::new())
+                .unwrap_or_else(|e| e.to_string());
+            assert!(err.contains(want), "{domains:?}: {err:?}");
+        }
+        let many: Vec<String> = (0..=MAX_DOMAINS)
+            .map(|i| format!("h{i}.example.com"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(with(&many, http), Err(DomainError::TooMany(101).into()));
+        assert_eq!(
+            with(&["*.example.com", "example.com"], ChallengeType::Dns01),
+            Ok(())
+        );
+        // A renew job may leave the names to the stored certificate.
+        let renew = Envelope::renewal(ok.job.name.clone(), http, "due", 0);
+        assert_eq!(renew.validate(), Ok(()));
     }
 
     #[test]

@@ -98,6 +98,14 @@ pub fn delay_tier(wait: Duration) -> (&'static str, Duration) {
         .unwrap_or(RETRY_DELAYS[RETRY_DELAYS.len() - 1])
 }
 
+/// The longest a job is held back, however long a CA's `Retry-After`, a
+/// fleet rate limit or an [`HDR_NOT_BEFORE`] header asks: such a value comes
+/// from the network and may be absurd (`Retry-After: 18446744073709551615`).
+/// A week is Let's Encrypt's longest rate-limit window (duplicate
+/// certificates, 5 per 7 days); after it, trying again costs one request,
+/// and a CA that still refuses sends a fresh `Retry-After`.
+pub const MAX_DELAY: Duration = Duration::from_secs(7 * 86_400);
+
 /// Name of the delay queue with the given label.
 pub fn retry_queue(label: &str) -> String {
     format!("{RETRY_EXCHANGE}.{label}")

@@ -8,6 +8,7 @@ mod dns_providers;
 mod faults;
 mod fixtures;
 mod freeze;
+mod hostile;
 mod issue;
 mod renew;
 mod responder;

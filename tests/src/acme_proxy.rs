@@ -14,6 +14,9 @@
 //! - **Rate limits** ([`AcmeProxy::reject_new_orders`]): the next `n`
 //!   `newOrder` requests get `429 rateLimited` with `Retry-After` and a
 //!   fresh `Replay-Nonce`.
+//! - **Hostile headers** ([`AcmeProxy::retry_after_on_orders`]): the next
+//!   `n` order objects (an order polled by its URL) carry a `Retry-After` of
+//!   the test's choosing, e.g. one that overflows the clock.
 //!
 //! # How the JWS `url` check passes through a proxy
 //!
@@ -116,6 +119,10 @@ struct State {
     new_orders: Vec<NewOrderSeen>,
     reject_remaining: usize,
     reject_retry_after: u64,
+    /// Order answers still to get `order_retry_after`, and the value.
+    order_retry_after_remaining: usize,
+    order_retry_after: String,
+    order_retry_after_sent: usize,
     forwarded: usize,
     rejected: usize,
     /// Order id (last path segment of its URL) → `replaces` of its newOrder,
@@ -279,6 +286,20 @@ impl AcmeProxy {
         let mut st = self.shared.state();
         st.reject_remaining = n;
         st.reject_retry_after = retry_after_secs;
+    }
+
+    /// The next `n` order objects answered to a poll of an order's URL
+    /// carry `Retry-After: value` (replacing any earlier setting).
+    pub fn retry_after_on_orders(&self, n: usize, value: &str) {
+        let mut st = self.shared.state();
+        st.order_retry_after_remaining = n;
+        st.order_retry_after = value.to_string();
+    }
+
+    /// Order answers that got the `Retry-After` of
+    /// [`AcmeProxy::retry_after_on_orders`].
+    pub fn order_retry_afters_sent(&self) -> usize {
+        self.shared.state().order_retry_after_sent
     }
 
     /// newOrder requests forwarded to Pebble.
@@ -642,6 +663,17 @@ fn adjust(
         {
             order.insert("replaces".into(), Value::String(replaces));
             json = Some(Value::Object(order));
+        }
+        // An order polled by its URL (instant-acme reads Retry-After there).
+        if path != shared.new_order_path && body.windows(10).any(|w| w == b"\"finalize\"") {
+            let mut st = shared.state();
+            if st.order_retry_after_remaining > 0
+                && let Ok(value) = HeaderValue::from_str(&st.order_retry_after)
+            {
+                st.order_retry_after_remaining -= 1;
+                st.order_retry_after_sent += 1;
+                rsp.headers.insert(http::header::RETRY_AFTER, value);
+            }
         }
     }
     if let Some(v) = json {

@@ -116,6 +116,10 @@ pub enum JobError {
     /// The worker is shutting down.
     #[error("worker shutting down")]
     Shutdown,
+    /// Handling the job panicked (a bug, or input nobody foresaw): the job
+    /// is dead-lettered with the panic message, the worker carries on.
+    #[error("panic: {0}")]
+    Panicked(String),
 }
 
 impl JobError {
@@ -133,7 +137,17 @@ impl JobError {
             JobError::Acme(_) | JobError::Validation { .. } | JobError::OrderInvalid(_) => "acme",
             JobError::Invalid(_) => "input",
             JobError::Dns(_) => "dns",
+            JobError::Panicked(_) => "panic",
             _ => "internal",
+        }
+    }
+
+    /// The error-kind header of the dead letter of a job that failed for
+    /// good with this error (an exhausted one is `exhausted` instead).
+    pub fn dead_letter_kind(&self) -> &'static str {
+        match self {
+            JobError::Panicked(_) => "panic",
+            _ => "permanent",
         }
     }
 
@@ -203,7 +217,7 @@ impl Classify for JobError {
             JobError::Storage(e) => e.disposition(),
             JobError::State(e) => e.disposition(),
             JobError::Broker(e) => e.disposition(),
-            JobError::Seal(_) | JobError::Invalid(_) => Disposition::Fail,
+            JobError::Seal(_) | JobError::Invalid(_) | JobError::Panicked(_) => Disposition::Fail,
             // Credentials or permissions refused, an unknown zone, a bad
             // setting: no retry can fix them. Timeouts, SERVFAIL, 5xx and
             // a value not yet everywhere are retried with backoff.

@@ -10,6 +10,15 @@ use certfleet_common::{Envelope, now_ms};
 
 use crate::error::JobError;
 
+/// The longest reason header a dead letter carries, in bytes; longer reasons
+/// are cut (at a character boundary) and end with `…`. A reason may quote
+/// what the job carried (a 60 KiB "domain name", a decoder error about it),
+/// and all headers travel in one content-header frame, which must fit the
+/// connection's `frame_max` (RabbitMQ: 128 KiB by default, 4 KiB at the
+/// least the protocol allows): one too large closes the connection, and the
+/// job would come back to do it again. 1 KiB says what went wrong.
+pub(crate) const MAX_REASON_LEN: usize = 1024;
+
 /// Publishes on one confirm channel (shared by all jobs of a connection).
 #[derive(Clone, Debug)]
 pub(crate) struct Outbox {
@@ -44,7 +53,10 @@ impl Outbox {
 
     /// Sends a job through the delay queue that waits at least `wait`
     /// (capped at the longest); it must not start before `now + wait`.
+    /// `wait` may come from the network (a CA's `Retry-After`, a header):
+    /// it is capped at [`topology::MAX_DELAY`].
     pub(crate) async fn delay(&self, envelope: &Envelope, wait: Duration) -> Result<(), JobError> {
+        let wait = wait.min(topology::MAX_DELAY);
         let (label, _) = topology::delay_tier(wait);
         let not_before =
             now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
@@ -70,7 +82,8 @@ impl Outbox {
         Ok(())
     }
 
-    /// Parks a message in the dead-letter queue with its reason.
+    /// Parks a message in the dead-letter queue with its reason (cut to
+    /// [`MAX_REASON_LEN`]).
     pub(crate) async fn dead(
         &self,
         body: &[u8],
@@ -80,9 +93,10 @@ impl Outbox {
         job_id: Option<&str>,
     ) -> Result<(), BrokerError> {
         let failed_at = now_ms().to_string();
+        let reason = cut(reason, MAX_REASON_LEN);
         let mut strings = vec![
             (topology::HDR_ERROR_KIND, error_kind),
-            (topology::HDR_REASON, reason),
+            (topology::HDR_REASON, reason.as_ref()),
             (topology::HDR_ROUTING_KEY, routing_key),
             (topology::HDR_FAILED_AT, failed_at.as_str()),
         ];
@@ -100,5 +114,36 @@ impl Outbox {
                 mandatory: true,
             })
             .await
+    }
+}
+
+/// `text` if it has at most `max` bytes, else its longest prefix of at most
+/// `max - 3` bytes that ends at a character boundary, followed by `…`.
+fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("abcdefghij", 10), "abcdefghij");
+        assert_eq!(cut("abcdefghijk", 10), "abcdefg…");
+        // 'é' is two bytes: the cut never splits it.
+        let cut_e = cut("ééééééé", 10);
+        assert_eq!(cut_e, "ééé…");
+        assert!(cut_e.len() <= 10);
+        let huge = "x".repeat(1 << 20);
+        assert_eq!(cut(&huge, MAX_REASON_LEN).len(), MAX_REASON_LEN);
     }
 }

@@ -5,6 +5,7 @@
 //! - [`consumer`]: the AMQP loop — connect, declare, consume, reconnect, drain.
 //! - `process`: one job from delivery to acknowledgement, and what an error
 //!   means for it (retry, defer, fail, stop).
+//! - `unwind`: a panic in one job becomes that job's dead letter.
 //! - `lease`: one order per name fleet-wide (Redis lease + fencing token).
 //! - `acme`: the fleet's account, the HTTP client, resumable orders.
 //! - `keys`: private keys, CSRs, parsing what the CA returns.
@@ -44,6 +45,7 @@ pub(crate) mod ratelimit;
 pub mod renewal;
 pub(crate) mod serve;
 pub(crate) mod store;
+pub(crate) mod unwind;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

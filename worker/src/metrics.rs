@@ -32,6 +32,8 @@ pub enum Outcome {
     Undecodable,
     /// Left unacknowledged for redelivery (shutdown, broker lost).
     Abandoned,
+    /// Handling panicked: dead-lettered with the panic message.
+    Panicked,
 }
 
 /// Job labels.
@@ -52,6 +54,9 @@ pub struct JobMetrics {
     pub duration: Family<JobLabels, Histogram>,
     /// Jobs being worked on now.
     pub in_flight: Gauge,
+    /// Deliveries whose handling panicked (each one dead-lettered; the
+    /// worker carried on). Anything but 0 is a bug to report.
+    pub panicked: Counter,
     /// Orders created at the CA.
     pub orders_created: Counter,
     /// Orders resumed from a stored order URL.
@@ -67,6 +72,7 @@ impl JobMetrics {
                 Histogram::new(exponential_buckets(0.05, 2.0, 14))
             }),
             in_flight: Gauge::default(),
+            panicked: Counter::default(),
             orders_created: Counter::default(),
             orders_resumed: Counter::default(),
         };
@@ -82,6 +88,11 @@ impl JobMetrics {
             m.duration.clone(),
         );
         r.register("in_flight", "Jobs being worked on", m.in_flight.clone());
+        r.register(
+            "panicked",
+            "Job deliveries whose handling panicked (dead-lettered)",
+            m.panicked.clone(),
+        );
         let r = reg.sub_registry_with_prefix("acme_orders");
         r.register("created", "ACME orders created", m.orders_created.clone());
         r.register(
@@ -224,6 +235,7 @@ mod tests {
             .inc();
         m.acme.request(201);
         m.service.s3("put");
+        m.jobs.panicked.inc();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg)?;
         assert!(
@@ -238,6 +250,7 @@ mod tests {
             out.contains("certfleet_s3_requests_total{op=\"put\"} 1"),
             "{out}"
         );
+        assert!(out.contains("certfleet_jobs_panicked_total 1"), "{out}");
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! One job, from delivery to acknowledgement.
 //!
 //! ```text
-//! decode ─┬─ garbage / unknown version ─────────────► dead-letter (reason) ─► ack
+//! decode ─┬─ garbage / unknown version / too large ─► dead-letter (reason) ─► ack
+//!         ├─ invalid job (names, count, wildcard) ──► failed event + dead-letter ─► ack
 //!         └─ lease the name (one order per name, fleet-wide)
 //!              └─ re-read the pointer: done already? ─► (re)publish event ─► ack
 //!              └─ resume or create the order, answer http-01, finalize
@@ -9,9 +10,14 @@
 //!              └─ event, confirmed ─► ack
 //! error ─► Retry: delay queue, attempt + 1 │ Defer: delay queue, same attempt
 //!          Fail / exhausted: failed event + dead-letter │ Stop: leave unacked
+//! panic ─► failed event + dead-letter (`panic: <message>`) ─► ack
 //! ```
 //! The delivery is acknowledged only after everything it caused (event,
 //! retry copy, dead letter) was confirmed by the broker.
+//!
+//! Everything here reads values from the network (the body, headers, the
+//! CA's answers), so arithmetic on them saturates or is checked; what is
+//! missed anyway is a panic, which costs that one job (see `unwind`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +31,7 @@ use deadpool_redis::redis::AsyncCommands;
 use lapin::message::Delivery;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::Ctx;
 use crate::acme::client::capture_retry_after;
@@ -36,6 +42,7 @@ use crate::keys;
 use crate::lease::Lease;
 use crate::metrics::Outcome;
 use crate::store::{NewVersion, orphan_of_job, read_pointer, store_version};
+use crate::unwind;
 
 /// What to do with the delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +61,70 @@ pub(crate) struct Handled {
     pub(crate) kind: &'static str,
 }
 
-/// Handles one delivery.
+/// Handles one delivery; a panic while handling it becomes its dead letter
+/// (see [`panicked`]) instead of an unsettled delivery.
 pub(crate) async fn handle(
+    ctx: &Arc<Ctx>,
+    outbox: &Outbox,
+    delivery: &Delivery,
+    hard_stop: &CancellationToken,
+) -> Handled {
+    match unwind::catch(handle_delivery(ctx, outbox, delivery, hard_stop)).await {
+        Ok(handled) => handled,
+        Err(message) => panicked(ctx, outbox, delivery, message).await,
+    }
+}
+
+/// After a panic: the job fails for good with [`JobError::Panicked`] (a
+/// failed event, when the body decodes, and the dead letter with error kind
+/// `panic`), and the delivery is acked once that is confirmed. Counted in
+/// `certfleet_jobs_panicked_total`.
+async fn panicked(
+    ctx: &Arc<Ctx>,
+    outbox: &Outbox,
+    delivery: &Delivery,
+    message: String,
+) -> Handled {
+    ctx.metrics.jobs.panicked.inc();
+    let e = JobError::Panicked(message);
+    error!(error = %e, routing_key = %delivery.routing_key, "handling the job panicked; dead-lettering it");
+    let (kind, recorded) = match Envelope::decode(&delivery.data) {
+        Ok(env) => {
+            let recorded = fail(ctx, outbox, &env, &e, false, &e.to_string()).await;
+            (env.kind.as_str(), recorded)
+        }
+        Err(_) => {
+            let dead = outbox
+                .dead(
+                    &delivery.data,
+                    delivery.routing_key.as_str(),
+                    e.dead_letter_kind(),
+                    &e.to_string(),
+                    None,
+                )
+                .await;
+            ("unknown", dead.map_err(JobError::from))
+        }
+    };
+    match recorded {
+        Ok(()) => Handled {
+            action: Action::Ack,
+            outcome: Outcome::Panicked,
+            kind,
+        },
+        Err(pe) => {
+            warn!(error = %pe, "could not dead-letter; leaving the message to the broker");
+            Handled {
+                action: Action::Requeue,
+                outcome: Outcome::Abandoned,
+                kind,
+            }
+        }
+    }
+}
+
+/// Handles one delivery (inside [`handle`]'s panic guard).
+async fn handle_delivery(
     ctx: &Arc<Ctx>,
     outbox: &Outbox,
     delivery: &Delivery,
@@ -101,12 +170,20 @@ pub(crate) async fn handle(
         kind
     );
     async {
+        // Checked again here: the job may not come from our CLI. Nothing
+        // (lease, order, rate-limit slot) is spent on an invalid one.
+        if let Err(e) = envelope.validate() {
+            let e = JobError::Invalid(format!("invalid job: {e}"));
+            return dispose(ctx, outbox, &envelope, e).await;
+        }
         // Back early from a delay queue (the wait was longer than the
-        // longest delay): wait again, without counting an attempt.
+        // longest delay): wait again, without counting an attempt. The
+        // header is network input: any i64 must work (`Outbox::delay`
+        // caps the wait at `topology::MAX_DELAY`).
         if let Some(not_before) = header_i64(headers, topology::HDR_NOT_BEFORE) {
-            let early_ms = not_before - now_ms();
+            let early_ms = not_before.saturating_sub(now_ms());
             if early_ms > 1000 {
-                let wait = Duration::from_millis(early_ms as u64);
+                let wait = Duration::from_millis(u64::try_from(early_ms).unwrap_or(u64::MAX));
                 debug!(?wait, "not due yet; delaying again");
                 return match outbox.delay(&envelope, wait).await {
                     Ok(()) => Handled {
@@ -176,7 +253,7 @@ async fn dispose(ctx: &Arc<Ctx>, outbox: &Outbox, env: &Envelope, e: JobError) -
             let wait = after.unwrap_or_else(|| backoff(env.attempt));
             warn!(error = %certfleet_common::error::chain(&e), ?wait, "attempt {} of {max} failed; retrying", env.attempt);
             let mut next = env.clone();
-            next.attempt += 1;
+            next.attempt = env.attempt.saturating_add(1);
             ctx.status(env, JobState::Retrying, &e.to_string()).await;
             match outbox.delay(&next, wait).await {
                 Ok(()) => Handled {
@@ -250,7 +327,11 @@ async fn fail(
         .dead(
             &body,
             &env.routing_key(),
-            if exhausted { "exhausted" } else { "permanent" },
+            if exhausted {
+                "exhausted"
+            } else {
+                e.dead_letter_kind()
+            },
             reason,
             Some(&env.job_id.to_string()),
         )

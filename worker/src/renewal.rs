@@ -22,7 +22,8 @@ pub struct Window {
 /// `[0, 1)`), so a fleet spreads its renewals instead of stampeding; a
 /// window that is empty or reversed yields its start. Without: when a third
 /// of the lifetime remains, or half for lifetimes of [`SHORT_LIFETIME`] or
-/// less.
+/// less. Never later than `not_after` (or the window's end), whatever the
+/// dates: they come from the CA.
 pub fn renewal_time(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
@@ -39,7 +40,11 @@ pub fn renewal_time(
         } else {
             0.0
         };
-        return w.start + Duration::seconds_f64(span * j);
+        // Checked: the window is the CA's word (a far-future end must not
+        // overflow, nor rounding step past it).
+        return Duration::checked_seconds_f64(span * j)
+            .and_then(|offset| w.start.checked_add(offset))
+            .map_or(w.end, |t| t.min(w.end));
     }
     let lifetime = not_after - not_before;
     let remaining = if lifetime <= SHORT_LIFETIME {
@@ -47,7 +52,11 @@ pub fn renewal_time(
     } else {
         lifetime / 3
     };
-    not_after - remaining
+    // Dates from the certificate the CA sent: never past its expiry, even
+    // if they are reversed, and never an overflow.
+    not_after
+        .checked_sub(remaining)
+        .map_or(not_after, |t| t.min(not_after))
 }
 
 #[cfg(test)]
@@ -95,5 +104,25 @@ mod tests {
             end: w.start,
         };
         assert_eq!(renewal_time(nb, na, Some(reversed), 0.7), w.end);
+    }
+
+    /// Whatever dates the CA sends, the rule answers without panicking and
+    /// never later than the expiry (or the window's end).
+    #[test]
+    fn extreme_dates_never_panic() {
+        let (min, max) = (
+            datetime!(-9999-01-01 00:00 UTC),
+            datetime!(+9999-12-31 23:59:59.999999999 UTC),
+        );
+        assert_eq!(renewal_time(max, min, None, 0.5), min, "reversed lifetime");
+        assert!(renewal_time(min, max, None, 0.5) <= max);
+        let w = Window {
+            start: min,
+            end: max,
+        };
+        for j in [0.0, 0.5, 1.0] {
+            let t = renewal_time(min, max, Some(w), j);
+            assert!(t >= min && t <= max, "{j} gave {t}");
+        }
     }
 }

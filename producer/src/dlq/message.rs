@@ -26,7 +26,7 @@ pub(crate) struct DeadMessage {
     pub(crate) job_id: Option<String>,
     /// Why it is here.
     pub(crate) reason: Option<String>,
-    /// `undecodable`, `permanent`, `exhausted`, `poison`, or RabbitMQ's own
+    /// `undecodable`, `permanent`, `exhausted`, `panic`, `poison`, or RabbitMQ's own
     /// dead-letter reason.
     pub(crate) error_kind: Option<String>,
     /// When it was parked, Unix ms.

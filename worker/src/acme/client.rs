@@ -7,6 +7,11 @@
 //! the headers, but a `rateLimited` job must wait exactly as long as the CA
 //! asked. Each job runs inside [`capture_retry_after`], so the value it reads
 //! back with [`retry_after`] is its own.
+//!
+//! A `Retry-After` is network input: one in seconds longer than
+//! [`topology::MAX_DELAY`] is rewritten as that long in the response before
+//! anything reads it (instant-acme adds the seconds to the clock unchecked,
+//! which panics on a value such as `18446744073709551615`).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -17,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::Request;
+use certfleet_common::topology;
+use http::{HeaderValue, Request};
 use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -62,6 +68,20 @@ fn parse_retry_after(value: &str) -> Option<SystemTime> {
     let parsed =
         time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
     Some(SystemTime::from(parsed))
+}
+
+/// A `Retry-After` in seconds beyond [`topology::MAX_DELAY`] (or beyond
+/// `u64`), rewritten as `MAX_DELAY`; `None` leaves the header as it is.
+/// Applied to every response before it is read, by us or by instant-acme
+/// (which adds the seconds to the clock unchecked when it polls an order
+/// or asks for renewal info, and would panic on `u64::MAX`).
+fn capped_retry_after(value: &HeaderValue) -> Option<HeaderValue> {
+    let text = value.to_str().ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let within = u64::from_str(text).is_ok_and(|secs| secs <= topology::MAX_DELAY.as_secs());
+    (!within).then(|| HeaderValue::from(topology::MAX_DELAY.as_secs()))
 }
 
 /// Why the client could not be built.
@@ -155,7 +175,14 @@ impl HttpClient for AcmeHttp {
                 let rsp = fut
                     .await
                     .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
-                let (parts, body) = rsp.into_parts();
+                let (mut parts, body) = rsp.into_parts();
+                if let Some(capped) = parts
+                    .headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(capped_retry_after)
+                {
+                    parts.headers.insert(http::header::RETRY_AFTER, capped);
+                }
                 let bytes = http_body_util::Limited::new(body, MAX_RESPONSE_BODY)
                     .collect()
                     .await
@@ -260,6 +287,25 @@ mod tests {
         let huge = client.request(request()?).await;
         assert!(huge.is_err(), "a body over the cap is refused");
         Ok(())
+    }
+
+    /// Absurd values from the network are capped before instant-acme (or
+    /// we) add them to the clock.
+    #[test]
+    fn retry_after_is_capped() {
+        let max = topology::MAX_DELAY;
+        let big = HeaderValue::from_static("18446744073709551615");
+        assert_eq!(
+            capped_retry_after(&big),
+            Some(HeaderValue::from(max.as_secs()))
+        );
+        let beyond_u64 = HeaderValue::from_static("99999999999999999999999");
+        assert!(capped_retry_after(&beyond_u64).is_some());
+        assert_eq!(capped_retry_after(&HeaderValue::from_static("120")), None);
+        assert_eq!(
+            capped_retry_after(&HeaderValue::from_static("Fri, 31 Dec 2999 23:59:59 GMT")),
+            None
+        );
     }
 
     #[tokio::test]
