@@ -153,6 +153,20 @@ impl Reconnect {
     }
 }
 
+/// AMQP heartbeat asked for when the URL names none (`?heartbeat=N`): a
+/// broker that goes silent (paused, blackholed) is noticed within about
+/// two intervals, instead of RabbitMQ's default of a minute or more.
+pub const HEARTBEAT_SECS: u16 = 10;
+
+/// `url` with `heartbeat=HEARTBEAT_SECS` added unless it has one.
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={HEARTBEAT_SECS}")
+}
+
 /// Connects once, naming the connection (shown in the RabbitMQ UI), within
 /// [`RECONNECT`]'s connect timeout.
 ///
@@ -162,7 +176,8 @@ pub async fn connect(url: &SecretUrl, connection_name: &str) -> Result<Connectio
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(connection_name.as_bytes().to_vec()));
     let timeout = RECONNECT.connect_timeout;
-    match tokio::time::timeout(timeout, Connection::connect(url.expose(), props)).await {
+    let uri = with_heartbeat(url.expose());
+    match tokio::time::timeout(timeout, Connection::connect(&uri, props)).await {
         Ok(result) => result.map_err(|source| BrokerError::Connect {
             url: url.redacted(),
             source,
@@ -399,6 +414,22 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeat_is_asked_for_unless_given() {
+        assert_eq!(
+            with_heartbeat("amqp://u:p@h:5672/%2f"),
+            "amqp://u:p@h:5672/%2f?heartbeat=10"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/v?frame_max=8192"),
+            "amqp://h/v?frame_max=8192&heartbeat=10"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/v?heartbeat=3"),
+            "amqp://h/v?heartbeat=3"
+        );
+    }
 
     #[test]
     fn reconnect_delays_double_up_to_the_cap() {

@@ -13,5 +13,6 @@ mod issue;
 mod renew;
 mod responder;
 mod services;
+mod silent_broker;
 mod storage;
 mod watch;

@@ -285,6 +285,37 @@ impl Private {
             .collect()
     }
 
+    /// Freezes the service (SIGSTOP): it keeps its sockets and answers
+    /// nothing, like a hung or blackholed peer. [`Private::resume`] thaws it.
+    ///
+    /// # Errors
+    /// The service is not running.
+    pub async fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP").await
+    }
+
+    /// Thaws a [`Private::pause`]d service (SIGCONT).
+    ///
+    /// # Errors
+    /// The service is not running.
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT").await
+    }
+
+    async fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let pids = self.pids(false);
+        if pids.is_empty() {
+            bail!("{}: not running", self.kind.name());
+        }
+        tokio::process::Command::new("kill")
+            .arg(sig)
+            .args(pids.iter().map(u32::to_string))
+            .stderr(Stdio::null())
+            .status()
+            .await?;
+        Ok(())
+    }
+
     /// Starts it again after [`Private::stop`] or [`Private::kill`] (same
     /// ports and data dir) and waits until it is ready. Pebble's DNS
     /// records set through this handle are restored.

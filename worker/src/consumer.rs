@@ -33,6 +33,8 @@ use crate::events::Outbox;
 use crate::metrics::JobLabels;
 use crate::process::{self, Action};
 
+/// How often the session's connection and publishing channel are checked.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
 /// After the grace period, jobs still running get this long to notice the
 /// hard stop and hand their deliveries back.
 const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -93,8 +95,29 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         ctx.metrics.service.broker_connects.inc();
         ctx.broker_ready.send_replace(true);
         info!(queue = %ctx.cfg.worker.work_queue, concurrency = ctx.cfg.worker.concurrency.get(), "consuming");
+        // Cancelled by a job that found the publishing channel dead: the
+        // session is over, and every delivery still held goes back to the
+        // broker with the connection (none is requeued into a hot loop).
+        let broken = CancellationToken::new();
+        let mut health = tokio::time::interval(HEALTH_CHECK);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
+                () = broken.cancelled() => {
+                    warn!("the publishing channel is closed; reconnecting");
+                    break;
+                }
+                _ = health.tick() => {
+                    // A broker short of memory or disk blocks publishers:
+                    // not ready while it lasts; a dead publishing channel
+                    // ends the session.
+                    let status = session.conn.status();
+                    ctx.broker_ready.send_replace(status.connected() && !status.blocked());
+                    if !session.outbox.is_open() {
+                        broken.cancel();
+                    }
+                    continue;
+                }
                 _ = shutdown.cancelled() => {
                     if let Err(e) = session
                         .channel
@@ -114,6 +137,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                     let ctx = ctx.clone();
                     let outbox = session.outbox.clone();
                     let hard_stop = hard_stop.clone();
+                    let broken = broken.clone();
                     tracker.spawn(
                         async move {
                             let started = Instant::now();
@@ -122,6 +146,14 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                             ctx.metrics.jobs.in_flight.dec();
                             let acked = match handled.action {
                                 Action::Ack => delivery.ack(BasicAckOptions::default()).await,
+                                // Requeued now, it would come straight back
+                                // to this session and fail the same way: it
+                                // stays unacked and returns to the broker
+                                // when the session closes.
+                                Action::Requeue if !outbox.is_open() => {
+                                    broken.cancel();
+                                    Ok(false)
+                                }
                                 Action::Requeue => {
                                     delivery
                                         .nack(BasicNackOptions {

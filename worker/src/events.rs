@@ -30,6 +30,13 @@ impl Outbox {
         Self { publisher }
     }
 
+    /// Whether the publishing channel is still open. The broker closes it
+    /// for good on a channel error (a deleted exchange, say); then nothing
+    /// can be published on it any more, and the consumer reconnects.
+    pub(crate) fn is_open(&self) -> bool {
+        self.publisher.channel().status().connected()
+    }
+
     /// Publishes an event (not mandatory: no subscriber is fine).
     pub(crate) async fn event(&self, event: &Event) -> Result<(), JobError> {
         let body = event
