@@ -148,3 +148,40 @@ async fn bucket_gone_later_retries_then_completes() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// A bundle that never became current and is older than the grace period
+/// (a day) is pruned when a retried job of the name lists its versions; the
+/// current version stays.
+#[tokio::test]
+async fn old_never_current_bundles_are_pruned() -> anyhow::Result<()> {
+    use certfleet_worker::objects::Condition;
+    init_logging();
+    let env = TestEnv::new("s3-prune").await?;
+    let worker = env.start_worker(&[]).await?;
+    let mut events = env.events("cert.#").await?;
+    let mut job = issue_job(&[env.domain("pr").await?])?;
+    let name = job.job.name.clone();
+    let store = env.store().await;
+    let stale = store.keys().bundle(&name, "20200101T000000Z-0bad");
+    store
+        .put_json(
+            &stale,
+            &serde_json::json!({"left": "by a lost try"}),
+            Condition::None,
+        )
+        .await?;
+    // A second attempt: it looks for what earlier tries left behind.
+    job.attempt = 2;
+    env.publish_job(&job).await?;
+    let event = events.next(Duration::from_secs(60)).await?;
+    assert_eq!((event.kind, event.job_id), (EventKind::Issued, job.job_id));
+    let keys = store.list(&store.keys().versions(&name)).await?;
+    assert!(
+        !keys.contains(&stale),
+        "the stale bundle is pruned: {keys:?}"
+    );
+    assert_eq!(keys.len(), 1, "the current version stays: {keys:?}");
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}

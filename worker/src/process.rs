@@ -199,9 +199,16 @@ async fn handle_delivery(
                 };
             }
         }
+        // Any earlier try of this job (a redelivery, a counted retry, or a
+        // deferral after a lost lease or a closed rate-limit window: all come
+        // back through a delay queue with a not-before header) may have
+        // stored a bundle it never made current: the job looks for it.
+        let tried_before = delivery.redelivered
+            || envelope.attempt > 1
+            || header_i64(headers, topology::HDR_NOT_BEFORE).is_some();
         let result = capture_retry_after(async {
             tokio::select! {
-                r = run_job(ctx, outbox, &envelope, delivery.redelivered) => r,
+                r = run_job(ctx, outbox, &envelope, tried_before) => r,
                 _ = hard_stop.cancelled() => Err(JobError::Shutdown),
             }
         })
@@ -348,7 +355,7 @@ async fn run_job(
     ctx: &Arc<Ctx>,
     outbox: &Outbox,
     env: &Envelope,
-    redelivered: bool,
+    tried_before: bool,
 ) -> Result<Outcome, JobError> {
     match env.kind {
         JobKind::Issue | JobKind::Renew => {}
@@ -371,7 +378,7 @@ async fn run_job(
     .ok_or_else(|| JobError::Busy(name.to_string()))?;
     let lost = lease.lost().clone();
     let result = tokio::select! {
-        r = run_leased(ctx, outbox, env, &mut lease, redelivered) => r,
+        r = run_leased(ctx, outbox, env, &mut lease, tried_before) => r,
         _ = lost.cancelled() => Err(JobError::LostLease(name.to_string())),
     };
     lease.release().await;
@@ -383,7 +390,7 @@ async fn run_leased(
     outbox: &Outbox,
     env: &Envelope,
     lease: &mut Lease,
-    redelivered: bool,
+    tried_before: bool,
 ) -> Result<Outcome, JobError> {
     let name = &env.job.name;
     let metrics = &ctx.metrics.service;
@@ -435,7 +442,7 @@ async fn run_leased(
         challenge: env.job.challenge,
     };
     // A retry or redelivery may find what an earlier attempt stored.
-    let orphan = if env.attempt > 1 || redelivered {
+    let orphan = if tried_before {
         orphan_of_job(
             &ctx.store,
             metrics,

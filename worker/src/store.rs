@@ -20,7 +20,7 @@ use certfleet_common::storage::{
 };
 use certfleet_common::{CertName, ChallengeType, KeyType, secret::Secret};
 use time::OffsetDateTime;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::error::JobError;
@@ -181,6 +181,21 @@ pub(crate) async fn store_version(
 /// current (the pointer flip failed: Redis or S3 went away in between). A
 /// retry adopts it instead of ordering a second certificate, which matters
 /// most when Redis lost the order record too.
+/// How long a bundle that never became current is kept for the job that
+/// wrote it to adopt (its retries run for about 2.6 hours; renewals a day
+/// later find nothing left behind).
+const ORPHAN_GRACE: time::Duration = time::Duration::days(1);
+
+/// The time in a bundle key's version id (`...versions/20261125T083000Z-<serial>.json`).
+fn version_time(key: &str) -> Option<OffsetDateTime> {
+    let file = key.rsplit('/').next()?;
+    let stamp = file.get(..16)?;
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    time::PrimitiveDateTime::parse(stamp, &format)
+        .ok()
+        .map(time::PrimitiveDateTime::assume_utc)
+}
+
 pub(crate) async fn orphan_of_job(
     store: &Store,
     metrics: &ServiceMetrics,
@@ -191,6 +206,7 @@ pub(crate) async fn orphan_of_job(
     metrics.s3("list");
     let mut keys = store.list(&store.keys().versions(name)).await?;
     keys.sort();
+    let now = OffsetDateTime::now_utc();
     for key in keys.iter().rev() {
         let known = current.is_some_and(|p| {
             p.bundle_key == *key
@@ -199,6 +215,17 @@ pub(crate) async fn orphan_of_job(
                     .any(|v| store.keys().bundle(name, v) == *key)
         });
         if known {
+            continue;
+        }
+        // A bundle that never became current and is older than the grace
+        // period belongs to no job that can still adopt it: pruned here,
+        // where the versions are listed anyway.
+        if version_time(key).is_some_and(|at| at + ORPHAN_GRACE < now) {
+            metrics.s3("delete");
+            match store.delete(key).await {
+                Ok(()) => info!(%key, "pruned a bundle that never became current"),
+                Err(e) => warn!(%key, error = %e, "cannot prune an orphaned bundle"),
+            }
             continue;
         }
         metrics.s3("get");
@@ -218,4 +245,17 @@ pub(crate) async fn orphan_of_job(
         return Ok(Some((issued, key_pem)));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod orphan_tests {
+    use super::*;
+
+    #[test]
+    fn version_times_parse_from_bundle_keys() {
+        let at = version_time("t/certs/a.example.com/versions/20261125T083000Z-3f1a9c.json");
+        assert_eq!(at, Some(time::macros::datetime!(2026-11-25 08:30:00 UTC)));
+        assert_eq!(version_time("t/certs/a/versions/junk.json"), None);
+        assert_eq!(version_time(""), None);
+    }
 }
