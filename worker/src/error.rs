@@ -197,6 +197,20 @@ fn acme_disposition(p: &AcmeProblem) -> Disposition {
     }
 }
 
+/// A failed validation that a later order may pass: the CA got a wrong or
+/// no answer (`unauthorized`, `incorrectResponse`), which in a fleet can be
+/// a moment's trouble (a worker restarting, Redis losing its data while the
+/// CA asked, a DNS value not yet everywhere). Retried with backoff (a new
+/// order each time; the failed-validation limit still counts them) and
+/// dead-lettered as exhausted if it never passes. CAA and other refusals
+/// stay permanent.
+fn validation_disposition(p: &AcmeProblem) -> Disposition {
+    match p.kind.as_str() {
+        "unauthorized" | "incorrectResponse" => Disposition::Retry { after: None },
+        _ => acme_disposition(p),
+    }
+}
+
 impl From<crate::dns01::SolveError> for JobError {
     fn from(e: crate::dns01::SolveError) -> Self {
         match e {
@@ -210,7 +224,7 @@ impl Classify for JobError {
     fn disposition(&self) -> Disposition {
         match self {
             JobError::Acme(p) => acme_disposition(p),
-            JobError::Validation { problem, .. } => acme_disposition(problem),
+            JobError::Validation { problem, .. } => validation_disposition(problem),
             JobError::AcmeTransport(_) | JobError::OrderInvalid(_) | JobError::Crypto(_) => {
                 Disposition::Retry { after: None }
             }
@@ -263,6 +277,22 @@ mod tests {
             Disposition::Fail
         );
         assert_eq!(problem("caa", None).disposition(), Disposition::Fail);
+        // The same problems from a challenge's validation: a wrong or
+        // missing answer may pass on a later order, CAA never does.
+        let failed = |kind: &str| {
+            let JobError::Acme(p) = problem(kind, None) else {
+                unreachable!("problem() builds JobError::Acme")
+            };
+            JobError::Validation {
+                identifier: "a.example.com".into(),
+                problem: p,
+            }
+        };
+        assert_eq!(
+            failed("unauthorized").disposition(),
+            Disposition::Retry { after: None }
+        );
+        assert_eq!(failed("caa").disposition(), Disposition::Fail);
         assert_eq!(
             problem("badNonce", None).disposition(),
             Disposition::Retry { after: None }
