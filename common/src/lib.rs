@@ -20,13 +20,15 @@
 //! - [`config`]: flags → environment → TOML; the setting names and the
 //!   section every binary validates.
 //! - [`logging`] and [`shutdown`]: the one tracing setup and the one signal
-//!   handler of both binaries.
+//!   handler of both binaries; [`child`]: operators' commands ended with
+//!   their whole process group.
 //! - [`seal`] and [`secret`]: encryption at rest and values never printed.
 //! - [`error`]: what a failure means for the job ([`Disposition`]).
 
 #![warn(missing_docs)]
 
 pub mod amqp;
+pub mod child;
 pub mod config;
 pub mod domain;
 pub mod error;

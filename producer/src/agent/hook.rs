@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certfleet_common::CertName;
-use rustix::process::{Pid, Signal, kill_process_group};
+use certfleet_common::child::{GroupSignal as Signal, ProcessGroup};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::{Mutex, Notify, Semaphore};
@@ -264,25 +264,22 @@ fn tail(bytes: &[u8]) -> String {
     text[start..].to_string()
 }
 
-/// Sends `signal` to a process group; a group already gone is fine.
-fn signal_group(group: Option<Pid>, signal: Signal) {
-    if let Some(pid) = group
-        && let Err(e) = kill_process_group(pid, signal)
-        && e != rustix::io::Errno::SRCH
-    {
-        tracing::warn!(pgid = pid.as_raw_nonzero().get(), error = %e, "cannot signal the hook's process group");
-    }
-}
-
 /// Kills the hook's process group when dropped while armed: a hook cut
 /// short (shutdown past [`SHUTDOWN_GRACE`] drops the run) leaves nothing
 /// behind. Disarmed once the hook exited on its own, so a daemon it started
 /// on purpose is left alone.
-struct GroupGuard(Option<Pid>);
+struct GroupGuard(ProcessGroup);
+
+impl GroupGuard {
+    /// Kills the group now and disarms the guard.
+    fn kill(&mut self) {
+        std::mem::replace(&mut self.0, ProcessGroup::none()).signal(Signal::KILL, "a hook");
+    }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        signal_group(self.0.take(), Signal::KILL);
+        self.kill();
     }
 }
 
@@ -357,19 +354,15 @@ pub(crate) async fn run_once(
             stderr_tail: String::new(),
         })?;
     // The hook leads its group: its pid is the group id.
-    let group = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .filter(|id| *id > 1)
-        .and_then(Pid::from_raw);
+    let group = ProcessGroup::of(&child);
     let mut guard = GroupGuard(group);
     let stdout = spawn_reader(child.stdout.take());
     let stderr = spawn_reader(child.stderr.take());
     let status: ExitStatus = match tokio::time::timeout(timeout, child.wait()).await {
         Err(_) => {
-            signal_group(group, Signal::TERM);
+            group.signal(Signal::TERM, "a hook");
             let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
-            signal_group(guard.0.take(), Signal::KILL);
+            guard.kill();
             // In case the group could not be signalled: the hook at least.
             let _ = child.start_kill();
             let _ = child.wait().await;
@@ -379,7 +372,7 @@ pub(crate) async fn run_once(
             });
         }
         Ok(Err(e)) => {
-            signal_group(guard.0.take(), Signal::KILL);
+            guard.kill();
             return Err(HookFailure {
                 status: format!("could not wait for it: {e}"),
                 stderr_tail: String::new(),
@@ -387,7 +380,7 @@ pub(crate) async fn run_once(
         }
         Ok(Ok(status)) => status,
     };
-    guard.0 = None;
+    guard.0 = ProcessGroup::none();
     let out = collected(stdout).await;
     let err = collected(stderr).await;
     if !out.is_empty() {

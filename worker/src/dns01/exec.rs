@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process_group};
+use certfleet_common::child::{GroupSignal as Signal, ProcessGroup};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -188,18 +188,14 @@ impl ExecProvider {
                     format!("{what}: cannot start: {e}"),
                 ),
             })?;
-        let group = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .filter(|id| *id > 1)
-            .and_then(Pid::from_raw);
+        let group = ProcessGroup::of(&child);
         let stdout = child.stdout.take().map(|s| tokio::spawn(read_tail(s)));
         let stderr = child.stderr.take().map(|s| tokio::spawn(read_tail(s)));
 
         let outcome = match tokio::time::timeout(self.config.timeout, child.wait()).await {
             Ok(Ok(status)) => Outcome::Exited(status),
             Ok(Err(e)) => {
-                signal_group(group, Signal::KILL);
+                group.signal(Signal::KILL, "the exec hook");
                 return Err(DnsError::retryable(
                     RetryKind::ServerFailure,
                     format!("{what}: waiting for the hook failed: {e}"),
@@ -207,14 +203,14 @@ impl ExecProvider {
             }
             Err(_) => {
                 warn!(%what, timeout = ?self.config.timeout, "exec hook timed out; terminating its process group");
-                signal_group(group, Signal::TERM);
+                group.signal(Signal::TERM, "the exec hook");
                 let _ = tokio::time::timeout(self.config.kill_grace, child.wait()).await;
                 Outcome::TimedOut
             }
         };
         // Whatever is left of the group (children the hook left behind, or all of it after
         // a timeout) is killed; then the hook itself is reaped.
-        signal_group(group, Signal::KILL);
+        group.signal(Signal::KILL, "the exec hook");
         if matches!(outcome, Outcome::TimedOut) {
             // In case the group could not be signalled: the hook itself at least.
             let _ = child.start_kill();
@@ -266,16 +262,6 @@ impl Dns01Provider for ExecProvider {
 
     fn propagation_timeout(&self) -> Option<Duration> {
         self.config.propagation_timeout
-    }
-}
-
-/// Send `signal` to the hook's process group; a group already gone is fine.
-fn signal_group(group: Option<Pid>, signal: Signal) {
-    if let Some(pid) = group
-        && let Err(e) = kill_process_group(pid, signal)
-        && e != rustix::io::Errno::SRCH
-    {
-        warn!(pgid = pid.as_raw_nonzero().get(), error = %e, "cannot signal the exec hook's process group");
     }
 }
 
