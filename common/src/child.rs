@@ -5,6 +5,17 @@
 
 use rustix::process::{Pid, Signal, kill_process_group};
 
+/// Sets up `cmd` the way every operator's command runs: no stdin, stdout
+/// and stderr piped (their tails go into messages), its own process group
+/// (so [`ProcessGroup`] can end all of it), killed if its handle is dropped.
+pub fn isolated(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+}
+
 /// The process group a child leads (spawned with `process_group(0)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessGroup(Option<Pid>);

@@ -29,12 +29,12 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
 use certfleet_common::CertName;
-use certfleet_common::child::{GroupSignal as Signal, ProcessGroup};
+use certfleet_common::child::{GroupSignal as Signal, ProcessGroup, isolated};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::{Mutex, Notify, Semaphore};
@@ -333,26 +333,23 @@ pub(crate) async fn run_once(
     env: &HookEnv,
     timeout: Duration,
 ) -> Result<(), HookFailure> {
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .env_clear()
-        .envs(env.pairs())
-        .env("CERTFLEET_CERT_NAME", name.as_str())
-        .env("CERTFLEET_CERT_DIR", cert_dir)
-        .env("CERTFLEET_CERT_VERSION", &pending.version)
-        .env("CERTFLEET_CERT_SERIAL", &pending.serial)
-        .env("CERTFLEET_EVENT", &pending.event)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| HookFailure {
-            status: format!("could not start sh: {e}"),
-            stderr_tail: String::new(),
-        })?;
+    let mut child = isolated(
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env_clear()
+            .envs(env.pairs())
+            .env("CERTFLEET_CERT_NAME", name.as_str())
+            .env("CERTFLEET_CERT_DIR", cert_dir)
+            .env("CERTFLEET_CERT_VERSION", &pending.version)
+            .env("CERTFLEET_CERT_SERIAL", &pending.serial)
+            .env("CERTFLEET_EVENT", &pending.event),
+    )
+    .spawn()
+    .map_err(|e| HookFailure {
+        status: format!("could not start sh: {e}"),
+        stderr_tail: String::new(),
+    })?;
     // The hook leads its group: its pid is the group id.
     let group = ProcessGroup::of(&child);
     let mut guard = GroupGuard(group);

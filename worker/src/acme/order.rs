@@ -234,15 +234,8 @@ impl Acme {
         let mut authzs = order.authorizations();
         while let Some(authz) = authzs.next().await {
             let mut authz = authz.map_err(acme_error)?;
-            match authz.status {
-                AuthorizationStatus::Valid => continue,
-                AuthorizationStatus::Pending => {}
-                other => {
-                    return Err(JobError::OrderInvalid(format!(
-                        "authorization for {} is {other:?}",
-                        identifier_name(authz.identifier().identifier)
-                    )));
-                }
+            if !to_solve(authz.status, authz.identifier().identifier)? {
+                continue;
             }
             let name = identifier_name(authz.identifier().identifier);
             let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
@@ -286,15 +279,8 @@ impl Acme {
         let mut authzs = order.authorizations();
         while let Some(authz) = authzs.next().await {
             let mut authz = authz.map_err(acme_error)?;
-            match authz.status {
-                AuthorizationStatus::Valid => continue,
-                AuthorizationStatus::Pending => {}
-                other => {
-                    return Err(JobError::OrderInvalid(format!(
-                        "authorization for {} is {other:?}",
-                        identifier_name(authz.identifier().identifier)
-                    )));
-                }
+            if !to_solve(authz.status, authz.identifier().identifier)? {
+                continue;
             }
             let domain = identifier_name(authz.identifier().identifier);
             let challenge = authz.challenge(ChallengeType::Dns01).ok_or_else(|| {
@@ -457,6 +443,20 @@ fn ari_identifier(id: &str) -> Option<CertificateIdentifier<'static>> {
     let quoted = serde_json::to_string(id).ok()?;
     let parsed: CertificateIdentifier<'_> = serde_json::from_str(&quoted).ok()?;
     Some(parsed.into_owned())
+}
+
+/// Whether an authorization still needs its challenge solved: no when it
+/// is valid already (a resumed order, a reused authorization), yes when
+/// pending, and an error for any other state.
+fn to_solve(status: AuthorizationStatus, id: &Identifier) -> Result<bool, JobError> {
+    match status {
+        AuthorizationStatus::Valid => Ok(false),
+        AuthorizationStatus::Pending => Ok(true),
+        other => Err(JobError::OrderInvalid(format!(
+            "authorization for {} is {other:?}",
+            identifier_name(id)
+        ))),
+    }
 }
 
 fn identifier_name(id: &Identifier) -> String {

@@ -31,10 +31,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::ErrorKind;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use certfleet_common::child::{GroupSignal as Signal, ProcessGroup};
+use certfleet_common::child::{GroupSignal as Signal, ProcessGroup, isolated};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -167,27 +167,24 @@ impl ExecProvider {
         }
         let command = self.config.command.display().to_string();
         let what = format!("exec hook {command} {action} {fqdn}");
-        let mut child = tokio::process::Command::new(&self.config.command)
-            .args(&self.config.args)
-            .args([action, fqdn, value])
-            .env_clear()
-            .envs(self.hook_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| match e.kind() {
-                ErrorKind::NotFound => DnsError::Config(format!("{what}: command not found")),
-                ErrorKind::PermissionDenied => {
-                    DnsError::Config(format!("{what}: command is not executable"))
-                }
-                _ => DnsError::retryable(
-                    RetryKind::ServerFailure,
-                    format!("{what}: cannot start: {e}"),
-                ),
-            })?;
+        let mut child = isolated(
+            tokio::process::Command::new(&self.config.command)
+                .args(&self.config.args)
+                .args([action, fqdn, value])
+                .env_clear()
+                .envs(self.hook_env()),
+        )
+        .spawn()
+        .map_err(|e| match e.kind() {
+            ErrorKind::NotFound => DnsError::Config(format!("{what}: command not found")),
+            ErrorKind::PermissionDenied => {
+                DnsError::Config(format!("{what}: command is not executable"))
+            }
+            _ => DnsError::retryable(
+                RetryKind::ServerFailure,
+                format!("{what}: cannot start: {e}"),
+            ),
+        })?;
         let group = ProcessGroup::of(&child);
         let stdout = child.stdout.take().map(|s| tokio::spawn(read_tail(s)));
         let stderr = child.stderr.take().map(|s| tokio::spawn(read_tail(s)));
