@@ -70,3 +70,51 @@ async fn unknown_token_flood_does_not_starve_leases() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// Redis loses its data while the CA validates (FLUSHALL after the order
+/// was created, before Pebble's delayed validation): the worker that placed
+/// the order still answers from memory, the lease loss is survived, and the
+/// certificate is issued once instead of failing as `unauthorized`.
+#[tokio::test]
+async fn redis_data_loss_during_validation_is_survived() -> anyhow::Result<()> {
+    use certfleet_tests::private::{self, PEBBLE_WITH_LONG_SLEEP, Private, Service};
+    init_logging();
+    let base = TestEnv::new("h01-flush").await?;
+    let redis = Private::start(Service::Redis, &[]).await?;
+    let pebble = Private::start(Service::Pebble, PEBBLE_WITH_LONG_SLEEP).await?;
+    let env = private::env_for(&base, &[&redis, &pebble]).await?;
+    let worker = env.start_worker(&[("CERTFLEET_LEASE_TTL", "3s")]).await?;
+    let mut events = env.events("cert.#").await?;
+    let job = issue_job(&[pebble.domain(&env, "fl").await?])?;
+    env.publish_job(&job).await?;
+    crate::issue::wait_for_order(&env, &job.job.name).await?;
+    let state = env.state()?;
+    let mut c = state.conn().await?;
+    let _: () = deadpool_redis::redis::cmd("FLUSHALL")
+        .query_async(&mut *c)
+        .await?;
+    drop(c);
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    while tokio::time::Instant::now() < deadline {
+        let Ok(e) = events.next(Duration::from_secs(5)).await else {
+            continue;
+        };
+        assert_ne!(e.kind, EventKind::Failed, "no failure: {e:?}");
+        seen.push(e.kind);
+        if e.kind == EventKind::Issued {
+            break;
+        }
+    }
+    assert!(
+        seen.contains(&EventKind::Issued),
+        "issued after the data loss: {seen:?}"
+    );
+    let versions =
+        crate::faults::versions_per_name(&env, std::slice::from_ref(&job.job.name)).await?;
+    assert_eq!(versions, vec![1], "one version");
+    println!("redis data loss during validation: issued, versions {versions:?}");
+    worker.stop().await;
+    base.cleanup().await;
+    Ok(())
+}
