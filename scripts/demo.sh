@@ -3,7 +3,9 @@
 #
 # One worker and one `certfleet watch` (as a webserver would run it) start;
 # two certificates (one with two names) are issued from Pebble with real
-# http-01 validation; watch writes them to disk and runs its reload hook.
+# http-01 validation, and a wildcard one with dns-01 through the stack's
+# BIND (TSIG-signed updates); watch writes them to disk and runs its reload
+# hook.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/stack.sh env)"
@@ -17,6 +19,9 @@ RUN=$(date +%s)
 export CERTFLEET_REDIS_PREFIX="demo-$RUN:"
 export CERTFLEET_S3_PREFIX="demo-$RUN/"
 export CERTFLEET_LOG=${CERTFLEET_LOG:-info}
+# dns-01 through the stack's BIND (the other CERTFLEET_RFC2136_* and
+# CERTFLEET_DNS01_RESOLVERS come from scripts/stack.sh env).
+export CERTFLEET_DNS01_PROVIDER=rfc2136
 
 pids=()
 cleanup() {
@@ -46,8 +51,10 @@ echo "== certfleet issue site-a.demo.test --wait"
 "$BIN/certfleet" issue site-a.demo.test --wait --timeout 2m
 echo "== certfleet issue www.site-b.demo.test site-b.demo.test --wait"
 "$BIN/certfleet" issue www.site-b.demo.test site-b.demo.test --wait --timeout 2m
+echo "== certfleet issue site-c.dns01.test '*.site-c.dns01.test' --challenge dns-01 --wait"
+"$BIN/certfleet" issue site-c.dns01.test '*.site-c.dns01.test' --challenge dns-01 --wait --timeout 2m
 
-for name in site-a.demo.test www.site-b.demo.test; do
+for name in site-a.demo.test www.site-b.demo.test site-c.dns01.test; do
     for _ in $(seq 100); do
         [[ -s $DEMO/certs/$name/fullchain.pem ]] && break
         sleep 0.1
@@ -55,7 +62,7 @@ for name in site-a.demo.test www.site-b.demo.test; do
 done
 
 echo
-for name in site-a.demo.test www.site-b.demo.test; do
+for name in site-a.demo.test www.site-b.demo.test site-c.dns01.test; do
     dir=$DEMO/certs/$name
     echo "== $dir"
     ls -l "$dir/"

@@ -9,22 +9,12 @@
 use std::time::Duration;
 
 use certfleet_common::event::EventKind;
-use certfleet_common::{CertName, ChallengeType, Envelope, Job, JobKind, KeyType, now_ms};
+use certfleet_common::{CertName, ChallengeType, Envelope};
 use certfleet_tests::{TestEnv, init_logging, pki};
 
 /// A dns-01 issue job for `domains` (the name is the first one's).
 pub(crate) fn dns_job(domains: &[String]) -> anyhow::Result<Envelope> {
-    Ok(Envelope::new(
-        JobKind::Issue,
-        Job {
-            name: CertName::from_domain(&domains[0])?,
-            domains: domains.to_vec(),
-            key_type: KeyType::EcdsaP256,
-            challenge: ChallengeType::Dns01,
-            reason: "test".into(),
-        },
-        now_ms(),
-    ))
+    crate::issue::issue_job_with(domains, ChallengeType::Dns01)
 }
 
 /// `_acme-challenge.<domain>` without a wildcard label.
@@ -142,6 +132,24 @@ async fn issue_through(
     Ok(())
 }
 
+/// Issues `<label>` and its wildcard through a provider whose API is a
+/// local server (`provider` holds its variables); returns the challenge
+/// name, absolute, to ask that server what it still holds.
+async fn issue_through_api(
+    env: &TestEnv,
+    label: &str,
+    provider: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let apex = env.dns_domain(label);
+    issue_through(
+        env,
+        &env.rfc2136_vars(provider),
+        &[apex.clone(), format!("*.{apex}")],
+    )
+    .await?;
+    Ok(format!("{}.", challenge_name(&apex)))
+}
+
 /// 20 names of one zone at once, two workers: every order validates (none
 /// fails because another order removed its value), one version each, and
 /// every value is removed.
@@ -201,18 +209,7 @@ async fn kill_9_after_presenting_resumes_and_cleans_up() -> anyhow::Result<()> {
         .env("CERTFLEET_LEASE_TTL", "3s")
         .env("CERTFLEET_HTTP01_LISTEN", "127.0.0.1:0")
         .spawn()?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while env
-        .queue_len(certfleet_common::topology::WORK_QUEUE)
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "worker A never declared its queue"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_for_work_queue().await?;
     let mut events = env.events("cert.#").await?;
     let domain = env.dns_domain("k");
     let job = dns_job(std::slice::from_ref(&domain))?;
@@ -341,17 +338,19 @@ async fn digitalocean_api_path_validated_by_pebble() -> anyhow::Result<()> {
         certfleet_tests::dns::stack_bind_provider(&env.stack)?,
     )
     .await;
-    let vars = env.rfc2136_vars(&[
-        ("CERTFLEET_DNS01_PROVIDER", "digitalocean"),
-        ("DO_AUTH_TOKEN", token),
-        ("CERTFLEET_DIGITALOCEAN_API_URL", &fake.base()),
-    ]);
-    let apex = env.dns_domain("do");
-    issue_through(&env, &vars, &[apex.clone(), format!("*.{apex}")]).await?;
+    let at = issue_through_api(
+        &env,
+        "do",
+        &[
+            ("CERTFLEET_DNS01_PROVIDER", "digitalocean"),
+            ("DO_AUTH_TOKEN", token),
+            ("CERTFLEET_DIGITALOCEAN_API_URL", &fake.base()),
+        ],
+    )
+    .await?;
     assert!(
-        fake.values_at(&format!("{}.", challenge_name(&apex)))
-            .await
-            .is_empty()
+        fake.values_at(&at).await.is_empty(),
+        "the API holds no value"
     );
     env.cleanup().await;
     Ok(())
@@ -370,17 +369,19 @@ async fn cloudflare_api_path_validated_by_pebble() -> anyhow::Result<()> {
         certfleet_tests::dns::stack_bind_provider(&env.stack)?,
     )
     .await;
-    let vars = env.rfc2136_vars(&[
-        ("CERTFLEET_DNS01_PROVIDER", "cloudflare"),
-        ("CLOUDFLARE_DNS_API_TOKEN", token),
-        ("CERTFLEET_CLOUDFLARE_API_URL", &fake.base()),
-    ]);
-    let apex = env.dns_domain("cf");
-    issue_through(&env, &vars, &[apex.clone(), format!("*.{apex}")]).await?;
+    let at = issue_through_api(
+        &env,
+        "cf",
+        &[
+            ("CERTFLEET_DNS01_PROVIDER", "cloudflare"),
+            ("CLOUDFLARE_DNS_API_TOKEN", token),
+            ("CERTFLEET_CLOUDFLARE_API_URL", &fake.base()),
+        ],
+    )
+    .await?;
     assert!(
-        fake.values_at(&format!("{}.", challenge_name(&apex)))
-            .await
-            .is_empty()
+        fake.values_at(&at).await.is_empty(),
+        "the API holds no value"
     );
     env.cleanup().await;
     Ok(())

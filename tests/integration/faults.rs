@@ -110,15 +110,7 @@ async fn sigterm_exits_zero_within_grace() -> anyhow::Result<()> {
         .spawn()?;
     let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
     // Wait until it consumes: its queue exists.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while env
-        .queue_len(certfleet_common::topology::WORK_QUEUE)
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(Instant::now() < deadline, "worker never declared its queue");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_for_work_queue().await?;
     let started = Instant::now();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -152,18 +144,7 @@ async fn kill_9_mid_order_resumes_same_order() -> anyhow::Result<()> {
         .command("certfleet-worker")?
         .env("CERTFLEET_LEASE_TTL", "3s")
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while env
-        .queue_len(certfleet_common::topology::WORK_QUEUE)
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "worker A never declared its queue"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_for_work_queue().await?;
     let job = issue_job(&[env.domain("k").await?])?;
     env.publish_job(&job).await?;
     // Wait for the order record: the order exists at the CA.

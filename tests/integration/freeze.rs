@@ -42,18 +42,7 @@ async fn sigstop_longer_than_the_lease_then_sigcont() -> anyhow::Result<()> {
         .env("CERTFLEET_HTTP01_LISTEN", "127.0.0.1:0")
         .spawn()?;
     let pid = a.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while env
-        .queue_len(certfleet_common::topology::WORK_QUEUE)
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "worker A never declared its queue"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_for_work_queue().await?;
     let domain = env.dns_domain("fz");
     let first = dns_job(std::slice::from_ref(&domain))?;
     let name = first.job.name.clone();

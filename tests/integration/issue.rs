@@ -7,13 +7,22 @@ use certfleet_common::{CertName, ChallengeType, Envelope, Job, JobKind, KeyType,
 use certfleet_tests::{TestEnv, init_logging, pki};
 
 pub(crate) fn issue_job(domains: &[String]) -> anyhow::Result<Envelope> {
+    issue_job_with(domains, ChallengeType::Http01)
+}
+
+/// An issue job for `domains` proven by `challenge` (the name is the first
+/// domain's).
+pub(crate) fn issue_job_with(
+    domains: &[String],
+    challenge: ChallengeType,
+) -> anyhow::Result<Envelope> {
     Ok(Envelope::new(
         JobKind::Issue,
         Job {
             name: CertName::from_domain(&domains[0])?,
             domains: domains.to_vec(),
             key_type: KeyType::EcdsaP256,
-            challenge: ChallengeType::Http01,
+            challenge,
             reason: "test".into(),
         },
         now_ms(),

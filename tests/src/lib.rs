@@ -425,6 +425,24 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Waits until a worker process of this test consumes: its work queue
+    /// exists (a worker binary declares it once connected).
+    ///
+    /// # Errors
+    /// The queue did not appear within 20 s.
+    pub async fn wait_for_work_queue(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.queue_len(topology::WORK_QUEUE).await.is_err() {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no worker declared {} within 20 s",
+                topology::WORK_QUEUE
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// Message count of a queue in this vhost (management API).
     pub async fn queue_len(&self, queue: &str) -> anyhow::Result<u64> {
         // A passive declare is exact (the management API's counts lag by
