@@ -94,7 +94,19 @@ impl Syncer {
                 version: d.version.clone(),
             });
         }
-        let Some((pointer, _)) = self.store.pointer(name).await? else {
+        // The pointer decides; the announced version's bundle (its
+        // canonical, immutable key) is read at the same time, so a new
+        // version costs one round trip of latency, not two. It is used only
+        // if the pointer names that version.
+        let speculative_key = announced.map(|a| self.store.keys().bundle(name, a));
+        let (pointer, speculative) = match &speculative_key {
+            Some(key) => {
+                let (p, b) = tokio::join!(self.store.pointer(name), self.store.bundle(key));
+                (p, Some(b))
+            }
+            None => (self.store.pointer(name).await, None),
+        };
+        let Some((pointer, _)) = pointer? else {
             return Ok(Fetched::Missing);
         };
         if let Some(a) = announced
@@ -125,10 +137,14 @@ impl Syncer {
         files::check_version(&pointer.version).map_err(bad)?;
         // From its canonical key (an immutable object), not a key taken
         // from the pointer's text.
-        let bundle = self
-            .store
-            .bundle(&self.store.keys().bundle(name, &pointer.version))
-            .await?;
+        let bundle = match speculative {
+            Some(Ok(b)) if announced == Some(pointer.version.as_str()) => b,
+            _ => {
+                self.store
+                    .bundle(&self.store.keys().bundle(name, &pointer.version))
+                    .await?
+            }
+        };
         let key_pem = self.store.open_key(&bundle)?;
         let checked =
             check::check(&pointer, &bundle, &key_pem, OffsetDateTime::now_utc()).map_err(bad)?;
