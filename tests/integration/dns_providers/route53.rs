@@ -1,11 +1,8 @@
 //! Route 53 provider against moto (AWS API double; no DNS, so nothing is checked on BIND).
 //!
-//! moto: `DNS01_MOTO_ENDPOINT` (default `http://127.0.0.1:9000`, the certfleet stack's
-//! instance). When nothing answers there, `moto_server` (`DNS01_MOTO_SERVER`, default
-//! `/work/main/.stack/venv/bin/moto_server`) is started on 127.0.0.1:9155 and left running.
-//! Each test uses its own hosted zone, named after the run.
+//! moto: the test stack's S3 server, which is moto and serves the Route 53 API on the
+//! same port. Each test uses its own hosted zone, named after the run.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use aws_sdk_route53::Client;
@@ -16,48 +13,10 @@ use certfleet_worker::dns01::{
     ApiSecret, AwsStaticCredentials, Dns01Provider, DnsError, Route53Config, Route53Provider,
 };
 
-fn answers(endpoint: &str) -> bool {
-    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    addr.parse::<std::net::SocketAddr>()
-        .ok()
-        .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).ok())
-        .is_some()
-}
-
+/// moto of the test stack (`scripts/stack.sh`'s S3 is moto, which serves
+/// every AWS API on its one port, Route 53 included).
 fn moto() -> String {
-    static ENDPOINT: OnceLock<String> = OnceLock::new();
-    ENDPOINT
-        .get_or_init(|| {
-            let endpoint = std::env::var("DNS01_MOTO_ENDPOINT")
-                .unwrap_or_else(|_| "http://127.0.0.1:9000".into());
-            if answers(&endpoint) {
-                return endpoint;
-            }
-            let own = "http://127.0.0.1:9155".to_owned();
-            if !answers(&own) {
-                let server = std::env::var("DNS01_MOTO_SERVER")
-                    .unwrap_or_else(|_| "/work/main/.stack/venv/bin/moto_server".into());
-                // `setsid -f` forks the server off and returns at once.
-                std::process::Command::new("setsid")
-                    .args(["-f", server.as_str(), "-H", "127.0.0.1", "-p", "9155"])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .expect("start moto_server");
-                for _ in 0..100 {
-                    if answers(&own) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-            assert!(
-                answers(&own),
-                "no moto at {endpoint} and none could be started"
-            );
-            own
-        })
-        .clone()
+    certfleet_tests::Stack::from_env().s3_endpoint
 }
 
 fn sdk_client() -> Client {
