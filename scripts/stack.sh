@@ -16,6 +16,7 @@
 #             validates for real), else through challtestsrv.
 #
 # Usage: scripts/stack.sh up|down|status|env|restart|stop|start [SERVICE...]
+#        scripts/stack.sh rabbitmqctl ARGS...   (against this instance's node)
 #   up/start      install what is missing (as root), start, wait until ready
 #   down/stop     stop (data dirs are kept; moto and pebble keep nothing anyway)
 #   restart       down + up
@@ -610,6 +611,10 @@ usage() {
 main() {
   (($# >= 1)) || usage
   local cmd=$1 s; shift
+  if [[ $cmd == rabbitmqctl ]]; then   # this instance's node, e.g. to raise an alarm
+    rmq_cmd rabbitmqctl "$@"
+    exec "${RMQ_CMD[@]}"
+  fi
   for s; do [[ " ${ALL_SERVICES[*]} " == *" $s "* ]] || { log "unknown service '$s'"; usage; }; done
   (($#)) || set -- "${ALL_SERVICES[@]}"
   local ordered=()   # in ALL_SERVICES' order (bind before pebble), once each

@@ -140,3 +140,73 @@ async fn sigstop_longer_than_the_lease_then_sigcont() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// Issue 11, item 8: a job that comes back through a delay queue (a
+/// deferral after a lost lease carries an `x-certfleet-not-before` header,
+/// but it is neither a redelivery nor a counted attempt) adopts the bundle
+/// an earlier try of it stored but never made current: it orders nothing
+/// new and stores no second version.
+#[tokio::test]
+async fn deferred_job_adopts_its_orphaned_bundle() -> anyhow::Result<()> {
+    use certfleet_common::{amqp, topology};
+    init_logging();
+    let env = TestEnv::new("orphan-deferred").await?;
+    let worker = env.start_worker(&[]).await?;
+    let job = crate::issue::issue_job(&[env.domain("o").await?])?;
+    let name = job.job.name.clone();
+    env.publish_job(&job).await?;
+    let store = env.store().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some((p, _)) = store.pointer(&name).await? {
+            break p;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the job never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // What a try that lost its lease between the bundle write and the
+    // pointer flip leaves: the job's bundle, no pointer to it.
+    store
+        .client()
+        .delete_object()
+        .bucket(store.bucket())
+        .key(store.keys().pointer(&name))
+        .send()
+        .await?;
+    // The same job again, as a deferral publishes it (due now).
+    let body = job.encode()?;
+    let routing_key = job.routing_key();
+    let id = job.job_id.to_string();
+    let conn = env.connect().await?;
+    let publisher = amqp::Publisher::new(&conn).await?;
+    let mut out = amqp::Outgoing::job(&routing_key, &body, Some(&id));
+    out.headers = Some(topology::headers(
+        &[],
+        &[(topology::HDR_NOT_BEFORE, certfleet_common::now_ms() - 1000)],
+    ));
+    publisher.publish(out).await?;
+    amqp::close(&conn, 200, "done").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        if let Some((p, _)) = store.pointer(&name).await? {
+            break p;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the deferred job never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let versions = store.list(&store.keys().versions(&name)).await?;
+    assert_eq!(
+        again.serial, first.serial,
+        "the deferred try adopted the stored bundle instead of ordering anew"
+    );
+    assert_eq!(again.bundle_key, first.bundle_key);
+    assert_eq!(versions.len(), 1, "one version per job: {versions:?}");
+    println!(
+        "deferred job: adopted serial {} (no new order), {} version stored",
+        again.serial,
+        versions.len()
+    );
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}

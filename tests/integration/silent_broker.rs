@@ -141,3 +141,78 @@ async fn deleted_events_exchange_heals() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// Issue 11, item 3: a broker short of memory blocks its publishers
+/// (`connection.blocked`). The worker reports not ready while its
+/// connection is blocked, a CLI publish turns into a retryable error
+/// (`no publisher confirm ... within 30s`) instead of hanging, and once the
+/// alarm clears the worker is ready again and every job completes once.
+#[tokio::test]
+async fn blocked_broker_not_ready_and_confirms_time_out() -> anyhow::Result<()> {
+    init_logging();
+    let base = TestEnv::new("fault-blocked").await?;
+    let broker = Private::start(Service::RabbitMq, &[]).await?;
+    let env = private::env_for(&base, &[&broker]).await?;
+    // A first worker declares the work queue, so that jobs can be queued
+    // before the alarm and wait there.
+    env.start_worker(&[]).await?.stop().await;
+    let names = publish_issues(&env, "b", 6).await?;
+    broker
+        .rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"])
+        .await?;
+    let worker = env.start_worker(&[("CERTFLEET_CONCURRENCY", "4")]).await?;
+    // The worker takes jobs (deliveries still flow) and its first event
+    // publish makes the broker block the connection.
+    let blocked = wait_readyz(&env, worker.metrics_addr, 503, Duration::from_secs(30)).await?;
+    let cli_started = Instant::now();
+    let domain = env.domain("blocked-cli").await?;
+    let out = env
+        .command("certfleet")?
+        .args(["issue", &domain])
+        .output()
+        .await?;
+    let cli_took = cli_started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "issue must fail while blocked");
+    assert!(
+        stderr.contains("no publisher confirm"),
+        "the error names the missing confirm: {stderr}"
+    );
+    assert!(
+        cli_took < Duration::from_secs(60),
+        "bounded: the CLI gave up after {cli_took:?}"
+    );
+    assert_eq!(
+        readyz(&env, worker.metrics_addr).await,
+        503,
+        "still not ready while the alarm lasts"
+    );
+    broker
+        .rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"])
+        .await?;
+    let recovered = wait_readyz(&env, worker.metrics_addr, 200, Duration::from_secs(60)).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stored_count(&env, &names).await? < names.len() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {} stored after the alarm cleared",
+            stored_count(&env, &names).await?,
+            names.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let versions = versions_per_name(&env, &names).await?;
+    assert!(versions.iter().all(|v| *v == 1), "none twice: {versions:?}");
+    assert_eq!(
+        env.queue_len_settled(certfleet_common::topology::DEAD_QUEUE, 0)
+            .await?,
+        0,
+        "nothing dead-lettered"
+    );
+    println!(
+        "blocked broker: not ready {blocked:?} after the worker started under the alarm; `certfleet issue` failed after {cli_took:?}; ready again {recovered:?} after the alarm cleared; 6 stored, versions {versions:?}"
+    );
+    worker.stop().await;
+    base.cleanup().await;
+    Ok(())
+}

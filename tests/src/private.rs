@@ -513,9 +513,10 @@ impl Private {
     /// The command line of `stack.sh CMD SERVICE` for this instance:
     /// nothing of the caller's environment but `PATH`, `HOME`, the locale
     /// and `STACK_VENV`, so a shared-stack setting cannot leak in.
-    fn command(&self, cmd: &str, log: &Path) -> anyhow::Result<std::process::Command> {
+    /// `stack.sh ARGS...` with this instance's environment, output to `log`.
+    fn command(&self, args: &[&str], log: &Path) -> anyhow::Result<std::process::Command> {
         let mut c = std::process::Command::new(repo_root().join("scripts/stack.sh"));
-        c.arg(cmd).arg(self.kind.name()).env_clear();
+        c.args(args).env_clear();
         for k in ["PATH", "HOME", "LANG", "LC_ALL", "STACK_VENV"] {
             if let Ok(v) = std::env::var(k) {
                 c.env(k, v);
@@ -536,21 +537,41 @@ impl Private {
     }
 
     async fn stack(&self, cmd: &str) -> anyhow::Result<()> {
+        self.stack_args(&[cmd, self.kind.name()]).await
+    }
+
+    /// Runs `rabbitmqctl ARGS...` against this private RabbitMQ node (e.g.
+    /// `set_vm_memory_high_watermark 0.000001` raises a memory alarm, which
+    /// blocks every publishing connection).
+    ///
+    /// # Errors
+    /// Not a RabbitMQ, or `rabbitmqctl` failed (its output is in the error).
+    pub async fn rabbitmqctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.kind == Service::RabbitMq,
+            "rabbitmqctl: not a RabbitMQ"
+        );
+        let mut all = vec!["rabbitmqctl"];
+        all.extend_from_slice(args);
+        self.stack_args(&all).await
+    }
+
+    async fn stack_args(&self, args: &[&str]) -> anyhow::Result<()> {
+        let cmd = args.join(" ");
         // Output goes to a file, not a pipe: a service that inherited the
         // pipe would keep us waiting for EOF.
         let log = self.dir.path().join("stack-sh.log");
         let before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        let mut c = tokio::process::Command::from(self.command(cmd, &log)?);
+        let mut c = tokio::process::Command::from(self.command(args, &log)?);
         c.kill_on_drop(true);
         let status = tokio::time::timeout(Duration::from_secs(STACK_TIMEOUT_SECS + 60), c.status())
             .await
-            .with_context(|| format!("stack.sh {cmd} {} timed out", self.kind.name()))??;
+            .with_context(|| format!("stack.sh {cmd} timed out"))??;
         if !status.success() {
             let out = std::fs::read(&log).unwrap_or_default();
             let start = usize::try_from(before).unwrap_or(0).min(out.len());
             bail!(
-                "stack.sh {cmd} {} ({}): {status}\n{}",
-                self.kind.name(),
+                "stack.sh {cmd} ({}): {status}\n{}",
                 self.dir.path().display(),
                 String::from_utf8_lossy(&out[start..])
             );
@@ -573,7 +594,7 @@ impl Drop for Private {
                 .status();
         }
         let log = self.dir.path().join("stack-sh.log");
-        if let Ok(mut c) = self.command("stop", &log) {
+        if let Ok(mut c) = self.command(&["stop", self.kind.name()], &log) {
             let _ = c.status();
         }
     }
