@@ -167,12 +167,106 @@ fn with_heartbeat(url: &str) -> String {
     format!("{url}{sep}heartbeat={HEARTBEAT_SECS}")
 }
 
-/// Connects once, naming the connection (shown in the RabbitMQ UI), within
-/// [`RECONNECT`]'s connect timeout.
+/// The broker's nodes: `CERTFLEET_AMQP_URL`, one URL or a comma-separated
+/// list of a cluster's nodes. [`connect`] tries them in turn, starting with
+/// the node that answered last, so a client stays on its node while it
+/// lives and moves to the next one that answers when it goes away. Clones
+/// share that memory. Printed, passwords are hidden.
+#[derive(Clone)]
+pub struct BrokerUrls {
+    urls: std::sync::Arc<[SecretUrl]>,
+    /// Index of the node that answered last.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BrokerUrls {
+    /// The nodes, in the order given.
+    ///
+    /// # Panics
+    /// Never: an empty list is replaced by nothing and must not be passed
+    /// (the configuration refuses it); [`BrokerUrls::first`] then panics.
+    pub fn new(urls: Vec<SecretUrl>) -> Self {
+        Self {
+            urls: urls.into(),
+            current: std::sync::Arc::default(),
+        }
+    }
+
+    /// One node.
+    pub fn single(url: SecretUrl) -> Self {
+        Self::new(vec![url])
+    }
+
+    /// Every node, in the configured order.
+    pub fn nodes(&self) -> &[SecretUrl] {
+        &self.urls
+    }
+
+    /// The node a client last connected to (at first, the first one).
+    pub fn current(&self) -> Option<&SecretUrl> {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.urls.get(i).or_else(|| self.urls.first())
+    }
+
+    /// All nodes, comma separated, with passwords hidden.
+    pub fn redacted(&self) -> String {
+        self.urls
+            .iter()
+            .map(SecretUrl::redacted)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl std::fmt::Debug for BrokerUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Display for BrokerUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Connects to the first node of `urls` that answers, starting with the
+/// one that answered last, naming the connection (shown in the RabbitMQ
+/// UI). Each node gets [`RECONNECT`]'s connect timeout; a node that is down
+/// refuses at once, so moving past it costs nothing.
 ///
 /// # Errors
-/// [`BrokerError::Connect`], also when the broker does not answer in time.
-pub async fn connect(url: &SecretUrl, connection_name: &str) -> Result<Connection, BrokerError> {
+/// [`BrokerError::Connect`] of the last node tried when none answered.
+pub async fn connect(urls: &BrokerUrls, connection_name: &str) -> Result<Connection, BrokerError> {
+    let n = urls.urls.len();
+    let start = urls.current.load(std::sync::atomic::Ordering::Relaxed);
+    let mut last = None;
+    for i in 0..n {
+        let at = (start + i) % n;
+        match connect_node(&urls.urls[at], connection_name).await {
+            Ok(conn) => {
+                if at != start {
+                    if let Some(e) = &last {
+                        tracing::warn!(node = %urls.urls[at], skipped = %chain(e), "connected to another broker node");
+                    }
+                    urls.current.store(at, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Ok(conn);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| BrokerError::Connect {
+        url: String::new(),
+        source: lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no broker URL is configured",
+        )),
+    }))
+}
+
+/// Connects once to one node within [`RECONNECT`]'s connect timeout.
+async fn connect_node(url: &SecretUrl, connection_name: &str) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(connection_name.as_bytes().to_vec()));
     let timeout = RECONNECT.connect_timeout;

@@ -98,8 +98,8 @@ pub enum LogFormat {
 /// own sections on top (see the worker crate's `config`).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Broker URL (password hidden when printed).
-    pub amqp_url: SecretUrl,
+    /// Broker node URLs (passwords hidden when printed).
+    pub amqp_url: crate::amqp::BrokerUrls,
     /// Redis.
     pub redis: RedisConfig,
     /// Object storage.
@@ -120,9 +120,11 @@ impl Config {
     /// The first invalid value, naming its variable, flag or file key.
     pub fn load(src: &Sources<'_>) -> Result<Self, ConfigError> {
         use parse::*;
-        let amqp_url = SecretUrl::new(src.parse_or(keys::AMQP_URL, DEFAULT_AMQP_URL, |s| {
-            parse_url(s, &["amqp", "amqps"])
-        })?);
+        let amqp_url = crate::amqp::BrokerUrls::new(src.parse_or(
+            keys::AMQP_URL,
+            DEFAULT_AMQP_URL,
+            parse_broker_urls,
+        )?);
         let redis = RedisConfig {
             url: SecretUrl::new(src.parse_or(keys::REDIS_URL, DEFAULT_REDIS_URL, |s| {
                 parse_url(s, &["redis", "rediss"])
@@ -222,6 +224,28 @@ fn parse_bucket(s: &str) -> Result<String, String> {
     }
 }
 
+/// One AMQP URL, or a comma-separated list of a cluster's nodes.
+fn parse_broker_urls(s: &str) -> Result<Vec<SecretUrl>, String> {
+    let mut urls = Vec::new();
+    for (i, part) in s.split(',').enumerate() {
+        let part = part.trim();
+        if part.is_empty() {
+            return Err(format!("node {} of the list is empty", i + 1));
+        }
+        // The value is secret (it may hold passwords): the error names the
+        // node by its place in the list.
+        let url = parse::parse_url(part, &["amqp", "amqps"]).map_err(|e| {
+            if s.contains(',') {
+                format!("node {} of the list: {e}", i + 1)
+            } else {
+                e
+            }
+        })?;
+        urls.push(SecretUrl::new(url));
+    }
+    Ok(urls)
+}
+
 fn parse_region(s: &str) -> Result<String, String> {
     let s = s.trim();
     if !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
@@ -246,8 +270,35 @@ mod tests {
     fn defaults_are_valid() -> Result<(), ConfigError> {
         let c = load(&[])?;
         assert_eq!(c.redis.prefix, "certfleet:");
-        assert_eq!(c.amqp_url.expose(), DEFAULT_AMQP_URL);
+        assert_eq!(c.amqp_url.nodes().len(), 1);
+        assert_eq!(c.amqp_url.nodes()[0].expose(), DEFAULT_AMQP_URL);
         assert_eq!(c.log_filter, None);
+        Ok(())
+    }
+
+    #[test]
+    fn broker_urls_are_a_list_of_nodes() -> Result<(), ConfigError> {
+        let c = load(&[(
+            "CERTFLEET_AMQP_URL",
+            "amqp://u:p1@10.0.0.1:5672/v, amqps://u:p2@10.0.0.2:5671/v",
+        )])?;
+        assert_eq!(c.amqp_url.nodes().len(), 2);
+        assert_eq!(
+            c.amqp_url.redacted(),
+            "amqp://u:***@10.0.0.1:5672/v,amqps://u:***@10.0.0.2:5671/v"
+        );
+        for bad in [
+            "amqp://a:5672/v,",
+            "amqp://a:5672/v,http://b/v",
+            ",amqp://a/v",
+        ] {
+            let err = load(&[("CERTFLEET_AMQP_URL", bad)])
+                .map(|_| ())
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(text.starts_with("CERTFLEET_AMQP_URL:"), "{text}");
+            assert!(text.contains("node "), "names the node: {text}");
+        }
         Ok(())
     }
 

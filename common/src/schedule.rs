@@ -32,7 +32,6 @@ use crate::amqp::{self, RECONNECT};
 use crate::domain::CertName;
 use crate::error::{Classify, Disposition};
 use crate::job::{ChallengeType, Envelope};
-use crate::secret::SecretUrl;
 use crate::state::{COMPARE_AND_DELETE, State, StateError};
 use crate::storage::{StorageError, Store};
 use crate::submit::{Dedup, Outcome, Submission, SubmitError, Submitter};
@@ -415,7 +414,7 @@ async fn release_lease(state: &State, value: &str) {
 /// ([`RECONNECT`]). Used by `certfleet schedule` and by workers started with
 /// `--schedule-every`; see [`run_scheduler`] for what each tick does.
 pub async fn run(
-    amqp_url: &SecretUrl,
+    amqp_url: &amqp::BrokerUrls,
     connection_name: &str,
     state: &State,
     store: &Store,
