@@ -22,7 +22,9 @@
 #   restart       down + up
 #   status        one line per service; exit 0 only if all requested are up
 #   env           `export NAME=value` lines: eval "$(scripts/stack.sh env)"
-# No SERVICE means all five; services start in the order above.
+# No SERVICE means all five; services start in the order above. The
+# clusters for failover tests (sentinel: a Redis primary, a replica and
+# three sentinels) start only when named, or all with `up --ha`.
 #
 # Everything is configurable through the environment (defaults below). With
 # another STACK_DIR, RABBITMQ_NODENAME and ports, a second, independent
@@ -53,6 +55,9 @@ RABBITMQ_NODENAME=${RABBITMQ_NODENAME:-certfleet@localhost}
 REDIS_PORT=${REDIS_PORT:-6379}
 REDIS_APPENDONLY=${REDIS_APPENDONLY:-no}
 S3_PORT=${S3_PORT:-9000}
+REDIS_HA_PORTS=${REDIS_HA_PORTS:-6380 6381}        # sentinel: primary, replica
+SENTINEL_PORTS=${SENTINEL_PORTS:-26379 26380 26381}
+SENTINEL_SERVICE=${SENTINEL_SERVICE:-certfleet}
 S3_BUCKET=${S3_BUCKET:-certfleet}
 PEBBLE_PORT=${PEBBLE_PORT:-14000}
 PEBBLE_MGMT_PORT=${PEBBLE_MGMT_PORT:-15000}
@@ -67,6 +72,7 @@ BIND_ADDR=${BIND_ADDR:-127.0.0.153}
 BIND_PORT=${BIND_PORT:-53}
 
 ALL_SERVICES=(rabbitmq redis s3 bind pebble)   # bind before pebble, which uses it
+HA_SERVICES=(sentinel)                          # only when named, or with --ha
 LO=127.0.0.1
 PATH=$PATH:/usr/sbin:/sbin   # rabbitmq-server lives in /usr/sbin
 
@@ -117,6 +123,7 @@ apt_pkgs_for() {
   case $1 in
     rabbitmq) echo rabbitmq-server curl ;;
     redis) echo redis-server ;;
+    sentinel) echo redis-server redis-sentinel ;;
     s3) echo curl ;;
     bind) echo bind9 bind9-dnsutils; command -v ip >/dev/null || echo iproute2 ;;
     pebble) echo pebble openssl curl ;;
@@ -307,6 +314,79 @@ redis_stop() {
     stop_pid "$REDIS_DIR/redis.pid"
   fi
   rm -f "$REDIS_DIR/redis.pid"
+}
+
+# --------------------------------------------------------------- sentinel
+# A Redis primary, one replica and three sentinels watching them as service
+# SENTINEL_SERVICE (quorum 2, down after 1 s), for failover tests; not in
+# the default set (`up sentinel`, or `up --ha`). Sentinel rewrites its own
+# and the nodes' config files, so each start writes fresh ones (data is not
+# kept: no snapshots, no AOF). Member pid files: sentinel/<member>.pid,
+# members primary, replica, s1, s2, s3; after a failover the "replica" may
+# be the primary: ask a sentinel (SENTINEL get-master-addr-by-name).
+
+SENTINEL_DIR=$STACK_DIR/sentinel
+SENTINEL_MEMBERS=(primary replica s1 s2 s3)
+sentinel_port_of() {   # MEMBER
+  local nodes sentinels
+  read -r -a nodes <<<"$REDIS_HA_PORTS"
+  read -r -a sentinels <<<"$SENTINEL_PORTS"
+  case $1 in
+    primary) echo "${nodes[0]}" ;; replica) echo "${nodes[1]}" ;;
+    s1) echo "${sentinels[0]}" ;; s2) echo "${sentinels[1]}" ;; s3) echo "${sentinels[2]}" ;;
+  esac
+}
+sentinel_pid() { pid_in "$SENTINEL_DIR/s1.pid"; }
+sentinel_addr() {
+  local s ports=()
+  for s in s1 s2 s3; do ports+=("$LO:$(sentinel_port_of "$s")"); done
+  local IFS=,
+  echo "redis+sentinel://${ports[*]}/$SENTINEL_SERVICE nodes $REDIS_HA_PORTS"
+}
+sentinel_ready() {   # every sentinel knows the primary, the replica and the two others
+  local s m
+  for s in s1 s2 s3; do
+    m=$(redis-cli -h "$LO" -p "$(sentinel_port_of "$s")" SENTINEL master "$SENTINEL_SERVICE" 2>/dev/null |
+      tr -d '\r' | paste - - | awk -F'\t' '$1=="num-slaves"||$1=="num-other-sentinels"{printf "%s=%s ",$1,$2}')
+    [[ $m == "num-slaves=1 num-other-sentinels=2 " ]] || return 1
+  done
+}
+sentinel_logs() { tail -n 10 "$SENTINEL_DIR"/*.log 2>/dev/null || true; }
+sentinel_start() {
+  local m port primary d
+  for m in "${SENTINEL_MEMBERS[@]}"; do ensure_port_free "$(sentinel_port_of "$m")"; done
+  primary=$(sentinel_port_of primary)
+  mkdir -p "$SENTINEL_DIR"
+  for m in "${SENTINEL_MEMBERS[@]}"; do
+    port=$(sentinel_port_of "$m") d=$SENTINEL_DIR/$m
+    rm -rf "$d" && mkdir -p "$d"
+    {
+      printf 'port %s\nbind %s\nprotected-mode no\ndaemonize no\ndir %s\nlogfile %s\n' \
+        "$port" "$LO" "$d" "$SENTINEL_DIR/$m.log"
+      case $m in
+        primary | replica)
+          printf 'save ""\nappendonly no\nrepl-diskless-sync-delay 0\n'
+          [[ $m == replica ]] && printf 'replicaof %s %s\n' "$LO" "$primary"
+          ;;
+        *)
+          printf 'sentinel resolve-hostnames no\nsentinel announce-hostnames no\n'
+          printf 'sentinel monitor %s %s %s 2\n' "$SENTINEL_SERVICE" "$LO" "$primary"
+          printf 'sentinel down-after-milliseconds %s 1000\n' "$SENTINEL_SERVICE"
+          printf 'sentinel failover-timeout %s 5000\n' "$SENTINEL_SERVICE"
+          printf 'sentinel parallel-syncs %s 1\n' "$SENTINEL_SERVICE"
+          ;;
+      esac
+    } >"$d/redis.conf"
+    if [[ $m == s* ]]; then
+      start_bg "$SENTINEL_DIR/$m.pid" "$SENTINEL_DIR/$m.out" redis-server "$d/redis.conf" --sentinel
+    else
+      start_bg "$SENTINEL_DIR/$m.pid" "$SENTINEL_DIR/$m.out" redis-server "$d/redis.conf"
+    fi
+  done
+}
+sentinel_stop() {
+  local m
+  for m in "${SENTINEL_MEMBERS[@]}"; do stop_pid "$SENTINEL_DIR/$m.pid"; done
 }
 
 # --------------------------------------------------------------------- s3
@@ -615,10 +695,16 @@ main() {
     rmq_cmd rabbitmqctl "$@"
     exec "${RMQ_CMD[@]}"
   fi
-  for s; do [[ " ${ALL_SERVICES[*]} " == *" $s "* ]] || { log "unknown service '$s'"; usage; }; done
+  local known=("${ALL_SERVICES[@]}" "${HA_SERVICES[@]}") args=()
+  for s; do
+    if [[ $s == --ha ]]; then args+=("${ALL_SERVICES[@]}" "${HA_SERVICES[@]}"); continue; fi
+    [[ " ${known[*]} " == *" $s "* ]] || { log "unknown service '$s'"; usage; }
+    args+=("$s")
+  done
+  set -- ${args[@]+"${args[@]}"}
   (($#)) || set -- "${ALL_SERVICES[@]}"
-  local ordered=()   # in ALL_SERVICES' order (bind before pebble), once each
-  for s in "${ALL_SERVICES[@]}"; do [[ " $* " == *" $s "* ]] && ordered+=("$s"); done
+  local ordered=()   # in the known order (bind before pebble), once each
+  for s in "${known[@]}"; do [[ " $* " == *" $s "* ]] && ordered+=("$s"); done
   set -- "${ordered[@]}"
   case $cmd in
     status) cmd_status "$@"; return ;;

@@ -42,8 +42,9 @@ pub const DEFAULT_S3_REGION: &str = "us-east-1";
 /// Redis settings.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// Connection URL (password hidden when printed).
-    pub url: SecretUrl,
+    /// One server or a Sentinel-watched primary (passwords hidden when
+    /// printed).
+    pub url: crate::redis_pool::RedisTarget,
     /// Prefix of every key, so several fleets (or tests) share one Redis.
     pub prefix: String,
 }
@@ -126,9 +127,14 @@ impl Config {
             parse_broker_urls,
         )?);
         let redis = RedisConfig {
-            url: SecretUrl::new(src.parse_or(keys::REDIS_URL, DEFAULT_REDIS_URL, |s| {
-                parse_url(s, &["redis", "rediss"])
-            })?),
+            url: {
+                let sentinel_password = src.parse(keys::REDIS_SENTINEL_PASSWORD, |s| {
+                    Ok(Secret::new(s.to_string()))
+                })?;
+                src.parse_or(keys::REDIS_URL, DEFAULT_REDIS_URL, |s| {
+                    crate::redis_pool::RedisTarget::parse(s, sentinel_password.clone())
+                })?
+            },
             prefix: src.parse_or(keys::REDIS_PREFIX, DEFAULT_REDIS_PREFIX, parse_prefix)?,
         };
         let s3 = S3Config {

@@ -10,7 +10,8 @@
 //!   publishing.
 //! - [`storage`]: the S3 key layout, pointers and bundles, and the store.
 //! - [`redis_keys`] and [`state`]: Redis keys, the expiry index, dedup
-//!   markers and job status records.
+//!   markers and job status records; [`redis_pool`]: one Redis server or
+//!   a primary found through Sentinel, behind one pool.
 //! - [`submit`]: the one path from envelopes to accepted jobs (claim,
 //!   confirmed publish, settle), used by every command that queues jobs and
 //!   by the renewal scheduler.
@@ -36,6 +37,7 @@ pub mod event;
 pub mod job;
 pub mod logging;
 pub mod redis_keys;
+pub mod redis_pool;
 pub mod schedule;
 pub mod seal;
 pub mod secret;

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
-use deadpool_redis::{Pool, Runtime};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -16,6 +15,7 @@ use crate::domain::CertName;
 use crate::error::{Classify, Disposition};
 use crate::job::{ChallengeType, JobKind};
 use crate::redis_keys::RedisKeys;
+use crate::redis_pool::{RedisConn, RedisPool};
 
 /// How long job status records and done markers live: long enough for
 /// `certfleet status` after a week-long incident, short enough not to grow.
@@ -53,25 +53,18 @@ impl Classify for StateError {
     }
 }
 
-/// Builds a connection pool. Opens no connection.
+/// Builds a connection pool (one server or Sentinel). Opens no connection.
 ///
 /// # Errors
 /// An unusable URL (already validated by the configuration).
-pub fn pool(cfg: &RedisConfig, max_size: usize) -> Result<Pool, StateError> {
-    let mut c = deadpool_redis::Config::from_url(cfg.url.expose());
-    let mut pc = deadpool_redis::PoolConfig::new(max_size.max(4));
-    pc.timeouts.wait = Some(Duration::from_secs(5));
-    pc.timeouts.create = Some(Duration::from_secs(3));
-    pc.timeouts.recycle = Some(Duration::from_secs(2));
-    c.pool = Some(pc);
-    c.create_pool(Some(Runtime::Tokio1))
-        .map_err(|e| StateError::Pool(e.to_string()))
+pub fn pool(cfg: &RedisConfig, max_size: usize) -> Result<RedisPool, StateError> {
+    RedisPool::new(&cfg.url, max_size).map_err(StateError::Pool)
 }
 
 /// Shared Redis state.
 #[derive(Clone)]
 pub struct State {
-    pool: Pool,
+    pool: RedisPool,
     keys: RedisKeys,
 }
 
@@ -143,7 +136,7 @@ impl JobStatus {
     }
 }
 
-async fn conn(pool: &Pool) -> Result<deadpool_redis::Connection, StateError> {
+async fn conn(pool: &RedisPool) -> Result<RedisConn, StateError> {
     pool.get()
         .await
         .map_err(|e| StateError::Pool(e.to_string()))
@@ -162,12 +155,12 @@ impl State {
     }
 
     /// State over a pool with the given key prefix.
-    pub fn new(pool: Pool, keys: RedisKeys) -> Self {
+    pub fn new(pool: RedisPool, keys: RedisKeys) -> Self {
         Self { pool, keys }
     }
 
     /// The pool.
-    pub fn pool(&self) -> &Pool {
+    pub fn pool(&self) -> &RedisPool {
         &self.pool
     }
 
@@ -180,7 +173,7 @@ impl State {
     ///
     /// # Errors
     /// Redis unreachable.
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection, StateError> {
+    pub async fn conn(&self) -> Result<RedisConn, StateError> {
         conn(&self.pool).await
     }
 

@@ -348,7 +348,10 @@ pub(crate) async fn list(config: &Config, json: bool) -> Result<(), StatusError>
 
 /// Whether a key exists (the one Redis command `status` needs that
 /// [`State`] does not offer: the order record belongs to the worker).
-async fn exists(c: &mut deadpool_redis::Connection, key: &str) -> Result<bool, StateError> {
+async fn exists(
+    c: &mut certfleet_common::redis_pool::RedisConn,
+    key: &str,
+) -> Result<bool, StateError> {
     use deadpool_redis::redis::AsyncCommands as _;
     Ok(c.exists(key).await?)
 }

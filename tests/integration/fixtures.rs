@@ -284,7 +284,7 @@ async fn private_redis_stop_kill_restart() -> anyhow::Result<()> {
     .await?;
     let env = private::env_for(&shared, &[&redis_p]).await?;
     let cfg = env.config()?;
-    assert_eq!(cfg.redis.url.expose(), redis_p.url().as_str());
+    assert_eq!(cfg.redis.url.redacted(), redis_p.url());
     let client = redis::Client::open(redis_p.url())?;
     let mut c = client.get_multiplexed_async_connection().await?;
     let () = redis::cmd("SET")

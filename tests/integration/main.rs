@@ -3,6 +3,7 @@
 
 mod agent_checks;
 mod cli;
+mod clusters;
 mod dns01;
 mod dns_providers;
 mod faults;

@@ -94,6 +94,9 @@ pub enum Service {
     S3,
     /// Pebble and its pebble-challtestsrv.
     Pebble,
+    /// A Redis primary, a replica and three sentinels (service
+    /// `certfleet`): [`Private::kill_member`] kills one of them.
+    Sentinel,
 }
 
 impl Service {
@@ -104,6 +107,7 @@ impl Service {
             Self::Redis => "redis",
             Self::S3 => "s3",
             Self::Pebble => "pebble",
+            Self::Sentinel => "sentinel",
         }
     }
 
@@ -117,6 +121,7 @@ impl Service {
             Self::Redis => &["redis/redis.pid"],
             Self::S3 => &["s3/moto.pid"],
             Self::Pebble => &["pebble/pebble.pid"],
+            Self::Sentinel => &["sentinel/primary.pid"],
         }
     }
 }
@@ -139,7 +144,12 @@ pub struct Private {
     challtestsrv_port: Option<u16>,
     bucket: String,
     dns: Mutex<Dns>,
+    /// Sentinel only: member name → port.
+    members: Vec<(&'static str, u16)>,
 }
+
+/// Members of a [`Service::Sentinel`] instance, as `stack.sh` names them.
+pub const SENTINEL_MEMBERS: [&str; 5] = ["primary", "replica", "s1", "s2", "s3"];
 
 impl std::fmt::Debug for Private {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,7 +182,22 @@ impl Private {
         let mut mgmt_port = None;
         let mut challtestsrv_port = None;
         let mut bucket = "certfleet".to_string();
+        let mut members = Vec::new();
         match kind {
+            Service::Sentinel => {
+                for m in SENTINEL_MEMBERS {
+                    members.push((m, alloc_port(false)?));
+                }
+                let ports = |ms: &[(&str, u16)]| {
+                    ms.iter()
+                        .map(|(_, p)| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                set("REDIS_HA_PORTS", ports(&members[..2]));
+                set("SENTINEL_PORTS", ports(&members[2..]));
+                port = members[2].1;
+            }
             Service::RabbitMq => {
                 port = alloc_port(false)?;
                 let mgmt = alloc_port(false)?;
@@ -223,6 +248,7 @@ impl Private {
             challtestsrv_port,
             bucket,
             dns: Mutex::new(Dns::default()),
+            members,
         };
         private.stack("up").await?;
         Ok(private)
@@ -250,24 +276,9 @@ impl Private {
                 self.kind.name()
             );
         }
-        // Its exit status is ignored: a launcher that already exited is fine.
-        tokio::process::Command::new("kill")
-            .arg("-KILL")
-            .args(pids.iter().map(u32::to_string))
-            .stderr(Stdio::null())
-            .status()
-            .await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while pids.iter().any(|p| alive(*p)) {
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "{}: pids {pids:?} still alive after SIGKILL",
-                    self.kind.name()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+        kill_and_wait(&pids)
+            .await
+            .with_context(|| self.kind.name().to_string())
     }
 
     /// The pids in the instance's pid files: those [`Private::kill`] kills,
@@ -276,6 +287,18 @@ impl Private {
         let mut files = self.kind.pid_files().to_vec();
         if all && self.kind == Service::Pebble {
             files.push("pebble/challtestsrv.pid");
+        }
+        if all && self.kind == Service::Sentinel {
+            files = SENTINEL_MEMBERS
+                .iter()
+                .map(|m| match *m {
+                    "primary" => "sentinel/primary.pid",
+                    "replica" => "sentinel/replica.pid",
+                    "s1" => "sentinel/s1.pid",
+                    "s2" => "sentinel/s2.pid",
+                    _ => "sentinel/s3.pid",
+                })
+                .collect();
         }
         files
             .iter()
@@ -366,7 +389,67 @@ impl Private {
             Service::Redis => format!("redis://127.0.0.1:{p}/0"),
             Service::S3 => format!("http://127.0.0.1:{p}"),
             Service::Pebble => format!("https://127.0.0.1:{p}/dir"),
+            Service::Sentinel => {
+                let sentinels: Vec<String> = self.members[2..]
+                    .iter()
+                    .map(|(_, p)| format!("127.0.0.1:{p}"))
+                    .collect();
+                format!("redis+sentinel://{}/certfleet/0", sentinels.join(","))
+            }
         }
+    }
+
+    /// Sentinel: the port of a member (`primary`, `replica`, `s1`…`s3`).
+    pub fn member_port(&self, member: &str) -> Option<u16> {
+        self.members
+            .iter()
+            .find(|(m, _)| *m == member)
+            .map(|(_, p)| *p)
+    }
+
+    /// Sentinel: the port of the primary, as the first sentinel that
+    /// answers says.
+    ///
+    /// # Errors
+    /// No sentinel answered.
+    pub async fn primary_port(&self) -> anyhow::Result<u16> {
+        use deadpool_redis::redis;
+        for (_, port) in self.members.iter().skip(2) {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+                continue;
+            };
+            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg("certfleet")
+                .query_async(&mut c)
+                .await
+                .unwrap_or(None);
+            if let Some((_, p)) = addr {
+                return Ok(p);
+            }
+        }
+        bail!("no sentinel of {} answered", self.dir.path().display())
+    }
+
+    /// Sentinel: SIGKILLs one member (`primary`, `replica`, `s1`…`s3`, as
+    /// started) and waits until it is gone.
+    ///
+    /// # Errors
+    /// Not running, or still alive after 10 s.
+    pub async fn kill_member(&self, member: &str) -> anyhow::Result<()> {
+        let file = self
+            .dir
+            .path()
+            .join(format!("{}/{member}.pid", self.kind.name()));
+        let pid = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .filter(|p| alive(*p))
+            .with_context(|| format!("{member}: not running"))?;
+        kill_and_wait(&[pid]).await
     }
 
     /// RabbitMQ's management API (with credentials) or Pebble's.
@@ -409,7 +492,7 @@ impl Private {
                     set("CERTFLEET_TEST_RABBITMQ_MGMT_URL", m);
                 }
             }
-            Service::Redis => set("CERTFLEET_REDIS_URL", self.url()),
+            Service::Redis | Service::Sentinel => set("CERTFLEET_REDIS_URL", self.url()),
             Service::S3 => {
                 set("CERTFLEET_S3_ENDPOINT", self.url());
                 set("CERTFLEET_S3_BUCKET", self.bucket.clone());
@@ -580,6 +663,25 @@ impl Private {
     }
 }
 
+/// SIGKILLs `pids` and waits (10 s at most) until they are gone.
+async fn kill_and_wait(pids: &[u32]) -> anyhow::Result<()> {
+    // Its exit status is ignored: a launcher that already exited is fine.
+    tokio::process::Command::new("kill")
+        .arg("-KILL")
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
+        .status()
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p)) {
+        if tokio::time::Instant::now() > deadline {
+            bail!("pids {pids:?} still alive after SIGKILL");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 impl Drop for Private {
     /// SIGKILLs every process of the instance (its data dir is deleted right
     /// after, so a clean stop would only cost time: ~7 s for RabbitMQ), then
@@ -682,7 +784,7 @@ pub async fn env_for(env: &TestEnv, private: &[&Private]) -> anyhow::Result<Test
                     format!("{}/{}", stack.amqp_base, env.vhost),
                 );
             }
-            Service::Redis => {
+            Service::Redis | Service::Sentinel => {
                 stack.redis_url = p.url();
                 vars.extend(p.vars());
             }

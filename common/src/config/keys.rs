@@ -19,8 +19,12 @@ macro_rules! settings {
 settings! {
     /// Broker URL with vhost: `amqp://user:pass@host:5672/vhost`.
     AMQP_URL = "amqp_url", true;
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or
+    /// `redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`.
     REDIS_URL = "redis_url", true;
+    /// Password of the sentinels themselves (`requirepass` on each
+    /// sentinel), when `redis_url` is a `redis+sentinel://` one.
+    REDIS_SENTINEL_PASSWORD = "redis_sentinel_password", true;
     /// Prefix of every Redis key (default `certfleet:`).
     REDIS_PREFIX = "redis_prefix", false;
     /// Bucket holding certificates and account data.
