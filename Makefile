@@ -3,6 +3,7 @@
 #   make demo    the main job end to end on the local stack
 #   make test    everything CI runs: fmt, clippy, unit and integration tests
 #   make bench   side-by-side benchmarks (bench/results/)
+#   make soak    minutes of random faults under load (bench/results/soak-*.md)
 #
 # The local stack (RabbitMQ, Redis, S3 via moto, BIND 9, Pebble) is installed and
 # started by scripts/stack.sh on loopback; `make stack-down` stops it.
@@ -14,7 +15,7 @@ STACK := scripts/stack.sh
 # Test threads: integration tests are mostly waiting on the CA.
 TEST_THREADS ?= 8
 
-.PHONY: all build release test lint fmt unit integration demo bench doc stack-up stack-down stack-status clean
+.PHONY: all build release test lint fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
 
 all: build
 
@@ -62,6 +63,13 @@ demo: stack-up build
 
 bench: stack-up
 	bench/run.sh
+
+# Minutes of random faults under load (SOAK_MINUTES, default 10); writes
+# bench/results/soak-<time>.md and fails on any lost job or duplicate version.
+SOAK_MINUTES ?= 10
+soak: stack-up build
+	eval "$$($(STACK) env)"; \
+	CERTFLEET_SOAK_MINUTES=$(SOAK_MINUTES) $(CARGO) test --locked -p certfleet-tests --test integration soak:: -- --ignored --nocapture
 
 clean:
 	$(CARGO) clean

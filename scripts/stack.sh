@@ -18,13 +18,15 @@
 # Usage: scripts/stack.sh up|down|status|env|restart|stop|start [SERVICE...]
 #        scripts/stack.sh rabbitmqctl ARGS...   (against this instance's node)
 #   up/start      install what is missing (as root), start, wait until ready
+#                 (`up --ha`: also the clusters, see below)
 #   down/stop     stop (data dirs are kept; moto and pebble keep nothing anyway)
 #   restart       down + up
 #   status        one line per service; exit 0 only if all requested are up
 #   env           `export NAME=value` lines: eval "$(scripts/stack.sh env)"
 # No SERVICE means all five; services start in the order above. The
 # clusters for failover tests (sentinel: a Redis primary, a replica and
-# three sentinels) start only when named, or all with `up --ha`.
+# three sentinels; rabbitmq-cluster: three clustered RabbitMQ nodes) start
+# only when named, or all with `up --ha`.
 #
 # Everything is configurable through the environment (defaults below). With
 # another STACK_DIR, RABBITMQ_NODENAME and ports, a second, independent
@@ -56,6 +58,10 @@ REDIS_PORT=${REDIS_PORT:-6379}
 REDIS_APPENDONLY=${REDIS_APPENDONLY:-no}
 S3_PORT=${S3_PORT:-9000}
 REDIS_HA_PORTS=${REDIS_HA_PORTS:-6380 6381}        # sentinel: primary, replica
+RABBITMQ_CLUSTER_NAME=${RABBITMQ_CLUSTER_NAME:-certfleet-ha}
+RABBITMQ_CLUSTER_PORTS=${RABBITMQ_CLUSTER_PORTS:-5781 5782 5783}
+RABBITMQ_CLUSTER_MGMT_PORTS=${RABBITMQ_CLUSTER_MGMT_PORTS:-15781 15782 15783}
+RABBITMQ_CLUSTER_DIST_PORTS=${RABBITMQ_CLUSTER_DIST_PORTS:-25781 25782 25783}
 SENTINEL_PORTS=${SENTINEL_PORTS:-26379 26380 26381}
 SENTINEL_SERVICE=${SENTINEL_SERVICE:-certfleet}
 S3_BUCKET=${S3_BUCKET:-certfleet}
@@ -72,7 +78,7 @@ BIND_ADDR=${BIND_ADDR:-127.0.0.153}
 BIND_PORT=${BIND_PORT:-53}
 
 ALL_SERVICES=(rabbitmq redis s3 bind pebble)   # bind before pebble, which uses it
-HA_SERVICES=(sentinel)                          # only when named, or with --ha
+HA_SERVICES=(sentinel rabbitmq-cluster)         # only when named, or with --ha
 LO=127.0.0.1
 PATH=$PATH:/usr/sbin:/sbin   # rabbitmq-server lives in /usr/sbin
 
@@ -124,6 +130,7 @@ apt_pkgs_for() {
     rabbitmq) echo rabbitmq-server curl ;;
     redis) echo redis-server ;;
     sentinel) echo redis-server redis-sentinel ;;
+    rabbitmq-cluster) echo rabbitmq-server curl ;;
     s3) echo curl ;;
     bind) echo bind9 bind9-dnsutils; command -v ip >/dev/null || echo iproute2 ;;
     pebble) echo pebble openssl curl ;;
@@ -219,23 +226,64 @@ RMQ_DIR=$STACK_DIR/rabbitmq
 # scripts, not Debian's /usr/sbin wrappers, which `su rabbitmq` and use
 # /var/lib/rabbitmq. HOME holds this instance's .erlang.cookie; epmd, Erlang
 # distribution and the CLI tools' own node listen on loopback only.
-rmq_cmd() {
+rmq_cmd() { rmq_node_cmd "$RMQ_DIR" "$RMQ_DIR/home" "$RABBITMQ_NODENAME" "$RABBITMQ_PORT" "$RABBITMQ_DIST_PORT" "$@"; }
+
+# rmq_node_cmd DIR HOME NODENAME PORT DIST_PORT CMD ARGS...: RMQ_CMD for any
+# node (the single one, or one of the cluster's).
+rmq_node_cmd() {
+  local dir=$1 home=$2 node=$3 port=$4 dist=$5; shift 5
   local bin dist_if='-kernel inet_dist_use_interface {127,0,0,1}'
   bin=$(dirname "$(readlink -f "$(command -v rabbitmq-server)")")
-  RMQ_CMD=(env HOME="$RMQ_DIR/home"
-    RABBITMQ_NODENAME="$RABBITMQ_NODENAME" RABBITMQ_DIST_PORT="$RABBITMQ_DIST_PORT"
-    RABBITMQ_NODE_IP_ADDRESS="$LO" RABBITMQ_NODE_PORT="$RABBITMQ_PORT"
-    RABBITMQ_CONF_ENV_FILE="$RMQ_DIR/rabbitmq-env.conf"
-    RABBITMQ_CONFIG_FILE="$RMQ_DIR/rabbitmq.conf"
-    RABBITMQ_ADVANCED_CONFIG_FILE="$RMQ_DIR/advanced.config"
-    RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_DIR/enabled_plugins"
-    RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia" RABBITMQ_LOG_BASE="$RMQ_DIR/log"
-    RABBITMQ_PID_FILE="$RMQ_DIR/rabbitmq.pid" ERL_CRASH_DUMP="$RMQ_DIR/log/erl_crash.dump"
+  RMQ_CMD=(env HOME="$home"
+    RABBITMQ_NODENAME="$node" RABBITMQ_DIST_PORT="$dist"
+    RABBITMQ_NODE_IP_ADDRESS="$LO" RABBITMQ_NODE_PORT="$port"
+    RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf"
+    RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf"
+    RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
+    RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
+    RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log"
+    RABBITMQ_PID_FILE="$dir/rabbitmq.pid" ERL_CRASH_DUMP="$dir/log/erl_crash.dump"
     ERL_EPMD_ADDRESS="$LO"
     RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="$dist_if" RABBITMQ_CTL_ERL_ARGS="$dist_if"
-    RABBITMQ_CTL_DIST_PORT_MIN=$((RABBITMQ_DIST_PORT + 10000))
-    RABBITMQ_CTL_DIST_PORT_MAX=$((RABBITMQ_DIST_PORT + 10010))
+    RABBITMQ_CTL_DIST_PORT_MIN=$((dist + 10000))
+    RABBITMQ_CTL_DIST_PORT_MAX=$((dist + 10010))
     "$bin/$1" "${@:2}")
+}
+
+# rmq_cookie HOME: the Erlang cookie of the nodes (and CLI calls) using HOME.
+rmq_cookie() {
+  mkdir -p "$1"
+  local cookie=$1/.erlang.cookie
+  if [[ ! -s $cookie ]]; then
+    # Reuse the Debian package's cookie when readable, so `rabbitmqctl -n
+    # NODE ...` run as root (Debian's wrapper su's to rabbitmq) also works.
+    if [[ -r /var/lib/rabbitmq/.erlang.cookie ]]; then
+      cp /var/lib/rabbitmq/.erlang.cookie "$cookie"
+    else
+      openssl rand -hex 20 >"$cookie"
+    fi
+    chmod 400 "$cookie"
+  fi
+}
+
+# rmq_conf DIR MGMT_PORT [LINES...]: a node's config files (plugins:
+# management only).
+rmq_conf() {
+  local dir=$1 mgmt=$2; shift 2
+  mkdir -p "$dir/mnesia" "$dir/log"
+  : >"$dir/rabbitmq-env.conf"   # don't read /etc/rabbitmq/rabbitmq-env.conf
+  echo '[].' >"$dir/advanced.config"
+  echo '[rabbitmq_management].' >"$dir/enabled_plugins"
+  {
+    echo "# generated by scripts/stack.sh; AMQP listener is set by RABBITMQ_NODE_*"
+    echo "management.tcp.ip = $LO"
+    echo "management.tcp.port = $mgmt"
+    echo "log.console = false"
+    echo "log.file.level = info"
+    echo "# (syslog output is off; with udp its client would bind a socket on 0.0.0.0)"
+    echo "log.syslog.transport = tcp"
+    if (($#)); then printf '%s\n' "$@"; fi
+  } >"$dir/rabbitmq.conf"
 }
 rabbitmq_pid() { pid_in "$RMQ_DIR/launcher.pid"; }
 rabbitmq_addr() { echo "amqp://$LO:$RABBITMQ_PORT mgmt http://$LO:$RABBITMQ_MGMT_PORT node $RABBITMQ_NODENAME"; }
@@ -247,30 +295,8 @@ rabbitmq_logs() { tail -n 30 "$RMQ_DIR/launcher.log" "$RMQ_DIR/log/$RABBITMQ_NOD
 
 rabbitmq_start() {
   ensure_port_free "$RABBITMQ_PORT" "$RABBITMQ_MGMT_PORT" "$RABBITMQ_DIST_PORT"
-  mkdir -p "$RMQ_DIR/home" "$RMQ_DIR/mnesia" "$RMQ_DIR/log"
-  local cookie=$RMQ_DIR/home/.erlang.cookie
-  if [[ ! -s $cookie ]]; then
-    # Reuse the Debian package's cookie when readable, so `rabbitmqctl -n
-    # NODE ...` run as root (Debian's wrapper su's to rabbitmq) also works.
-    if [[ -r /var/lib/rabbitmq/.erlang.cookie ]]; then
-      cp /var/lib/rabbitmq/.erlang.cookie "$cookie"
-    else
-      openssl rand -hex 20 >"$cookie"
-    fi
-    chmod 400 "$cookie"
-  fi
-  : >"$RMQ_DIR/rabbitmq-env.conf"   # don't read /etc/rabbitmq/rabbitmq-env.conf
-  echo '[].' >"$RMQ_DIR/advanced.config"
-  echo '[rabbitmq_management].' >"$RMQ_DIR/enabled_plugins"
-  cat >"$RMQ_DIR/rabbitmq.conf" <<EOF
-# generated by scripts/stack.sh; AMQP listener is set by RABBITMQ_NODE_*
-management.tcp.ip = $LO
-management.tcp.port = $RABBITMQ_MGMT_PORT
-log.console = false
-log.file.level = info
-# (syslog output is off; with udp its client would bind a socket on 0.0.0.0)
-log.syslog.transport = tcp
-EOF
+  rmq_cookie "$RMQ_DIR/home"
+  rmq_conf "$RMQ_DIR" "$RABBITMQ_MGMT_PORT"
   rmq_cmd rabbitmq-server
   start_bg "$RMQ_DIR/launcher.pid" "$RMQ_DIR/launcher.log" "${RMQ_CMD[@]}"
 }
@@ -287,6 +313,79 @@ rabbitmq_stop() {
   if command -v epmd >/dev/null && names=$(epmd -names 2>/dev/null) && [[ $names != *$'\n'name* ]]; then
     epmd -kill >/dev/null 2>&1 || true
   fi
+}
+
+# ------------------------------------------------------- rabbitmq-cluster
+# Three RabbitMQ nodes on loopback forming one cluster (peer discovery from
+# the config: all three start at once, the first to get the lock founds the
+# cluster, the others join), for failover tests; not in the default set.
+# Node I (1..3): RABBITMQ_CLUSTER_NAME<I>@localhost, the I-th port of each
+# list, state in rabbitmq-cluster/node<I>/ (pid files rabbitmq.pid = the
+# node's Erlang VM, launcher.pid). `up` starts only the nodes that are down
+# (a killed node rejoins with its data). Quorum queues declared once the
+# cluster is formed get a member on each node.
+
+RMQC_DIR=$STACK_DIR/rabbitmq-cluster
+rmqc_nth() { local a; read -r -a a <<<"$1"; echo "${a[$(($2 - 1))]}"; }
+rmqc_node() { echo "$RABBITMQ_CLUSTER_NAME$1@localhost"; }
+rmqc_cmd() {   # I CMD ARGS...
+  rmq_node_cmd "$RMQC_DIR/node$1" "$RMQC_DIR/home" "$(rmqc_node "$1")" \
+    "$(rmqc_nth "$RABBITMQ_CLUSTER_PORTS" "$1")" "$(rmqc_nth "$RABBITMQ_CLUSTER_DIST_PORTS" "$1")" "${@:2}"
+}
+rmqc_node_alive() { alive "$(pid_in "$RMQC_DIR/node$1/launcher.pid")"; }
+rabbitmq-cluster_pid() { pid_in "$RMQC_DIR/node1/launcher.pid"; }
+rabbitmq-cluster_addr() {
+  local i urls=()
+  for i in 1 2 3; do urls+=("amqp://$LO:$(rmqc_nth "$RABBITMQ_CLUSTER_PORTS" "$i")"); done
+  local IFS=,
+  echo "${urls[*]} mgmt $RABBITMQ_CLUSTER_MGMT_PORTS nodes $(rmqc_node 1),$(rmqc_node 2),$(rmqc_node 3)"
+}
+rabbitmq-cluster_ready() {   # every node listens and sees all three running
+  local i running
+  for i in 1 2 3; do
+    running=$(curl -fsS -m 3 -u guest:guest "http://$LO:$(rmqc_nth "$RABBITMQ_CLUSTER_MGMT_PORTS" "$i")/api/nodes" 2>/dev/null |
+      grep -o '"running":true' | wc -l) || return 1
+    [[ $running == 3 ]] || return 1
+    port_open "$(rmqc_nth "$RABBITMQ_CLUSTER_PORTS" "$i")" || return 1
+  done
+}
+rabbitmq-cluster_logs() {
+  local i
+  for i in 1 2 3; do tail -n 10 "$RMQC_DIR/node$i/launcher.log" "$RMQC_DIR/node$i/log/$(rmqc_node "$i").log" 2>/dev/null || true; done
+}
+rabbitmq-cluster_start() {
+  local i d nodes=()
+  rmq_cookie "$RMQC_DIR/home"
+  for i in 1 2 3; do nodes+=("cluster_formation.classic_config.nodes.$i = $(rmqc_node "$i")"); done
+  for i in 1 2 3; do
+    rmqc_node_alive "$i" && continue
+    d=$RMQC_DIR/node$i
+    ensure_port_free "$(rmqc_nth "$RABBITMQ_CLUSTER_PORTS" "$i")" \
+      "$(rmqc_nth "$RABBITMQ_CLUSTER_MGMT_PORTS" "$i")" "$(rmqc_nth "$RABBITMQ_CLUSTER_DIST_PORTS" "$i")"
+    rmq_conf "$d" "$(rmqc_nth "$RABBITMQ_CLUSTER_MGMT_PORTS" "$i")" \
+      "cluster_formation.peer_discovery_backend = classic_config" \
+      "cluster_formation.discovery_retry_limit = 3" \
+      "cluster_formation.discovery_retry_interval = 200" \
+      "${nodes[@]}"
+    rmqc_cmd "$i" rabbitmq-server
+    start_bg "$d/launcher.pid" "$d/launcher.log" "${RMQ_CMD[@]}"
+  done
+}
+rabbitmq-cluster_start_missing() { rabbitmq-cluster_start; }
+rabbitmq-cluster_stop() {
+  local i d
+  for i in 1 2 3; do
+    d=$RMQC_DIR/node$i
+    if alive "$(pid_in "$d/rabbitmq.pid")"; then
+      rmqc_cmd "$i" rabbitmqctl -q shutdown
+      (timeout "$STACK_TIMEOUT" "${RMQ_CMD[@]}" >>"$d/launcher.log" 2>&1 || true) &
+    fi
+  done
+  wait
+  for i in 1 2 3; do
+    stop_pid "$RMQC_DIR/node$i/rabbitmq.pid"
+    stop_pid "$RMQC_DIR/node$i/launcher.pid"
+  done
 }
 
 # ------------------------------------------------------------------ redis
@@ -615,7 +714,11 @@ cmd_up() {
       fi
       continue
     fi
-    alive "$("$s"_pid)" || { "$s"_stop; log "starting $s"; "$s"_start; }
+    if declare -F "$s"_start_missing >/dev/null; then
+      log "starting $s (the members that are down)"; "$s"_start_missing
+    else
+      alive "$("$s"_pid)" || { "$s"_stop; log "starting $s"; "$s"_start; }
+    fi
     started+=("$s")
   done
   # All started at once above; now wait for each to be ready.

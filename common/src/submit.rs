@@ -140,8 +140,15 @@ impl Classify for SubmitError {
 #[derive(Debug, Clone)]
 pub struct Submitter {
     publisher: Publisher,
+    /// A second channel, for messages the first one had nacked.
+    spare: Publisher,
     state: Option<State>,
 }
+
+/// How long the submitter waits before it publishes nacked jobs again on
+/// its spare channel (a quorum queue's new leader is elected within a
+/// second of a node's loss).
+pub const NACK_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(750);
 
 impl Submitter {
     /// Opens a confirming channel on `conn` and declares the job topology.
@@ -155,7 +162,12 @@ impl Submitter {
         topology::declare_jobs(publisher.channel())
             .await
             .map_err(SubmitError::Topology)?;
-        Ok(Self { publisher, state })
+        let spare = Publisher::new(conn).await?;
+        Ok(Self {
+            publisher,
+            spare,
+            state,
+        })
     }
 
     /// Whether the channel is still open (a long-running submitter, such as
@@ -208,7 +220,7 @@ impl Submitter {
         let results = if msgs.is_empty() {
             Vec::new()
         } else {
-            match self.publisher.publish_many(&msgs).await {
+            match self.publish(&msgs).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.release(dedup, &envelopes_of(&mine)).await;
@@ -244,6 +256,36 @@ impl Submitter {
         self.record_queued(&accepted, status).await;
         self.fill_holders(jobs, &skipped, &mut outcomes).await;
         Ok(outcomes)
+    }
+
+    /// Publishes `msgs` with confirms. Messages the broker nacked are
+    /// published once more, after [`NACK_RETRY_AFTER`], on the spare
+    /// channel: when a cluster node holding a quorum queue's leader dies,
+    /// a channel that published to it during the election can have every
+    /// later publish nacked for as long as it lives (RabbitMQ 3.10), while
+    /// a new channel works at once.
+    async fn publish(
+        &self,
+        msgs: &[Outgoing<'_>],
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        let mut results = self.publisher.publish_many(msgs).await?;
+        let nacked: Vec<usize> = (0..results.len())
+            .filter(|&i| matches!(results[i], Err(BrokerError::Nacked { .. })))
+            .collect();
+        if nacked.is_empty() {
+            return Ok(results);
+        }
+        tracing::warn!(
+            nacked = nacked.len(),
+            "the broker refused some jobs; publishing them again on a fresh channel"
+        );
+        tokio::time::sleep(NACK_RETRY_AFTER).await;
+        let again: Vec<Outgoing<'_>> = nacked.iter().map(|&i| msgs[i].clone()).collect();
+        let retried = self.spare.publish_many(&again).await?;
+        for (i, r) in nacked.into_iter().zip(retried) {
+            results[i] = r;
+        }
+        Ok(results)
     }
 
     /// Claims every name (one round trip), or none with [`Dedup::Off`].

@@ -96,3 +96,126 @@ async fn redis_primary_killed_sentinel_promotes_replica() -> anyhow::Result<()> 
     base.cleanup().await;
     Ok(())
 }
+
+/// A management API of `cluster` that answers, trying node 1 to 3.
+async fn cluster_get(
+    env: &TestEnv,
+    cluster: &Private,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let mut last = None;
+    for i in 1..=3 {
+        let Some(base) = cluster.node_mgmt_url(i) else {
+            continue;
+        };
+        match env.http.get_ok(&format!("{base}{path}")).await {
+            Ok(body) => return Ok(serde_json::from_str(&body)?),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no node answered {path}")))
+}
+
+/// Which node (1…3) holds the worker's connection in `env`'s vhost.
+async fn worker_node(env: &TestEnv, cluster: &Private) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let conns = cluster_get(env, cluster, "/api/connections").await?;
+        let node = conns.as_array().into_iter().flatten().find_map(|c| {
+            let name = c["client_properties"]["connection_name"].as_str()?;
+            (c["vhost"] == env.vhost.as_str() && name.starts_with("certfleet-worker"))
+                .then(|| c["node"].as_str().map(str::to_string))?
+        });
+        if let Some(node) = node {
+            return node_index(cluster, &node);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no worker connection listed");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Which node (1…3) leads the work queue.
+async fn queue_leader(env: &TestEnv, cluster: &Private) -> anyhow::Result<usize> {
+    let q = cluster_get(
+        env,
+        cluster,
+        &format!(
+            "/api/queues/{}/{}",
+            env.vhost,
+            certfleet_common::topology::WORK_QUEUE
+        ),
+    )
+    .await?;
+    let members = q["members"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        members, 3,
+        "the work queue is replicated on all three nodes: {q}"
+    );
+    let leader = q["leader"]
+        .as_str()
+        .or_else(|| q["node"].as_str())
+        .ok_or_else(|| anyhow::anyhow!("no leader in {q}"))?;
+    node_index(cluster, leader)
+}
+
+fn node_index(cluster: &Private, node: &str) -> anyhow::Result<usize> {
+    (1..=3)
+        .find(|i| cluster.node_name(*i) == node)
+        .ok_or_else(|| anyhow::anyhow!("{node} is not a node of the cluster"))
+}
+
+/// A three-node RabbitMQ cluster loses, in turn, the node the worker is
+/// connected to and the node leading the work queue, with jobs in flight
+/// each time: the worker moves to another node, `certfleet issue` succeeds
+/// against the surviving nodes, every job is stored once, none is
+/// dead-lettered.
+#[tokio::test]
+async fn rabbitmq_cluster_nodes_killed() -> anyhow::Result<()> {
+    init_logging();
+    let base = TestEnv::new("ha-rabbit").await?;
+    let cluster = Private::start(Service::RabbitCluster, &[]).await?;
+    let pebble = Private::start(Service::Pebble, PEBBLE_WITH_SLEEP).await?;
+    let env = private::env_for(&base, &[&cluster, &pebble]).await?;
+    let worker = env.start_worker(&[("CERTFLEET_CONCURRENCY", "8")]).await?;
+    let total = 30;
+    let mut names = publish_issues(&env, "c", total).await?;
+    let leader = queue_leader(&env, &cluster).await?;
+
+    // 1. The worker's own node.
+    wait_stored(&env, &names, 3, Duration::from_secs(60)).await?;
+    let connected = worker_node(&env, &cluster).await?;
+    let before_first = stored_count(&env, &names).await?;
+    cluster.kill_member(&format!("node{connected}")).await?;
+    assert!(
+        before_first < total,
+        "the first kill hit jobs in flight: {before_first} of {total} stored"
+    );
+    // The CLI during the outage: accepted by a surviving node.
+    let domain = env.domain("c-during").await?;
+    env.certfleet(&["issue", &domain]).await?;
+    names.push(CertName::from_domain(&domain)?);
+    let moved_to = worker_node(&env, &cluster).await?;
+    assert_ne!(moved_to, connected, "the worker moved to another node");
+    wait_stored(&env, &names, before_first + 3, Duration::from_secs(120)).await?;
+    cluster.start_again().await?;
+
+    // 2. The work queue's leader.
+    let leader_now = queue_leader(&env, &cluster).await?;
+    let before_second = stored_count(&env, &names).await?;
+    cluster.kill_member(&format!("node{leader_now}")).await?;
+    assert!(
+        before_second < names.len(),
+        "the second kill hit jobs in flight: {before_second} of {} stored",
+        names.len()
+    );
+    wait_stored(&env, &names, names.len(), Duration::from_secs(240)).await?;
+    cluster.start_again().await?;
+    let versions = assert_once_each(&env, &names).await?;
+    println!(
+        "rabbitmq cluster: leader at start node{leader}; killed node{connected} (the worker's) with {before_first} of {total} stored, worker moved to node{moved_to}, `certfleet issue` accepted during the outage; killed node{leader_now} (work queue leader) with {before_second} of {} stored; all stored, versions {versions:?}",
+        names.len()
+    );
+    worker.stop().await;
+    base.cleanup().await;
+    Ok(())
+}

@@ -15,5 +15,6 @@ mod renew;
 mod responder;
 mod services;
 mod silent_broker;
+mod soak;
 mod storage;
 mod watch;

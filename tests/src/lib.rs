@@ -133,6 +133,7 @@ impl Stack {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// One test's isolated slice of the stack.
+#[derive(Clone)]
 pub struct TestEnv {
     /// Short unique id.
     pub id: String,

@@ -97,6 +97,10 @@ pub enum Service {
     /// A Redis primary, a replica and three sentinels (service
     /// `certfleet`): [`Private::kill_member`] kills one of them.
     Sentinel,
+    /// Three clustered RabbitMQ nodes (`node1`…`node3`, each with the
+    /// management plugin): [`Private::kill_member`] kills one,
+    /// [`Private::start_again`] starts the ones that are down.
+    RabbitCluster,
 }
 
 impl Service {
@@ -108,6 +112,7 @@ impl Service {
             Self::S3 => "s3",
             Self::Pebble => "pebble",
             Self::Sentinel => "sentinel",
+            Self::RabbitCluster => "rabbitmq-cluster",
         }
     }
 
@@ -122,6 +127,14 @@ impl Service {
             Self::S3 => &["s3/moto.pid"],
             Self::Pebble => &["pebble/pebble.pid"],
             Self::Sentinel => &["sentinel/primary.pid"],
+            Self::RabbitCluster => &[
+                "rabbitmq-cluster/node1/rabbitmq.pid",
+                "rabbitmq-cluster/node2/rabbitmq.pid",
+                "rabbitmq-cluster/node3/rabbitmq.pid",
+                "rabbitmq-cluster/node1/launcher.pid",
+                "rabbitmq-cluster/node2/launcher.pid",
+                "rabbitmq-cluster/node3/launcher.pid",
+            ],
         }
     }
 }
@@ -184,6 +197,28 @@ impl Private {
         let mut bucket = "certfleet".to_string();
         let mut members = Vec::new();
         match kind {
+            Service::RabbitCluster => {
+                let mut lists: [Vec<String>; 3] = Default::default();
+                for i in 1..=3 {
+                    let amqp = alloc_port(false)?;
+                    let mgmt = alloc_port(false)?;
+                    let dist = alloc_port(false)?;
+                    members.push((["node1", "node2", "node3"][i - 1], amqp));
+                    members.push((["mgmt1", "mgmt2", "mgmt3"][i - 1], mgmt));
+                    lists[0].push(amqp.to_string());
+                    lists[1].push(mgmt.to_string());
+                    lists[2].push(dist.to_string());
+                }
+                port = members[0].1;
+                mgmt_port = Some(members[1].1);
+                set("RABBITMQ_CLUSTER_PORTS", lists[0].join(" "));
+                set("RABBITMQ_CLUSTER_MGMT_PORTS", lists[1].join(" "));
+                set("RABBITMQ_CLUSTER_DIST_PORTS", lists[2].join(" "));
+                set(
+                    "RABBITMQ_CLUSTER_NAME",
+                    format!("cf-private-{}-{port}-", std::process::id()),
+                );
+            }
             Service::Sentinel => {
                 for m in SENTINEL_MEMBERS {
                     members.push((m, alloc_port(false)?));
@@ -389,6 +424,12 @@ impl Private {
             Service::Redis => format!("redis://127.0.0.1:{p}/0"),
             Service::S3 => format!("http://127.0.0.1:{p}"),
             Service::Pebble => format!("https://127.0.0.1:{p}/dir"),
+            Service::RabbitCluster => self
+                .node_ports()
+                .iter()
+                .map(|p| format!("amqp://guest:guest@127.0.0.1:{p}/%2f"))
+                .collect::<Vec<_>>()
+                .join(","),
             Service::Sentinel => {
                 let sentinels: Vec<String> = self.members[2..]
                     .iter()
@@ -399,7 +440,33 @@ impl Private {
         }
     }
 
-    /// Sentinel: the port of a member (`primary`, `replica`, `s1`…`s3`).
+    /// RabbitCluster: the AMQP ports of the nodes, node 1 first.
+    pub fn node_ports(&self) -> Vec<u16> {
+        self.members
+            .iter()
+            .filter(|(m, _)| m.starts_with("node"))
+            .map(|(_, p)| *p)
+            .collect()
+    }
+
+    /// RabbitCluster: the management API of node `i` (1…3), with
+    /// credentials.
+    pub fn node_mgmt_url(&self, i: usize) -> Option<String> {
+        let p = self.member_port(&format!("mgmt{i}"))?;
+        Some(format!("http://guest:guest@127.0.0.1:{p}"))
+    }
+
+    /// RabbitCluster: the Erlang node name of node `i` (1…3).
+    pub fn node_name(&self, i: usize) -> String {
+        format!(
+            "cf-private-{}-{}-{i}@localhost",
+            std::process::id(),
+            self.port
+        )
+    }
+
+    /// Sentinel: the port of a member (`primary`, `replica`, `s1`…`s3`);
+    /// RabbitCluster: of `node1`…`node3` (AMQP) or `mgmt1`…`mgmt3`.
     pub fn member_port(&self, member: &str) -> Option<u16> {
         self.members
             .iter()
@@ -434,29 +501,38 @@ impl Private {
         bail!("no sentinel of {} answered", self.dir.path().display())
     }
 
-    /// Sentinel: SIGKILLs one member (`primary`, `replica`, `s1`…`s3`, as
-    /// started) and waits until it is gone.
+    /// SIGKILLs one member and waits until it is gone: for Sentinel
+    /// `primary`, `replica`, `s1`…`s3` (as started); for RabbitCluster
+    /// `node1`…`node3` (its Erlang VM and launcher script).
     ///
     /// # Errors
     /// Not running, or still alive after 10 s.
     pub async fn kill_member(&self, member: &str) -> anyhow::Result<()> {
-        let file = self
-            .dir
-            .path()
-            .join(format!("{}/{member}.pid", self.kind.name()));
-        let pid = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
+        let dir = self.dir.path().join(self.kind.name());
+        let files = match self.kind {
+            Service::RabbitCluster => vec![
+                dir.join(format!("{member}/rabbitmq.pid")),
+                dir.join(format!("{member}/launcher.pid")),
+            ],
+            _ => vec![dir.join(format!("{member}.pid"))],
+        };
+        let pids: Vec<u32> = files
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .filter_map(|t| t.trim().parse::<u32>().ok())
             .filter(|p| alive(*p))
-            .with_context(|| format!("{member}: not running"))?;
-        kill_and_wait(&[pid]).await
+            .collect();
+        anyhow::ensure!(!pids.is_empty(), "{member}: not running");
+        kill_and_wait(&pids).await
     }
 
     /// RabbitMQ's management API (with credentials) or Pebble's.
     pub fn mgmt_url(&self) -> Option<String> {
         let m = self.mgmt_port?;
         match self.kind {
-            Service::RabbitMq => Some(format!("http://guest:guest@127.0.0.1:{m}")),
+            Service::RabbitMq | Service::RabbitCluster => {
+                Some(format!("http://guest:guest@127.0.0.1:{m}"))
+            }
             Service::Pebble => Some(format!("https://127.0.0.1:{m}")),
             _ => None,
         }
@@ -486,7 +562,7 @@ impl Private {
         let mut v = Vec::new();
         let mut set = |k: &str, val: String| v.push((k.to_string(), val));
         match self.kind {
-            Service::RabbitMq => {
+            Service::RabbitMq | Service::RabbitCluster => {
                 set("CERTFLEET_AMQP_URL", self.url());
                 if let Some(m) = self.mgmt_url() {
                     set("CERTFLEET_TEST_RABBITMQ_MGMT_URL", m);
@@ -783,6 +859,19 @@ pub async fn env_for(env: &TestEnv, private: &[&Private]) -> anyhow::Result<Test
                     "CERTFLEET_AMQP_URL".into(),
                     format!("{}/{}", stack.amqp_base, env.vhost),
                 );
+            }
+            Service::RabbitCluster => {
+                stack.amqp_base = format!("amqp://guest:guest@127.0.0.1:{port}");
+                if let Some(m) = p.mgmt_url() {
+                    stack.rabbitmq_mgmt = url::Url::parse(&m)?;
+                }
+                create_vhost(env, &stack.rabbitmq_mgmt, &env.vhost).await?;
+                let urls: Vec<String> = p
+                    .node_ports()
+                    .iter()
+                    .map(|n| format!("amqp://guest:guest@127.0.0.1:{n}/{}", env.vhost))
+                    .collect();
+                vars.insert("CERTFLEET_AMQP_URL".into(), urls.join(","));
             }
             Service::Redis | Service::Sentinel => {
                 stack.redis_url = p.url();

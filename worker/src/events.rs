@@ -1,6 +1,8 @@
 //! Everything a worker publishes: events, retries and dead letters, each
 //! confirmed by the broker before the job's delivery is acknowledged.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use certfleet_common::amqp::{BrokerError, CONTENT_TYPE_JOB, Outgoing, Publisher};
@@ -23,18 +25,34 @@ pub(crate) const MAX_REASON_LEN: usize = 1024;
 #[derive(Clone, Debug)]
 pub(crate) struct Outbox {
     publisher: Publisher,
+    /// Set when the broker refused (nacked) a message on this channel.
+    nacked: Arc<AtomicBool>,
 }
 
 impl Outbox {
     pub(crate) fn new(publisher: Publisher) -> Self {
-        Self { publisher }
+        Self {
+            publisher,
+            nacked: Arc::default(),
+        }
     }
 
-    /// Whether the publishing channel is still open. The broker closes it
-    /// for good on a channel error (a deleted exchange, say); then nothing
-    /// can be published on it any more, and the consumer reconnects.
+    /// Whether the publishing channel is still usable. The broker closes it
+    /// for good on a channel error (a deleted exchange, say); and a channel
+    /// that published while a quorum queue's leader died may have every
+    /// later publish to that queue nacked for as long as it lives (seen on
+    /// RabbitMQ 3.10 when a cluster node is killed; a new channel works at
+    /// once). Either way the consumer reconnects with fresh channels.
     pub(crate) fn is_open(&self) -> bool {
-        self.publisher.channel().status().connected()
+        self.publisher.channel().status().connected() && !self.nacked.load(Ordering::Relaxed)
+    }
+
+    /// Notes a nack, so that [`Outbox::is_open`] ends the session.
+    fn note<T>(&self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+        if matches!(result, Err(BrokerError::Nacked { .. })) {
+            self.nacked.store(true, Ordering::Relaxed);
+        }
+        result
     }
 
     /// Publishes an event (not mandatory: no subscriber is fine).
@@ -44,17 +62,19 @@ impl Outbox {
             .map_err(|e| JobError::Invalid(format!("encoding the event: {e}")))?;
         let key = event.routing_key();
         let job_id = event.job_id.to_string();
-        self.publisher
-            .publish(Outgoing {
-                exchange: topology::EVENTS_EXCHANGE,
-                routing_key: &key,
-                body: &body,
-                content_type: CONTENT_TYPE_JSON,
-                message_id: Some(&job_id),
-                headers: None,
-                mandatory: false,
-            })
-            .await?;
+        self.note(
+            self.publisher
+                .publish(Outgoing {
+                    exchange: topology::EVENTS_EXCHANGE,
+                    routing_key: &key,
+                    body: &body,
+                    content_type: CONTENT_TYPE_JSON,
+                    message_id: Some(&job_id),
+                    headers: None,
+                    mandatory: false,
+                })
+                .await,
+        )?;
         Ok(())
     }
 
@@ -72,20 +92,22 @@ impl Outbox {
             .map_err(|e| JobError::Invalid(e.to_string()))?;
         let key = envelope.routing_key();
         let job_id = envelope.job_id.to_string();
-        self.publisher
-            .publish(Outgoing {
-                exchange: topology::RETRY_EXCHANGE,
-                routing_key: &key,
-                body: &body,
-                content_type: CONTENT_TYPE_JOB,
-                message_id: Some(&job_id),
-                headers: Some(headers(
-                    &[(topology::HDR_DELAY, label)],
-                    &[(topology::HDR_NOT_BEFORE, not_before)],
-                )),
-                mandatory: true,
-            })
-            .await?;
+        self.note(
+            self.publisher
+                .publish(Outgoing {
+                    exchange: topology::RETRY_EXCHANGE,
+                    routing_key: &key,
+                    body: &body,
+                    content_type: CONTENT_TYPE_JOB,
+                    message_id: Some(&job_id),
+                    headers: Some(headers(
+                        &[(topology::HDR_DELAY, label)],
+                        &[(topology::HDR_NOT_BEFORE, not_before)],
+                    )),
+                    mandatory: true,
+                })
+                .await,
+        )?;
         Ok(())
     }
 
@@ -110,17 +132,19 @@ impl Outbox {
         if let Some(id) = job_id {
             strings.push((topology::HDR_JOB_ID, id));
         }
-        self.publisher
-            .publish(Outgoing {
-                exchange: topology::DEAD_EXCHANGE,
-                routing_key,
-                body,
-                content_type: CONTENT_TYPE_JOB,
-                message_id: job_id,
-                headers: Some(headers(&strings, &[])),
-                mandatory: true,
-            })
-            .await
+        self.note(
+            self.publisher
+                .publish(Outgoing {
+                    exchange: topology::DEAD_EXCHANGE,
+                    routing_key,
+                    body,
+                    content_type: CONTENT_TYPE_JOB,
+                    message_id: job_id,
+                    headers: Some(headers(&strings, &[])),
+                    mandatory: true,
+                })
+                .await,
+        )
     }
 }
 
