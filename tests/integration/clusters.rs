@@ -6,6 +6,7 @@ use std::time::Duration;
 use certfleet_common::CertName;
 use certfleet_tests::private::{self, PEBBLE_WITH_SLEEP, Private, Service};
 use certfleet_tests::{TestEnv, init_logging};
+use certfleet_worker::objects::ObjectWrites as _;
 use tokio::time::Instant;
 
 use crate::faults::{stored_count, versions_per_name};
@@ -214,6 +215,46 @@ async fn rabbitmq_cluster_nodes_killed() -> anyhow::Result<()> {
     println!(
         "rabbitmq cluster: leader at start node{leader}; killed node{connected} (the worker's) with {before_first} of {total} stored, worker moved to node{moved_to}, `certfleet issue` accepted during the outage; killed node{leader_now} (work queue leader) with {before_second} of {} stored; all stored, versions {versions:?}",
         names.len()
+    );
+    worker.stop().await;
+    base.cleanup().await;
+    Ok(())
+}
+
+/// The S3 server (SeaweedFS) is killed (-9) mid-run and started again on
+/// its data: every job completes, one version per name, none
+/// dead-lettered, and what was stored before the kill is still there.
+#[tokio::test]
+async fn s3_server_killed_and_restarted_mid_run() -> anyhow::Result<()> {
+    init_logging();
+    let base = TestEnv::new("ha-s3").await?;
+    let s3 = Private::start(Service::S3, &[]).await?;
+    let pebble = Private::start(Service::Pebble, PEBBLE_WITH_SLEEP).await?;
+    let env = private::env_for(&base, &[&s3, &pebble]).await?;
+    env.store().await.ensure_bucket().await?;
+    let worker = env.start_worker(&[("CERTFLEET_CONCURRENCY", "8")]).await?;
+    let total = 30;
+    let names = publish_issues(&env, "w", total).await?;
+    wait_stored(&env, &names, 3, Duration::from_secs(60)).await?;
+    let before = stored_count(&env, &names).await?;
+    s3.kill().await?;
+    assert!(
+        before < total,
+        "the kill hit jobs in flight: {before} of {total} stored"
+    );
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s3.start_again().await?;
+    let back = killed.elapsed();
+    let after_restart = stored_count(&env, &names).await?;
+    assert!(
+        after_restart >= before,
+        "nothing stored before the kill is gone: {after_restart} < {before}"
+    );
+    wait_stored(&env, &names, total, Duration::from_secs(240)).await?;
+    let versions = assert_once_each(&env, &names).await?;
+    println!(
+        "s3 kill -9: {before} of {total} stored at the kill, {after_restart} readable after the restart ({back:?} down); all {total} stored, versions {versions:?}"
     );
     worker.stop().await;
     base.cleanup().await;

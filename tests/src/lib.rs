@@ -1,4 +1,4 @@
-//! Test harness: real RabbitMQ, Redis, S3 (moto) and Pebble, as started by
+//! Test harness: real RabbitMQ, Redis, S3 (SeaweedFS) and Pebble, as started by
 //! `scripts/stack.sh`, shared by every test but isolated per test.
 //!
 //! Each [`TestEnv`] gets its own RabbitMQ vhost, Redis key prefix, S3 key

@@ -32,7 +32,7 @@
 //! |---|---|---|
 //! | RabbitMQ | `amqp://guest:guest@127.0.0.1:PORT/%2f` | durable queues and messages, vhosts |
 //! | Redis | `redis://127.0.0.1:PORT/0` | nothing, unless started with `REDIS_APPENDONLY=yes` |
-//! | S3 (moto) | `http://127.0.0.1:PORT` | nothing (the bucket is recreated empty) |
+//! | S3 (SeaweedFS) | `http://127.0.0.1:PORT` | every bucket and object |
 //! | Pebble | `https://127.0.0.1:PORT/dir` | nothing: accounts, orders and the issuing roots are new |
 //!
 //! A private Pebble comes with its own pebble-challtestsrv (`stack.sh`
@@ -90,7 +90,7 @@ pub enum Service {
     RabbitMq,
     /// Redis.
     Redis,
-    /// moto_server (S3).
+    /// SeaweedFS (S3); its data survives a kill and a restart.
     S3,
     /// Pebble and its pebble-challtestsrv.
     Pebble,
@@ -124,7 +124,7 @@ impl Service {
         match self {
             Self::RabbitMq => &["rabbitmq/rabbitmq.pid", "rabbitmq/launcher.pid"],
             Self::Redis => &["redis/redis.pid"],
-            Self::S3 => &["s3/moto.pid"],
+            Self::S3 => &["s3/weed.pid"],
             Self::Pebble => &["pebble/pebble.pid"],
             Self::Sentinel => &["sentinel/primary.pid"],
             Self::RabbitCluster => &[
@@ -252,6 +252,17 @@ impl Private {
             Service::S3 => {
                 port = alloc_port(false)?;
                 set("S3_PORT", port.to_string());
+                for k in [
+                    "S3_GRPC_PORT",
+                    "WEED_MASTER_PORT",
+                    "WEED_MASTER_GRPC_PORT",
+                    "WEED_VOLUME_PORT",
+                    "WEED_VOLUME_GRPC_PORT",
+                    "WEED_FILER_PORT",
+                    "WEED_FILER_GRPC_PORT",
+                ] {
+                    set(k, alloc_port(false)?.to_string());
+                }
                 if let Some((_, b)) = extra_env.iter().find(|(k, _)| *k == "S3_BUCKET") {
                     bucket = (*b).to_string();
                 }

@@ -1,6 +1,6 @@
 //! Route 53 provider against moto (AWS API double; no DNS, so nothing is checked on BIND).
 //!
-//! moto: the test stack's S3 server, which is moto and serves the Route 53 API on the
+//! moto: the test stack's moto service, which serves the Route 53 API on the
 //! same port. Each test uses its own hosted zone, named after the run.
 
 use std::time::Duration;
@@ -13,10 +13,10 @@ use certfleet_worker::dns01::{
     ApiSecret, AwsStaticCredentials, Dns01Provider, DnsError, Route53Config, Route53Provider,
 };
 
-/// moto of the test stack (`scripts/stack.sh`'s S3 is moto, which serves
-/// every AWS API on its one port, Route 53 included).
+/// moto of the test stack (`scripts/stack.sh`'s `moto` service, which
+/// serves every AWS API on its one port, Route 53 included).
 fn moto() -> String {
-    certfleet_tests::Stack::from_env().s3_endpoint
+    certfleet_tests::var("CERTFLEET_TEST_MOTO_URL", "http://127.0.0.1:9010")
 }
 
 fn sdk_client() -> Client {
