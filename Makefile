@@ -5,7 +5,7 @@
 #   make bench   side-by-side benchmarks (bench/results/)
 #   make soak    minutes of random faults under load (bench/results/soak-*.md)
 #
-# The local stack (RabbitMQ, Redis, S3 via moto, BIND 9, Pebble) is installed and
+# The local stack (RabbitMQ, Redis, S3 via SeaweedFS, moto, BIND 9, Pebble) is installed and
 # started by scripts/stack.sh on loopback; `make stack-down` stops it.
 
 SHELL := /bin/bash

@@ -127,7 +127,7 @@ fi
   for p in pebble lego bind9 rabbitmq-server redis-server; do
     echo "$p: $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo '?')"
   done
-  echo "moto: $("$REPO/.stack/venv/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null || echo '?')"
+  echo "S3 server: SeaweedFS $("$REPO/.stack/venv/bin/weed" version 2>/dev/null | awk '{print $3}' || echo '?')"
   echo "instant-acme: $(grep -A1 '^name = "instant-acme"' Cargo.lock | sed -n 's/version = "\(.*\)"/\1/p')"
   echo "other load: the shared stack and this machine may be used by other work during the run (see 'machine busy')"
 } >"$OUT/settings.txt"

@@ -565,9 +565,11 @@ s3_stop() {
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 20; i++)); do alive "$pid" || break; sleep 0.1; done
     if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
+    for ((i = 0; i < 150; i++)); do alive "$pid" || break; sleep 0.1; done
   fi
   rm -f "$S3_DIR/weed.pid"
+  # Its listeners close as it exits; wait for the S3 port to be free.
+  for ((i = 0; i < 50; i++)); do port_open "$S3_PORT" || break; sleep 0.1; done
 }
 
 # ------------------------------------------------------------------- moto

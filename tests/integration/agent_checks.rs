@@ -371,8 +371,21 @@ async fn hook_gets_a_clean_environment() -> anyhow::Result<()> {
         .try_into()
         .map_err(|_| anyhow!("key length"))?;
     let key_b64 = base64::engine::general_purpose::STANDARD.encode(key);
-    let aws_secret = format!("hook-env-secret-{}", env.id);
-    let aws_key_id = "AKIAHOOKENVTESTKEYID".to_string();
+    // The S3 server's real credentials (SeaweedFS refuses others).
+    let aws_secret = env
+        .vars
+        .get("AWS_SECRET_ACCESS_KEY")
+        .cloned()
+        .unwrap_or_default();
+    let aws_key_id = env
+        .vars
+        .get("AWS_ACCESS_KEY_ID")
+        .cloned()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        aws_secret.len() >= 8 && aws_key_id.len() >= 8,
+        "S3 credentials"
+    );
     let amqp_url = env
         .vars
         .get("CERTFLEET_AMQP_URL")
