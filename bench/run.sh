@@ -14,7 +14,8 @@
 #   LEGO_SLOW_N=20  lego sequential with real validation (http-01, delay,
 #                dns-01; ~5 s each)
 #   LEGO_SLOW_PAR_N=80  lego x8 with real validation
-#   FANOUT="1 10 100"  subscriber counts; FANOUT_CERTS=10 certificates each
+#   FANOUT="1 10 100"  subscriber counts (empty: none); FANOUT_CERTS=10 certificates each
+#   MODES="instant http01 delay dns01"  the validation modes to run
 #   BENCH_IP=127.240.0.2  loopback address the bench's domains resolve to
 #   BENCH_PEBBLE_PORT=14600 BENCH_PEBBLE_MGMT_PORT=15600
 #   BENCH_CHALLTESTSRV_DNS_PORT=8653 BENCH_CHALLTESTSRV_MGMT_PORT=8655
@@ -55,7 +56,8 @@ SWEEP=${SWEEP:-0}
 LEGO_N=${LEGO_N:-100}
 LEGO_SLOW_N=${LEGO_SLOW_N:-20}
 LEGO_SLOW_PAR_N=${LEGO_SLOW_PAR_N:-80}
-FANOUT=${FANOUT:-1 10 100}
+FANOUT=${FANOUT-1 10 100}
+MODES=${MODES:-instant http01 delay dns01}
 FANOUT_CERTS=${FANOUT_CERTS:-10}
 BENCH_IP=${BENCH_IP:-127.240.0.2}
 # The private Pebble: its own state directory and ports.
@@ -262,7 +264,7 @@ lego_run() { # MODE P N
 
 # -------------------------------------------------------------------- modes
 
-for mode in instant http01 delay dns01; do
+for mode in $MODES; do
   log "== $(tr '[:lower:]' '[:upper:]' <<<"$mode") mode"
 
   for c in $(sweep_for "$mode"); do certfleet "$mode" "$c" "$(n_for "$c" "$mode")"; done

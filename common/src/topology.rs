@@ -39,8 +39,15 @@ pub const EVENTS_EXCHANGE: &str = "certfleet.events";
 /// Prefix of each webserver's durable event queue.
 pub const WATCH_QUEUE_PREFIX: &str = "certfleet.watch.";
 
-/// Header on a retried job: which delay queue it goes through.
-pub const HDR_DELAY: &str = "x-certfleet-delay";
+/// Header on a retried job: which delay queue it goes through; the retry
+/// exchange (headers) routes on it. It must not start with `x-`: RabbitMQ's
+/// headers exchange ignores such headers when matching, so a binding on
+/// one would match every message (every retry was copied into all six
+/// delay queues, and each copy came back as another try of the job).
+pub const HDR_DELAY: &str = "certfleet-delay";
+/// The delay header of releases before that was found: bindings on it are
+/// removed when the topology is declared.
+const LEGACY_HDR_DELAY: &str = "x-certfleet-delay";
 /// Header: do not start this job before this time (Unix ms). A job that comes
 /// back from a delay queue early (its wait was longer than the longest delay)
 /// is delayed again without counting an attempt.
@@ -212,6 +219,16 @@ pub async fn declare_jobs(channel: &Channel) -> lapin::Result<()> {
                     ("x-dead-letter-strategy", text("at-least-once")),
                     ("x-overflow", text("reject-publish")),
                 ]),
+            )
+            .await?;
+        // A binding on the legacy header matches everything (see
+        // HDR_DELAY); unbinding one that does not exist is a no-op.
+        channel
+            .queue_unbind(
+                name.as_str().into(),
+                RETRY_EXCHANGE.into(),
+                "".into(),
+                table(&[("x-match", text("all")), (LEGACY_HDR_DELAY, text(label))]),
             )
             .await?;
         channel

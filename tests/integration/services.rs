@@ -173,3 +173,62 @@ async fn s3_put_get_list_conditional() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// A retry goes to its own delay queue only. (The delay header used to
+/// start with `x-`, which RabbitMQ's headers exchange ignores when
+/// matching: every retry was copied into all six delay queues, and under
+/// faults each copy came back as one more try, found by the soak as
+/// hundreds of thousands of messages.) Also: a binding left by that
+/// release is removed when the topology is declared again.
+#[tokio::test]
+async fn a_retry_lands_in_its_delay_queue_only() -> anyhow::Result<()> {
+    let env = TestEnv::new("retry-tier").await?;
+    let conn = env.connect().await?;
+    let publisher = Publisher::new(&conn).await?;
+    // The binding of the old release, on every tier, then the current
+    // declaration, which must remove it.
+    topology::declare_jobs(publisher.channel()).await?;
+    for (label, _) in topology::RETRY_DELAYS {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-match".into(),
+            lapin::types::AMQPValue::LongString("all".into()),
+        );
+        args.insert(
+            "x-certfleet-delay".into(),
+            lapin::types::AMQPValue::LongString(label.into()),
+        );
+        publisher
+            .channel()
+            .queue_bind(
+                topology::retry_queue(label).as_str().into(),
+                topology::RETRY_EXCHANGE.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                args,
+            )
+            .await?;
+    }
+    topology::declare_jobs(publisher.channel()).await?;
+    for (label, _) in topology::RETRY_DELAYS {
+        let headers = topology::headers(&[(topology::HDR_DELAY, label)], &[]);
+        let mut out = Outgoing::job("job.issue.http-01", b"x", None);
+        out.exchange = topology::RETRY_EXCHANGE;
+        out.headers = Some(headers);
+        publisher.publish(out).await?;
+    }
+    let mut counts = Vec::new();
+    for (label, _) in topology::RETRY_DELAYS {
+        // The 10 s tier may already have sent its message on: count both.
+        counts.push((label, env.queue_len(&topology::retry_queue(label)).await?));
+    }
+    println!("delay queues after one retry each: {counts:?}");
+    for (label, n) in &counts {
+        if *label != "10s" {
+            assert_eq!(*n, 1, "one message in {label}: {counts:?}");
+        }
+    }
+    certfleet_common::amqp::close(&conn, 200, "done").await;
+    env.cleanup().await;
+    Ok(())
+}

@@ -89,6 +89,13 @@ async fn stored(env: &TestEnv, names: &[CertName]) -> anyhow::Result<(usize, usi
 async fn soak() -> anyhow::Result<()> {
     init_logging();
     let minutes: u64 = var("CERTFLEET_SOAK_MINUTES", "10").parse()?;
+    // Which faults to inject (comma separated): worker, redis, rabbitmq, s3.
+    let kinds: Vec<String> = var("CERTFLEET_SOAK_FAULTS", "worker,redis,rabbitmq,s3")
+        .split(',')
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    anyhow::ensure!(!kinds.is_empty(), "CERTFLEET_SOAK_FAULTS names no fault");
     let run_for = Duration::from_secs(minutes * 60);
     let base = TestEnv::new("soak").await?;
     let broker = Private::start(Service::RabbitMq, &[]).await?;
@@ -157,35 +164,49 @@ async fn soak() -> anyhow::Result<()> {
     while started.elapsed() < run_for {
         let pause = rand::rng().random_range(10..20);
         tokio::time::sleep(Duration::from_secs(pause)).await;
-        let pick = rand::rng().random_range(0..10);
+        // Half of the faults hit a worker (when workers are named), the
+        // rest one of the named services.
+        let services: Vec<&str> = kinds
+            .iter()
+            .map(String::as_str)
+            .filter(|k| *k != "worker")
+            .collect();
+        let worker_fault = kinds.iter().any(|k| k == "worker")
+            && (services.is_empty() || rand::rng().random_bool(0.5));
+        let pick = if worker_fault {
+            "worker"
+        } else {
+            services[rand::rng().random_range(0..services.len())]
+        };
         let down = Duration::from_millis(rand::rng().random_range(2000..6000));
         let at = started.elapsed().as_secs();
         let what = match pick {
-            0..=4 => {
+            "worker" => {
                 let i = rand::rng().random_range(0..WORKERS);
                 workers.kill(i).await?;
                 tokio::time::sleep(down / 2).await;
                 workers.spawn(i)?;
                 "worker kill -9"
             }
-            5 | 6 => {
+            "redis" => {
                 redis.kill().await?;
                 tokio::time::sleep(down).await;
                 redis.start_again().await?;
                 "redis kill -9"
             }
-            7 | 8 => {
+            "rabbitmq" => {
                 broker.kill().await?;
                 tokio::time::sleep(down).await;
                 broker.start_again().await?;
                 "rabbitmq kill -9"
             }
-            _ => {
+            "s3" => {
                 s3.kill().await?;
                 tokio::time::sleep(down).await;
                 s3.start_again().await?;
                 "s3 kill -9"
             }
+            other => anyhow::bail!("CERTFLEET_SOAK_FAULTS: unknown fault {other:?}"),
         };
         *faults.entry(what).or_default() += 1;
         let _ = writeln!(log, "- {at} s: {what}, down {:.1} s", down.as_secs_f64());
@@ -201,7 +222,7 @@ async fn soak() -> anyhow::Result<()> {
         .accepted
         .clone();
     let refused = tally.lock().unwrap_or_else(PoisonError::into_inner).refused;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let (mut n_stored, mut dup_versions, mut versions_total);
     loop {
         (n_stored, dup_versions, versions_total) = stored(&env, &accepted).await?;
@@ -224,6 +245,17 @@ async fn soak() -> anyhow::Result<()> {
         .await
         .unwrap_or(0);
     let lost = accepted.len() - n_stored;
+    // Messages left in the queues: a healthy run ends with none in the work
+    // queue (jobs in long retry tiers may remain).
+    let mut queues = Vec::new();
+    for q in std::iter::once(certfleet_common::topology::WORK_QUEUE.to_string()).chain(
+        certfleet_common::topology::RETRY_DELAYS
+            .iter()
+            .map(|(l, _)| certfleet_common::topology::retry_queue(l)),
+    ) {
+        let n = env.queue_len(&q).await.unwrap_or(u64::MAX);
+        queues.push(format!("{q}: {n}"));
+    }
     for i in 0..WORKERS {
         workers.kill(i).await?;
     }
@@ -263,7 +295,12 @@ async fn soak() -> anyhow::Result<()> {
     ] {
         let _ = writeln!(report, "| {k} | {v} |");
     }
-    let _ = writeln!(report, "\nFaults by kind:\n");
+    let _ = writeln!(
+        report,
+        "\nMessages left in the queues: {}\n",
+        queues.join(", ")
+    );
+    let _ = writeln!(report, "\nFaults by kind ({}):\n", kinds.join(", "));
     for (k, v) in &faults {
         let _ = writeln!(report, "- {k}: {v}");
     }
