@@ -9,46 +9,8 @@ use certfleet_tests::{TestEnv, init_logging};
 use certfleet_worker::objects::ObjectWrites as _;
 use tokio::time::Instant;
 
-use crate::faults::{stored_count, versions_per_name};
+use crate::faults::{assert_once_each, stored_count, wait_stored};
 use crate::issue::publish_issues;
-
-/// Waits until at least `n` of `names` are stored.
-async fn wait_stored(
-    env: &TestEnv,
-    names: &[CertName],
-    n: usize,
-    within: Duration,
-) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + within;
-    loop {
-        let stored = stored_count(env, names).await?;
-        if stored >= n {
-            return Ok(stored);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {stored} of {} stored within {within:?} (waiting for {n})",
-            names.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// One version per name, nothing dead-lettered.
-async fn assert_once_each(env: &TestEnv, names: &[CertName]) -> anyhow::Result<Vec<usize>> {
-    let versions = versions_per_name(env, names).await?;
-    assert!(
-        versions.iter().all(|v| *v == 1),
-        "one version per name: {versions:?}"
-    );
-    assert_eq!(
-        env.queue_len_settled(certfleet_common::topology::DEAD_QUEUE, 0)
-            .await?,
-        0,
-        "no job dead-lettered"
-    );
-    Ok(versions)
-}
 
 /// The Redis primary is killed mid-run; Sentinel promotes the replica and
 /// the worker's pool follows it: every job completes, one version per

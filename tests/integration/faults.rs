@@ -34,6 +34,47 @@ pub(crate) async fn stored_count(env: &TestEnv, names: &[CertName]) -> anyhow::R
     Ok(n)
 }
 
+/// Waits until at least `n` of `names` are stored.
+pub(crate) async fn wait_stored(
+    env: &TestEnv,
+    names: &[CertName],
+    n: usize,
+    within: Duration,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        let stored = stored_count(env, names).await?;
+        if stored >= n {
+            return Ok(stored);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {stored} of {} stored within {within:?} (waiting for {n})",
+            names.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One version per name, nothing dead-lettered.
+pub(crate) async fn assert_once_each(
+    env: &TestEnv,
+    names: &[CertName],
+) -> anyhow::Result<Vec<usize>> {
+    let versions = versions_per_name(env, names).await?;
+    assert!(
+        versions.iter().all(|v| *v == 1),
+        "one version per name: {versions:?}"
+    );
+    assert_eq!(
+        env.queue_len_settled(certfleet_common::topology::DEAD_QUEUE, 0)
+            .await?,
+        0,
+        "no job dead-lettered"
+    );
+    Ok(versions)
+}
+
 /// Shutdown during orders: the worker stops within its grace period, and
 /// the jobs it had not finished are done by the next worker — none lost,
 /// none twice.

@@ -11,7 +11,7 @@ use certfleet_tests::private::{self, Private, Service};
 use certfleet_tests::{TestEnv, init_logging};
 use tokio::time::Instant;
 
-use crate::faults::{stored_count, versions_per_name};
+use crate::faults::{stored_count, versions_per_name, wait_stored};
 use crate::issue::publish_issues;
 
 async fn readyz(env: &TestEnv, addr: std::net::SocketAddr) -> u16 {
@@ -67,16 +67,7 @@ async fn paused_broker_not_ready_then_recovers() -> anyhow::Result<()> {
     );
     broker.resume().await?;
     let recovered = wait_readyz(&env, worker.metrics_addr, 200, Duration::from_secs(60)).await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stored_count(&env, &names).await? < names.len() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {} stored after the broker returned",
-            stored_count(&env, &names).await?,
-            names.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_stored(&env, &names, names.len(), Duration::from_secs(120)).await?;
     let versions = versions_per_name(&env, &names).await?;
     assert!(versions.iter().all(|v| *v == 1), "none twice: {versions:?}");
     let unique: HashSet<_> = names.iter().collect();
@@ -191,16 +182,7 @@ async fn blocked_broker_not_ready_and_confirms_time_out() -> anyhow::Result<()> 
         .rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"])
         .await?;
     let recovered = wait_readyz(&env, worker.metrics_addr, 200, Duration::from_secs(60)).await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stored_count(&env, &names).await? < names.len() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {} stored after the alarm cleared",
-            stored_count(&env, &names).await?,
-            names.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_stored(&env, &names, names.len(), Duration::from_secs(120)).await?;
     let versions = versions_per_name(&env, &names).await?;
     assert!(versions.iter().all(|v| *v == 1), "none twice: {versions:?}");
     assert_eq!(
