@@ -340,8 +340,17 @@ impl Acme {
                 };
             }
         }
+        // No authorization said why (one could not be read): the order's
+        // own problem. An order goes invalid when an authorization fails
+        // (or finalization is refused), so a wrong or missing answer there
+        // is a failed validation, which a new order may pass, not a
+        // permanent refusal (the soak saw 50 jobs dead-lettered as
+        // `unauthorized` after Redis lost their http-01 answers).
         match order_problem {
-            Some(p) => JobError::Acme(AcmeProblem::from_problem(&p, None)),
+            Some(p) => JobError::Validation {
+                identifier: "an authorization of the order".into(),
+                problem: AcmeProblem::from_problem(&p, None),
+            },
             None => JobError::OrderInvalid("no reason given by the CA".into()),
         }
     }
