@@ -381,7 +381,19 @@ impl Acme {
                     } else {
                         tokens.extend(self.solve_http01(&mut order).await?);
                     }
-                    let polled = order.poll_ready(&POLL).await.map_err(acme_error);
+                    // instant-acme returns the order's problem as an error
+                    // when the order went invalid: that is a failed
+                    // validation (`why_invalid` tells which), not a refusal
+                    // of the request (the soak saw jobs dead-lettered as
+                    // `unauthorized` after Redis lost their http-01 answers).
+                    let polled = match order.poll_ready(&POLL).await {
+                        Err(instant_acme::Error::Api(_))
+                            if order.state().status == OrderStatus::Invalid =>
+                        {
+                            Ok(OrderStatus::Invalid)
+                        }
+                        other => other.map_err(acme_error),
+                    };
                     // Once the CA has decided; not while it may still be
                     // validating (a poll that timed out is retried).
                     if dns01 && matches!(&polled, Ok(s) if *s != OrderStatus::Pending) {
