@@ -162,20 +162,24 @@ async fn rabbitmq_cluster_nodes_killed() -> anyhow::Result<()> {
     wait_stored(&env, &names, before_first + 3, Duration::from_secs(120)).await?;
     cluster.start_again().await?;
 
-    // 2. The work queue's leader.
+    // 2. The work queue's leader, with a fresh batch in flight (the first
+    // may be done by the time the node is back).
+    let second = publish_issues(&env, "d", total).await?;
+    wait_stored(&env, &second, 2, Duration::from_secs(60)).await?;
     let leader_now = queue_leader(&env, &cluster).await?;
-    let before_second = stored_count(&env, &names).await?;
+    let before_second = stored_count(&env, &second).await?;
     cluster.kill_member(&format!("node{leader_now}")).await?;
     assert!(
-        before_second < names.len(),
+        before_second < second.len(),
         "the second kill hit jobs in flight: {before_second} of {} stored",
-        names.len()
+        second.len()
     );
+    names.extend(second);
     wait_stored(&env, &names, names.len(), Duration::from_secs(240)).await?;
     cluster.start_again().await?;
     let versions = assert_once_each(&env, &names).await?;
     println!(
-        "rabbitmq cluster: leader at start node{leader}; killed node{connected} (the worker's) with {before_first} of {total} stored, worker moved to node{moved_to}, `certfleet issue` accepted during the outage; killed node{leader_now} (work queue leader) with {before_second} of {} stored; all stored, versions {versions:?}",
+        "rabbitmq cluster: leader at start node{leader}; killed node{connected} (the worker's) with {before_first} of {total} stored, worker moved to node{moved_to}, `certfleet issue` accepted during the outage; killed node{leader_now} (work queue leader) with {before_second} of a second batch of {total} stored; all {} stored, versions {versions:?}",
         names.len()
     );
     worker.stop().await;
