@@ -47,8 +47,10 @@ impl Outbox {
         self.publisher.channel().status().connected() && !self.nacked.load(Ordering::Relaxed)
     }
 
-    /// Notes a nack, so that [`Outbox::is_open`] ends the session.
-    fn note<T>(&self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+    /// Publishes on the channel; a nack marks it unusable, so that
+    /// [`Outbox::is_open`] ends the session.
+    async fn publish(&self, out: Outgoing<'_>) -> Result<(), BrokerError> {
+        let result = self.publisher.publish(out).await;
         if matches!(result, Err(BrokerError::Nacked { .. })) {
             self.nacked.store(true, Ordering::Relaxed);
         }
@@ -62,19 +64,16 @@ impl Outbox {
             .map_err(|e| JobError::Invalid(format!("encoding the event: {e}")))?;
         let key = event.routing_key();
         let job_id = event.job_id.to_string();
-        self.note(
-            self.publisher
-                .publish(Outgoing {
-                    exchange: topology::EVENTS_EXCHANGE,
-                    routing_key: &key,
-                    body: &body,
-                    content_type: CONTENT_TYPE_JSON,
-                    message_id: Some(&job_id),
-                    headers: None,
-                    mandatory: false,
-                })
-                .await,
-        )?;
+        self.publish(Outgoing {
+            exchange: topology::EVENTS_EXCHANGE,
+            routing_key: &key,
+            body: &body,
+            content_type: CONTENT_TYPE_JSON,
+            message_id: Some(&job_id),
+            headers: None,
+            mandatory: false,
+        })
+        .await?;
         Ok(())
     }
 
@@ -92,22 +91,19 @@ impl Outbox {
             .map_err(|e| JobError::Invalid(e.to_string()))?;
         let key = envelope.routing_key();
         let job_id = envelope.job_id.to_string();
-        self.note(
-            self.publisher
-                .publish(Outgoing {
-                    exchange: topology::RETRY_EXCHANGE,
-                    routing_key: &key,
-                    body: &body,
-                    content_type: CONTENT_TYPE_JOB,
-                    message_id: Some(&job_id),
-                    headers: Some(headers(
-                        &[(topology::HDR_DELAY, label)],
-                        &[(topology::HDR_NOT_BEFORE, not_before)],
-                    )),
-                    mandatory: true,
-                })
-                .await,
-        )?;
+        self.publish(Outgoing {
+            exchange: topology::RETRY_EXCHANGE,
+            routing_key: &key,
+            body: &body,
+            content_type: CONTENT_TYPE_JOB,
+            message_id: Some(&job_id),
+            headers: Some(headers(
+                &[(topology::HDR_DELAY, label)],
+                &[(topology::HDR_NOT_BEFORE, not_before)],
+            )),
+            mandatory: true,
+        })
+        .await?;
         Ok(())
     }
 
@@ -132,19 +128,16 @@ impl Outbox {
         if let Some(id) = job_id {
             strings.push((topology::HDR_JOB_ID, id));
         }
-        self.note(
-            self.publisher
-                .publish(Outgoing {
-                    exchange: topology::DEAD_EXCHANGE,
-                    routing_key,
-                    body,
-                    content_type: CONTENT_TYPE_JOB,
-                    message_id: job_id,
-                    headers: Some(headers(&strings, &[])),
-                    mandatory: true,
-                })
-                .await,
-        )
+        self.publish(Outgoing {
+            exchange: topology::DEAD_EXCHANGE,
+            routing_key,
+            body,
+            content_type: CONTENT_TYPE_JOB,
+            message_id: job_id,
+            headers: Some(headers(&strings, &[])),
+            mandatory: true,
+        })
+        .await
     }
 }
 
