@@ -410,6 +410,68 @@ async fn rate_limited_waits_retry_after_without_burning_attempts() -> anyhow::Re
     Ok(())
 }
 
+/// A new-order request whose answer never came (the CA created the order,
+/// the connection was cut): the retry finds that order in the account's
+/// orders list and finishes it, instead of creating another.
+#[tokio::test]
+async fn unanswered_new_order_is_found_not_repeated() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("fault-lost-order").await?;
+    let proxy = AcmeProxy::start(&env).await?;
+    let vars = proxy.vars();
+    let worker = env.start_worker(&private::pairs(&vars)).await?;
+    let mut events = env.events("cert.#").await?;
+    // Another certificate first, so the orders list holds more than ours.
+    let other = issue_job(&[env.domain("lost-other").await?])?;
+    env.publish_job(&other).await?;
+    let first = events.next(Duration::from_secs(90)).await?;
+    assert_eq!(first.kind, certfleet_common::EventKind::Issued, "{first:?}");
+
+    proxy.lose_new_order_answers(1);
+    let job = issue_job(&[env.domain("lost").await?])?;
+    env.publish_job(&job).await?;
+    let event = events.next(Duration::from_secs(90)).await?;
+    assert_eq!(event.job_id, job.job_id);
+    assert_eq!(event.kind, certfleet_common::EventKind::Issued, "{event:?}");
+    let seen: Vec<_> = proxy
+        .new_orders()
+        .into_iter()
+        .filter(|o| o.identifiers == job.job.domains)
+        .collect();
+    assert_eq!(
+        seen.len(),
+        1,
+        "one new-order for the name, its answer lost: {seen:?}"
+    );
+    assert!(seen[0].answer_lost);
+    let found = crate::issue::metric(
+        &env,
+        worker.metrics_addr,
+        "certfleet_acme_orders_found_total",
+    )
+    .await?;
+    let created = crate::issue::metric(
+        &env,
+        worker.metrics_addr,
+        "certfleet_acme_orders_created_total",
+    )
+    .await?;
+    assert_eq!(found, 1.0, "the retry adopted the order it found");
+    assert_eq!(
+        created, 1.0,
+        "only the other certificate's order counts as created"
+    );
+    let versions = versions_per_name(&env, &[job.job.name.clone()]).await?;
+    assert_eq!(versions, vec![1]);
+    println!(
+        "new-order answer lost: 1 new-order for the name at the CA, found in the orders list on attempt {}, issued; orders created {created}, found {found}",
+        event.attempt
+    );
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
 /// Fencing: a worker whose lease was overtaken (here: a newer writer put a
 /// pointer with a higher fencing token while the order ran) never replaces
 /// that pointer.

@@ -14,6 +14,10 @@
 //! - **Rate limits** ([`AcmeProxy::reject_new_orders`]): the next `n`
 //!   `newOrder` requests get `429 rateLimited` with `Retry-After` and a
 //!   fresh `Replay-Nonce`.
+//! - **Lost answers** ([`AcmeProxy::lose_new_order_answers`]): the next `n`
+//!   `newOrder` requests are forwarded (Pebble creates the order) and the
+//!   connection is then closed without an answer, as a timeout or a cut
+//!   connection leaves a client.
 //! - **Hostile headers** ([`AcmeProxy::retry_after_on_orders`]): the next
 //!   `n` order objects (an order polled by its URL) carry a `Retry-After` of
 //!   the test's choosing, e.g. one that overflows the clock.
@@ -50,7 +54,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -100,6 +103,8 @@ pub struct NewOrderSeen {
     pub replaces: Option<String>,
     /// Whether the proxy answered 429 instead of forwarding it.
     pub rejected: bool,
+    /// Whether it was forwarded and its answer then withheld.
+    pub answer_lost: bool,
 }
 
 /// The ARI window the proxy suggests.
@@ -119,6 +124,7 @@ struct State {
     new_orders: Vec<NewOrderSeen>,
     reject_remaining: usize,
     reject_retry_after: u64,
+    lose_remaining: usize,
     /// Order answers still to get `order_retry_after`, and the value.
     order_retry_after_remaining: usize,
     order_retry_after: String,
@@ -286,6 +292,13 @@ impl AcmeProxy {
         let mut st = self.shared.state();
         st.reject_remaining = n;
         st.reject_retry_after = retry_after_secs;
+    }
+
+    /// The next `n` newOrder requests are forwarded to Pebble, which
+    /// creates the order, and the client's connection is then closed
+    /// without an answer (replacing any earlier setting).
+    pub fn lose_new_order_answers(&self, n: usize) {
+        self.shared.state().lose_remaining = n;
     }
 
     /// The next `n` order objects answered to a poll of an order's URL
@@ -479,10 +492,22 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// The answer withheld from the client: hyper closes the connection.
+#[derive(Debug)]
+struct AnswerWithheld;
+
+impl std::fmt::Display for AnswerWithheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("acme proxy: answer withheld")
+    }
+}
+
+impl std::error::Error for AnswerWithheld {}
+
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, AnswerWithheld> {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -515,6 +540,7 @@ async fn handle(
     }
 
     let mut order_replaces = None;
+    let mut withhold = false;
     if parts.method == Method::POST && path == shared.new_order_path {
         let (identifiers, replaces) = new_order_fields(&body);
         order_replaces = replaces.clone();
@@ -526,12 +552,17 @@ async fn handle(
                 st.rejected += 1;
             } else {
                 st.forwarded += 1;
+                withhold = st.lose_remaining > 0;
+                if withhold {
+                    st.lose_remaining -= 1;
+                }
             }
             st.new_orders.push(NewOrderSeen {
                 at: tokio::time::Instant::now(),
                 identifiers,
                 replaces,
                 rejected: reject,
+                answer_lost: withhold,
             });
             reject.then_some(st.reject_retry_after)
         };
@@ -550,6 +581,9 @@ async fn handle(
             ));
         }
     };
+    if withhold {
+        return Err(AnswerWithheld);
+    }
     let rbody = adjust(&shared, &parts, order_replaces, &mut rparts, &rbody);
     Ok(Response::from_parts(rparts, Full::new(Bytes::from(rbody))))
 }

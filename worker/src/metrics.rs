@@ -61,6 +61,9 @@ pub struct JobMetrics {
     pub orders_created: Counter,
     /// Orders resumed from a stored order URL.
     pub orders_resumed: Counter,
+    /// Orders found in the account's orders list after a new-order request
+    /// got no answer (adopted instead of creating another).
+    pub orders_found: Counter,
 }
 
 impl JobMetrics {
@@ -75,6 +78,7 @@ impl JobMetrics {
             panicked: Counter::default(),
             orders_created: Counter::default(),
             orders_resumed: Counter::default(),
+            orders_found: Counter::default(),
         };
         let r = reg.sub_registry_with_prefix("jobs");
         r.register(
@@ -99,6 +103,11 @@ impl JobMetrics {
             "resumed",
             "ACME orders resumed after a redelivery",
             m.orders_resumed.clone(),
+        );
+        r.register(
+            "found",
+            "ACME orders found in the account's orders list after a new-order request got no answer",
+            m.orders_found.clone(),
         );
         m
     }

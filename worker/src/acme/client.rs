@@ -43,6 +43,41 @@ const MAX_RESPONSE_BODY: usize = 1 << 20;
 
 tokio::task_local! {
     static RETRY_AFTER: Cell<Option<SystemTime>>;
+    /// The last answer seen inside [`post_as_get`]'s scope.
+    static RAW_ANSWER: std::cell::RefCell<Option<RawAnswer>>;
+}
+
+/// A CA's answer as it came: status, headers and body.
+#[derive(Debug, Clone)]
+pub(crate) struct RawAnswer {
+    pub(crate) status: http::StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// A POST-as-GET (RFC 8555 §6.3) of any resource the account may read,
+/// such as the account object or its orders list, answered as it came.
+///
+/// instant-acme 0.8 signs POST-as-GET requests only for the resources it
+/// models (orders, authorizations, challenges). `Account::order` signs one
+/// for any URL and then parses the answer as an order; the client below
+/// keeps the answer it saw in a task-local slot, which is what this returns
+/// (the parse result is not used).
+pub(crate) async fn post_as_get(
+    account: &instant_acme::Account,
+    url: &str,
+) -> Result<RawAnswer, instant_acme::Error> {
+    RAW_ANSWER
+        .scope(std::cell::RefCell::new(None), async {
+            let parsed = account.order(url.to_owned()).await;
+            let raw = RAW_ANSWER.with(|slot| slot.borrow_mut().take());
+            match (raw, parsed) {
+                (Some(raw), _) if raw.status.is_success() => Ok(raw),
+                (_, Err(e)) => Err(e),
+                (_, Ok(_)) => Err(instant_acme::Error::Str("no answer to a POST-as-GET recorded")),
+            }
+        })
+        .await
 }
 
 /// Runs `f` with its own Retry-After slot.
@@ -57,6 +92,24 @@ pub(crate) fn retry_after() -> Option<Duration> {
         at.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// The target of the first `Link: <URL>;rel="REL"` among `headers`
+/// (RFC 8288; ACME uses it for the orders list's next page).
+pub(crate) fn link(headers: &http::HeaderMap, rel: &str) -> Option<String> {
+    headers
+        .get_all(http::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|entry| {
+            let (target, params) = entry.trim().strip_prefix('<')?.split_once('>')?;
+            params
+                .split(';')
+                .filter_map(|p| p.trim().strip_prefix("rel="))
+                .any(|r| r.trim_matches('"').split_whitespace().any(|r| r == rel))
+                .then(|| target.to_owned())
+        })
 }
 
 fn parse_retry_after(value: &str) -> Option<SystemTime> {
@@ -190,6 +243,13 @@ impl HttpClient for AcmeHttp {
                         instant_acme::Error::Other(format!("reading the CA's answer: {e}").into())
                     })?
                     .to_bytes();
+                let _ = RAW_ANSWER.try_with(|slot| {
+                    *slot.borrow_mut() = Some(RawAnswer {
+                        status: parts.status,
+                        headers: parts.headers.clone(),
+                        body: bytes.clone(),
+                    });
+                });
                 Ok(BytesResponse {
                     parts,
                     body: Box::new(bytes),
@@ -204,6 +264,7 @@ impl HttpClient for AcmeHttp {
             match &rsp {
                 Ok(r) => {
                     let status = r.parts.status;
+
                     metrics.request(status.as_u16());
                     if status.is_client_error() || status.is_server_error() {
                         let at = r
@@ -291,6 +352,29 @@ mod tests {
 
     /// Absurd values from the network are capped before instant-acme (or
     /// we) add them to the clock.
+    #[test]
+    fn link_finds_the_relation() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::LINK,
+            HeaderValue::from_static("<https://ca.test/dir>;rel=\"index\""),
+        );
+        h.append(
+            http::header::LINK,
+            HeaderValue::from_static(
+                "<https://ca.test/orders/1/page/2>; rel=\"next\", <https://ca.test/x>;rel=up",
+            ),
+        );
+        assert_eq!(
+            link(&h, "next").as_deref(),
+            Some("https://ca.test/orders/1/page/2")
+        );
+        assert_eq!(link(&h, "up").as_deref(), Some("https://ca.test/x"));
+        assert_eq!(link(&h, "index").as_deref(), Some("https://ca.test/dir"));
+        assert_eq!(link(&h, "prev"), None);
+        assert_eq!(link(&http::HeaderMap::new(), "next"), None);
+    }
+
     #[test]
     fn retry_after_is_capped() {
         let max = topology::MAX_DELAY;

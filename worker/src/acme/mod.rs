@@ -73,6 +73,8 @@ pub(crate) struct Acme {
     store: Store,
     state: State,
     account: RwLock<Option<Account>>,
+    /// The account's orders list URL, once read (`None`: the CA has none).
+    orders_url: tokio::sync::OnceCell<Option<String>>,
     account_key: String,
     limiter: RateLimiter,
     metrics: Metrics,
@@ -108,6 +110,7 @@ impl Acme {
             store,
             state,
             account: RwLock::new(None),
+            orders_url: tokio::sync::OnceCell::new(),
             account_key,
             limiter,
             metrics,

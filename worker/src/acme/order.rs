@@ -7,8 +7,18 @@
 //! the CA's limits. An order that turned invalid or that the CA no longer
 //! knows is dropped and replaced by a new one.
 //!
+//! The record is written before the new-order request too, without a URL:
+//! a request the CA may have acted on without its answer reaching us (a
+//! timeout, a connection cut) leaves it behind, and the next try looks in
+//! the account's orders list (RFC 8555 §7.1.2.1) for an order for exactly
+//! these domains, pending or ready, before it asks for another. A CA that
+//! lists no orders (Let's Encrypt's Boulder has no list, but reuses a
+//! pending order for the same account and names by itself) gets a new
+//! order as before.
+//!
 //! RFC 8555 §7.1.3 (order objects) and §7.4 (applying for issuance).
 
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use certfleet_common::KeyType;
@@ -18,14 +28,14 @@ use certfleet_common::secret::Secret;
 use deadpool_redis::redis::AsyncCommands;
 
 use instant_acme::{
-    AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType, Identifier,
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType, Identifier,
     NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::{Acme, acme_error};
+use super::{Acme, acme_error, client};
 use crate::error::{AcmeProblem, JobError};
 use crate::keys;
 
@@ -47,15 +57,44 @@ pub(crate) const POLL: RetryPolicy = RetryPolicy::new()
     .backoff(1.5)
     .timeout(Duration::from_secs(120));
 
+/// Pages of the account's orders list read when looking for the order a
+/// new-order request without an answer may have created.
+const LIST_PAGES: usize = 20;
+/// Orders (the newest listed within [`LIST_PAGES`]) fetched in that search.
+const LIST_CHECK: usize = 16;
+
 /// The order record in Redis.
 #[derive(Debug, Serialize, Deserialize)]
 struct OrderRecord {
-    url: String,
+    /// The order's URL; `None` while the new-order request is out, and left
+    /// so when its answer never came.
+    #[serde(default)]
+    url: Option<String>,
     job_id: Uuid,
     domains: Vec<String>,
     key_type: KeyType,
     key: SealedKey,
     created_at_ms: i64,
+}
+
+/// A page of an account's orders list.
+#[derive(Deserialize)]
+struct OrdersPage {
+    orders: Vec<String>,
+}
+
+/// What the search needs of a listed order.
+#[derive(Deserialize)]
+struct ListedOrder {
+    status: String,
+    identifiers: Vec<ListedIdentifier>,
+}
+
+#[derive(Deserialize)]
+struct ListedIdentifier {
+    #[serde(rename = "type")]
+    kind: String,
+    value: String,
 }
 
 /// What [`Acme::obtain`] needs to know about the job.
@@ -162,10 +201,30 @@ impl Acme {
             .sealer()
             .open(&record.key, &seal_context(req.name))?;
         let account = self.account().await?;
-        match account.order(record.url.clone()).await.map_err(acme_error) {
+        let Some(url) = record.url.clone() else {
+            // An earlier try's new-order request got no answer.
+            return match self.find_order(&account, req.domains).await? {
+                Some(order) => {
+                    self.metrics().jobs.orders_found.inc();
+                    info!(name = %req.name, url = %order.url(), "found the order an unanswered new-order request created; resuming it");
+                    let record = OrderRecord {
+                        url: Some(order.url().to_string()),
+                        ..record
+                    };
+                    self.save_record(req.name, &record).await?;
+                    Ok(Some((order, key)))
+                }
+                None => {
+                    info!(name = %req.name, "no order from an unanswered new-order request; creating a new one");
+                    self.drop_record(req.name).await?;
+                    Ok(None)
+                }
+            };
+        };
+        match account.order(url.clone()).await.map_err(acme_error) {
             Ok(order) => {
                 self.metrics().jobs.orders_resumed.inc();
-                info!(name = %req.name, url = %record.url, "resuming stored order");
+                info!(name = %req.name, %url, "resuming stored order");
                 Ok(Some((order, key)))
             }
             Err(e) if is_gone(&e) => {
@@ -186,34 +245,10 @@ impl Acme {
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
         let account = self.account().await?;
-        let mut replaced = false;
-        let replaces = req.replaces.and_then(ari_identifier);
-        let order = match replaces {
-            Some(id) => {
-                match account
-                    .new_order(&NewOrder::new(&identifiers).replaces(id))
-                    .await
-                {
-                    Ok(o) => {
-                        replaced = true;
-                        o
-                    }
-                    // No ARI at this CA: an ordinary order.
-                    Err(instant_acme::Error::Unsupported(_)) => account
-                        .new_order(&NewOrder::new(&identifiers))
-                        .await
-                        .map_err(acme_error)?,
-                    Err(e) => return Err(acme_error(e)),
-                }
-            }
-            None => account
-                .new_order(&NewOrder::new(&identifiers))
-                .await
-                .map_err(acme_error)?,
-        };
-        self.metrics().jobs.orders_created.inc();
-        let record = OrderRecord {
-            url: order.url().to_string(),
+        // Recorded before the request: if its answer never comes, the next
+        // try looks for the order the CA may have created (see the top).
+        let mut record = OrderRecord {
+            url: None,
             job_id: req.job_id,
             domains: req.domains.to_vec(),
             key_type: req.key_type,
@@ -224,8 +259,118 @@ impl Acme {
             created_at_ms: certfleet_common::now_ms(),
         };
         self.save_record(req.name, &record).await?;
-        debug!(name = %req.name, url = %record.url, "order created");
+        let replaces = req.replaces.and_then(ari_identifier);
+        let created = match replaces {
+            Some(id) => match account
+                .new_order(&NewOrder::new(&identifiers).replaces(id))
+                .await
+            {
+                Ok(o) => Ok((o, true)),
+                // No ARI at this CA: an ordinary order.
+                Err(instant_acme::Error::Unsupported(_)) => account
+                    .new_order(&NewOrder::new(&identifiers))
+                    .await
+                    .map(|o| (o, false)),
+                Err(e) => Err(e),
+            },
+            None => account
+                .new_order(&NewOrder::new(&identifiers))
+                .await
+                .map(|o| (o, false)),
+        };
+        let (order, replaced) = match created.map_err(acme_error) {
+            Ok(created) => created,
+            Err(e) => {
+                // The CA answered no: it created nothing to look for later.
+                if matches!(e, JobError::Acme(_) | JobError::Invalid(_)) {
+                    self.drop_record(req.name).await?;
+                }
+                return Err(e);
+            }
+        };
+        self.metrics().jobs.orders_created.inc();
+        record.url = Some(order.url().to_string());
+        self.save_record(req.name, &record).await?;
+        debug!(name = %req.name, url = %order.url(), "order created");
         Ok((order, key, replaced))
+    }
+
+    /// The account's orders list URL (RFC 8555 §7.1.2.1), read once from
+    /// the account object; `None` when the CA offers none.
+    async fn orders_url(&self, account: &Account) -> Result<Option<String>, JobError> {
+        if let Some(url) = self.orders_url.get() {
+            return Ok(url.clone());
+        }
+        let raw = client::post_as_get(account, account.id())
+            .await
+            .map_err(acme_error)?;
+        let url = serde_json::from_slice::<serde_json::Value>(&raw.body)
+            .ok()
+            .and_then(|v| v.get("orders")?.as_str().map(str::to_owned));
+        let _ = self.orders_url.set(url.clone());
+        Ok(url)
+    }
+
+    /// An order of this account for exactly `domains`, pending or ready,
+    /// among the newest [`LIST_CHECK`] listed in the first [`LIST_PAGES`]
+    /// pages of its orders list. `None` when there is none, or the CA lists
+    /// no orders or refuses the list; a transport error is an error (the
+    /// try is retried with the record kept).
+    async fn find_order(
+        &self,
+        account: &Account,
+        domains: &[String],
+    ) -> Result<Option<Order>, JobError> {
+        let Some(mut page_url) = self.orders_url(account).await? else {
+            return Ok(None);
+        };
+        let mut newest: VecDeque<String> = VecDeque::with_capacity(LIST_CHECK);
+        for _ in 0..LIST_PAGES {
+            let raw = match client::post_as_get(account, &page_url).await {
+                Ok(raw) => raw,
+                Err(instant_acme::Error::Api(p)) => {
+                    debug!(problem = ?p.detail, "the CA refused its orders list");
+                    return Ok(None);
+                }
+                Err(e) => return Err(acme_error(e)),
+            };
+            let Ok(page) = serde_json::from_slice::<OrdersPage>(&raw.body) else {
+                warn!("the CA's orders list is not a list of orders; not searching it");
+                return Ok(None);
+            };
+            for url in page.orders {
+                if newest.len() == LIST_CHECK {
+                    newest.pop_front();
+                }
+                newest.push_back(url);
+            }
+            match client::link(&raw.headers, "next") {
+                Some(next) => page_url = next,
+                None => break,
+            }
+        }
+        let wanted: BTreeSet<String> = domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+        for url in newest.into_iter().rev() {
+            let Ok(raw) = client::post_as_get(account, &url).await else {
+                continue;
+            };
+            let Ok(listed) = serde_json::from_slice::<ListedOrder>(&raw.body) else {
+                continue;
+            };
+            let names: BTreeSet<String> = listed
+                .identifiers
+                .iter()
+                .filter(|i| i.kind == "dns")
+                .map(|i| i.value.to_ascii_lowercase())
+                .collect();
+            if names == wanted
+                && names.len() == listed.identifiers.len()
+                && matches!(listed.status.as_str(), "pending" | "ready")
+            {
+                return account.order(url).await.map(Some).map_err(acme_error);
+            }
+        }
+        Ok(None)
     }
 
     /// Publishes key authorizations and tells the CA to validate.
