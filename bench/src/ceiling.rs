@@ -11,6 +11,7 @@
 //! (aws-lc-rs), HTTP/1.1 and HTTP/2, web roots plus Pebble's CA.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use crate::pool::{self, Attempt};
 use crate::procfs::{self, CpuMeter};
 use crate::results::{Throughput, Tool};
 use crate::stack::{Ca, Stack};
+use crate::stall::{self, Probe};
 use crate::stats;
 use certfleet_tests::http::Http;
 
@@ -122,11 +124,17 @@ async fn drive(
         &[("ceiling", std::process::id())],
     );
     let tokens = tokens.clone();
-    let timed = pool::run(names, opts.concurrency, move |name| {
-        let (account, tokens) = (account.clone(), tokens.clone());
+    let probe = Probe::with_account(&opts.ca, account.clone());
+    let done = Arc::new(AtomicUsize::new(0));
+    let counted = done.clone();
+    let run = pool::run(names, opts.concurrency, move |name| {
+        let (account, tokens, counted) = (account.clone(), tokens.clone(), counted.clone());
         async move {
             match issue(&account, &name, &tokens).await {
-                Ok(()) => Attempt::Done,
+                Ok(()) => {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    Attempt::Done
+                }
                 Err(e) => {
                     tracing::warn!(%name, error = %format!("{e:#}"), "ceiling order failed");
                     // An order that times out means the CA is stuck: stop
@@ -139,8 +147,15 @@ async fn drive(
                 }
             }
         }
-    })
-    .await?;
+    });
+    let timed = tokio::select! {
+        timed = run => timed?,
+        stalled = watch_progress(&probe, &done, stall::quiet_for(opts.ca.mode)) => {
+            let _ = stalled;
+            let n = done.load(Ordering::Relaxed);
+            return Err(probe.stalled_ca(&opts.ca.pebble_pid_file, n).await.into());
+        }
+    };
     let (latencies, elapsed) = (timed.latencies, timed.elapsed_s);
     let cpu_s = cpu.stop();
     let ok = latencies.len();
@@ -171,6 +186,25 @@ async fn drive(
         worker_job_mean_s: None,
         note: String::new(),
     })
+}
+
+/// Returns once `done` has not moved for `quiet` and the probe finds the
+/// CA stalled (never, while it answers).
+async fn watch_progress(probe: &Probe, done: &AtomicUsize, quiet: Duration) {
+    let mut seen = done.load(Ordering::Relaxed);
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = done.load(Ordering::Relaxed);
+        if now != seen {
+            (seen, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= quiet {
+            if probe.stalled().await {
+                return;
+            }
+            since = tokio::time::Instant::now();
+        }
+    }
 }
 
 /// Longest time one order may take before it counts as failed (the

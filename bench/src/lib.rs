@@ -36,6 +36,7 @@ pub mod prom;
 pub mod report;
 pub mod results;
 pub mod stack;
+pub mod stall;
 pub mod stats;
 pub mod storage;
 pub mod throughput;

@@ -30,6 +30,7 @@ use crate::procfs::{self, CpuMeter};
 use crate::prom::{Scrape, delta};
 use crate::results::{Throughput, Tool};
 use crate::stack::{Ca, Slice, Stack};
+use crate::stall::{self, Probe};
 use crate::stats;
 use crate::worker;
 use crate::worker::WorkerProcess;
@@ -119,6 +120,8 @@ async fn drive(
 ) -> anyhow::Result<Throughput> {
     let mut events = Events::subscribe(cfg, "cert.#").await?;
     let jobs = Arc::new(Jobs::connect(cfg).await?);
+    let probe = Probe::new(&opts.ca).await?;
+    let quiet = stall::quiet_for(opts.ca.mode);
 
     // Warm-up: account creation, connections.
     let challenge = opts.ca.mode.challenge();
@@ -202,9 +205,19 @@ async fn drive(
     let mut failed = 0usize;
     let mut last = t0;
     while latencies.len() + failed < names.len() {
-        let Some(ev) = events.next(EVENT_TIMEOUT).await? else {
-            tracing::warn!("no event for {EVENT_TIMEOUT:?}; giving up on the rest");
-            break;
+        let Some(ev) = events.next(quiet).await? else {
+            if probe.stalled().await {
+                publisher.abort();
+                let stalled = probe
+                    .stalled_ca(&opts.ca.pebble_pid_file, latencies.len())
+                    .await;
+                return Err(stalled.into());
+            }
+            if last.elapsed() >= EVENT_TIMEOUT {
+                tracing::warn!("no event for {EVENT_TIMEOUT:?}; giving up on the rest");
+                break;
+            }
+            continue;
         };
         let Some(at) = started.lock().ok().and_then(|mut m| m.remove(&ev.job_id)) else {
             continue; // a duplicate (events are at-least-once)

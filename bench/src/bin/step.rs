@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use certfleet_bench::bookkeeping::{self, INDEXED, JOBS};
 use certfleet_bench::results::Record;
 use certfleet_bench::stack::Stack;
-use certfleet_bench::{ceiling, fanout, lego, throughput};
+use certfleet_bench::{ceiling, fanout, lego, stall, throughput};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -65,6 +65,17 @@ struct BookkeepingArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    match run().await {
+        Err(e) if e.downcast_ref::<stall::Stalled>().is_some() => {
+            // bench/run.sh restarts the CA and runs the step again.
+            eprintln!("{e:#}");
+            std::process::exit(stall::EXIT_STALLED);
+        }
+        other => other,
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     certfleet_bench::init();
     let cli = Cli::parse();
     let stack = Stack::from_env();
