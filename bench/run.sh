@@ -107,6 +107,8 @@ fi
 eval "$(scripts/stack.sh env)"
 scripts/stack.sh status rabbitmq redis s3 >/dev/null ||
   { log "the shared stack is not up: run 'make bench' (or scripts/stack.sh up)"; exit 1; }
+# moto (the earlier S3 server) for the side-by-side figures.
+scripts/stack.sh status moto >/dev/null 2>&1 || scripts/stack.sh up moto >&2 || log "moto did not start"
 
 if [[ -z ${NO_BUILD:-} ]]; then
   log "building release binaries"
@@ -273,6 +275,23 @@ certfleet() { # MODE C N [extra args]
     --out "$OUT/throughput-certfleet-$mode-c$c-n$n.json" "$@"
 }
 
+# A variant of a certfleet run, side by side with the main one: SUFFIX names
+# its files; the rest of the arguments go to bench-step (e.g. --workers 2).
+# SUFFIX -moto stores into moto instead of the stack's S3 server.
+certfleet_variant() { # SUFFIX MODE C N [extra args]
+  local suffix=$1 mode=$2 c=$3 n=$4; shift 4
+  local label; label="$(label_for "$mode" "$c" "$n")${suffix}"
+  local envs=()
+  if [[ $suffix == -moto ]]; then
+    envs=(CERTFLEET_S3_ENDPOINT="$CERTFLEET_TEST_MOTO_URL" BENCH_S3_SERVER=moto)
+  fi
+  ca_args "$mode"
+  step_ca "$mode" "certfleet-$mode-c$c-n$n$suffix" env "${envs[@]}" "$BIN/bench-step" throughput "${CA[@]}" \
+    --concurrency "$c" --n "$n" --label "$label" --worker-bin "$BIN/certfleet-worker" \
+    --log "$OUT/logs/worker-$mode-c$c-n$n$suffix.log" \
+    --out "$OUT/throughput-certfleet-$mode-c$c-n$n$suffix.json" "$@"
+}
+
 ceiling() { # MODE C N
   local mode=$1 c=$2 n=$3
   ca_args "$mode"
@@ -294,6 +313,16 @@ for mode in $MODES; do
   log "== $(tr '[:lower:]' '[:upper:]' <<<"$mode") mode"
 
   for c in $(sweep_for "$mode"); do certfleet "$mode" "$c" "$(n_for "$c" "$mode")"; done
+  if [[ $mode == instant ]]; then
+    # Side by side: two worker processes on the same stack, and moto as
+    # the S3 server instead of the stack's.
+    certfleet_variant -w2 instant "$C" "$N" --workers 2
+    if [[ -n ${CERTFLEET_TEST_MOTO_URL:-} ]] && scripts/stack.sh status moto >/dev/null 2>&1; then
+      certfleet_variant -moto instant "$C" "$N"
+    else
+      log "moto is not up: no moto comparison"
+    fi
+  fi
   if [[ $mode == delay ]] && [[ " $(sweep_for delay) " != *" 128 "* || $(n_for 128 delay) -lt 1000 ]]; then
     # The 1,000-certificate target, measured (at the most Pebble takes).
     certfleet delay 128 "$(max "$N" 1000)"
@@ -344,6 +373,10 @@ done
 pebble_down
 
 step storage "$BIN/bench-step" storage --concurrency "$C" --n 600 --label "s3-$RUN" --out "$OUT/storage.json" || true
+if [[ -n ${CERTFLEET_TEST_MOTO_URL:-} ]] && scripts/stack.sh status moto >/dev/null 2>&1; then
+  step storage-moto env CERTFLEET_S3_ENDPOINT="$CERTFLEET_TEST_MOTO_URL" BENCH_S3_SERVER=moto \
+    "$BIN/bench-step" storage --concurrency "$C" --n 600 --label "s3moto-$RUN" --out "$OUT/storage-moto.json" || true
+fi
 step bookkeeping "$BIN/bench-step" bookkeeping --label "book-$RUN" --out "$OUT/bookkeeping.json" || true
 
 if ((${#STALLS[@]})); then

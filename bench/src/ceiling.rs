@@ -163,6 +163,8 @@ async fn drive(
     let failed = names.len() - ok;
     let mem = procfs::memory(std::process::id()).unwrap_or_default();
     Ok(Throughput {
+        workers: 1,
+        s3: String::new(),
         tool: Tool::Ceiling,
         mode: opts.ca.mode,
         concurrency: opts.concurrency,

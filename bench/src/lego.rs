@@ -156,6 +156,8 @@ async fn drive(
         String::new()
     };
     Ok(Throughput {
+        workers: 1,
+        s3: String::new(),
         tool: Tool::Lego,
         mode: opts.ca.mode,
         concurrency: opts.parallel,

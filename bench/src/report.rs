@@ -63,18 +63,49 @@ impl Inputs {
         })
     }
 
-    fn storage(&self) -> Option<&StorageCeiling> {
-        self.records.iter().find_map(|r| match r {
-            Record::Storage(s) => Some(s),
-            _ => None,
-        })
+    /// Every storage ceiling (one per S3 server measured).
+    fn storages(&self) -> Vec<&StorageCeiling> {
+        self.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Storage(s) => Some(s),
+                _ => None,
+            })
+            .collect()
     }
 
-    /// The run of `tool` in `mode` at concurrency `c` (largest n if several).
+    /// The storage ceiling of the stack's own S3 server.
+    fn storage(&self) -> Option<&StorageCeiling> {
+        self.storages().into_iter().find(|s| s.server != "moto")
+    }
+
+    /// The S3 server of the stack, by name (`SeaweedFS`).
+    fn s3_name(&self) -> &str {
+        self.setting("S3 server")
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("the S3 server")
+    }
+
+    /// Whether a run is one of the main ones: one worker, the stack's S3.
+    fn main_run(t: &Throughput) -> bool {
+        t.workers <= 1 && t.s3 != "moto"
+    }
+
+    /// The run of `tool` in `mode` at concurrency `c` (largest n if several;
+    /// one worker, the stack's S3 server).
     pub fn find(&self, tool: Tool, mode: Mode, c: u32) -> Option<&Throughput> {
         self.throughput()
             .filter(|t| t.tool == tool && t.mode == mode && t.concurrency == c)
+            .filter(|t| Self::main_run(t))
             .max_by_key(|t| t.n)
+    }
+
+    /// certfleet's instant-mode runs that are not main runs (two workers,
+    /// or moto as the S3 server).
+    fn variants(&self) -> Vec<&Throughput> {
+        self.throughput()
+            .filter(|t| t.tool == Tool::Certfleet && !Self::main_run(t))
+            .collect()
     }
 
     /// The certfleet run with the most orders in flight.
@@ -147,7 +178,13 @@ fn per_cert(total: f64, ok: usize) -> f64 {
 
 fn client_label(t: &Throughput) -> String {
     match t.tool {
-        Tool::Certfleet => format!("certfleet, 1 worker, C={}", t.concurrency),
+        Tool::Certfleet => format!(
+            "certfleet, {} worker{}, C={}{}",
+            t.workers,
+            if t.workers == 1 { "" } else { "s" },
+            t.concurrency,
+            if t.s3 == "moto" { ", S3 on moto" } else { "" }
+        ),
         Tool::Ceiling => format!("instant-acme only, C={}", t.concurrency),
         Tool::Lego if t.concurrency == 1 => "lego, sequential".into(),
         Tool::Lego => format!("lego, {} processes", t.concurrency),
@@ -174,9 +211,10 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
         md,
         "`make bench` (bench/run.sh). One release `certfleet-worker` process; every mode has a \
          private Pebble 2.4 + challtestsrv started by `scripts/stack.sh` with its own STACK_DIR and \
-         ports; RabbitMQ, Redis and S3 (moto) are the shared stack, used through a vhost and \
+         ports; RabbitMQ, Redis and S3 ({}) are the shared stack, used through a vhost and \
          prefixes of the bench's own. Domains resolve to {} (port 5002), the bench's own \
          loopback address.\n",
+        inp.s3_name(),
         inp.setting("BENCH_IP").unwrap_or("the bench address")
     );
     if inp.throughput().any(|t| t.mode == Mode::Dns01) {
@@ -202,7 +240,8 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
         let mark = match v.met {
             Some(true) => "met",
             Some(false) => "**missed**",
-            None => "not measured",
+            None if v.measured == "—" => "not measured",
+            None => "measured",
         };
         let _ = writeln!(md, "| {} | {} | {} |", v.target, v.measured, mark);
     }
@@ -332,7 +371,7 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
         );
         let _ = writeln!(
             md,
-            "| subscribers | certificates | samples | p50 ms | p99 ms | max ms | from the event's `at`: p99 ms | last subscriber: p50 / max ms | missing | S3 (moto) CPU per delivery | machine busy |"
+            "| subscribers | certificates | samples | p50 ms | p99 ms | max ms | from the event's `at`: p99 ms | last subscriber: p50 / max ms | missing | S3 server CPU per delivery | machine busy |"
         );
         let _ = writeln!(
             md,
@@ -465,7 +504,7 @@ fn where_time_goes(inp: &Inputs) -> String {
     );
     let _ = writeln!(
         md,
-        "| run | certs/s | worker | Pebble | BIND | S3 (moto) | RabbitMQ | Redis | machine | machine busy | S3 server CPU per request | job in the worker / published → event, mean s |"
+        "| run | certs/s | worker | Pebble | BIND | S3 | RabbitMQ | Redis | machine | machine busy | S3 server CPU per request | job in the worker / published → event, mean s |"
     );
     let _ = writeln!(
         md,
@@ -497,9 +536,14 @@ fn where_time_goes(inp: &Inputs) -> String {
         let s3_cpu = t.cpu_s.get("s3").copied().unwrap_or(0.0);
         let _ = writeln!(
             md,
-            "| {} C={} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} / {:.2} |",
+            "| {} C={}{} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} / {:.2} |",
             t.mode.as_str(),
             t.concurrency,
+            match (t.workers, t.s3.as_str()) {
+                (1, "moto") => ", S3 on moto".to_string(),
+                (1, _) => String::new(),
+                (w, _) => format!(", {w} workers"),
+            },
             rate(t.certs_per_s),
             ms("worker"),
             ms("pebble"),
@@ -531,18 +575,74 @@ fn where_time_goes(inp: &Inputs) -> String {
             md,
             "The S3 server alone (`bench-step storage`: the worker's {} requests per new certificate — \
              pointer read, bundle write, pointer write — through the same client, {} \
-             certificates at a time, nothing else running): **{:.0} certificates/s**, moto at \
+             certificates at a time, nothing else running): **{:.0} certificates/s**, {} at \
              {:.1} ms of CPU per request ({:.0} % of one core). That is the storage ceiling of \
              this machine's local stack; certfleet cannot go faster end to end on it, whatever \
              the CA allows.\n",
             st.requests_per_certificate,
             st.concurrency,
             st.certs_per_s,
+            inp.s3_name(),
             1000.0 * st.cpu_s.get("s3").copied().unwrap_or(0.0) / reqs,
             100.0 * st.cpu_s.get("s3").copied().unwrap_or(0.0) / st.elapsed_s.max(1e-9)
         );
     }
-    if let Some(t) = inp.find(Tool::Certfleet, Mode::Instant, inp.main_concurrency) {
+    for st in inp.storages().into_iter().filter(|s| s.server == "moto") {
+        let reqs = st.certificates.max(1) as f64 * f64::from(st.requests_per_certificate);
+        let _ = writeln!(
+            md,
+            "moto alone, the same step side by side: **{:.0} certificates/s**, {:.1} ms of CPU \
+             per request ({:.0} % of one core).\n",
+            st.certs_per_s,
+            1000.0 * st.cpu_s.get("s3").copied().unwrap_or(0.0) / reqs,
+            100.0 * st.cpu_s.get("s3").copied().unwrap_or(0.0) / st.elapsed_s.max(1e-9)
+        );
+    }
+    let variants = inp.variants();
+    if !variants.is_empty() {
+        let _ = writeln!(
+            md,
+            "The main instant-mode run beside its variants (same mode, same jobs outstanding):\n"
+        );
+        let _ = writeln!(
+            md,
+            "| run | certs/s | p50 s | worker CPU ms/cert | S3 server CPU ms/cert | machine busy |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        let mains: Vec<&Throughput> = variants
+            .iter()
+            .filter_map(|v| inp.find(Tool::Certfleet, v.mode, v.concurrency))
+            .collect();
+        let mut rows: Vec<&Throughput> = mains;
+        rows.extend(variants.iter().copied());
+        rows.sort_by_key(|t| (t.mode, t.concurrency, t.workers, t.s3.clone()));
+        rows.dedup_by(|a, b| std::ptr::eq(*a, *b));
+        for t in rows {
+            let span = t.elapsed_s.max(1e-9);
+            let _ = writeln!(
+                md,
+                "| {} C={}, {} worker{}, S3 {} | {} | {} | {:.1} | {:.1} | {:.0} % |",
+                t.mode.as_str(),
+                t.concurrency,
+                t.workers,
+                if t.workers == 1 { "" } else { "s" },
+                if t.s3.is_empty() {
+                    inp.s3_name()
+                } else {
+                    &t.s3
+                },
+                rate(t.certs_per_s),
+                secs(t.latency_s.p50),
+                t.client_cpu_ms_per_cert(),
+                per_cert(1000.0 * t.cpu_s.get("s3").copied().unwrap_or(0.0), t.ok),
+                100.0 * t.cpu_s.get("machine_busy").copied().unwrap_or(0.0) / span / 2.0,
+            );
+        }
+        md.push('\n');
+    }
+    if inp.s3_name() == "moto"
+        && let Some(t) = inp.find(Tool::Certfleet, Mode::Instant, inp.main_concurrency)
+    {
         let s3_reqs: f64 = t.s3_requests.values().sum();
         let s3_cpu = t.cpu_s.get("s3").copied().unwrap_or(0.0);
         if s3_reqs > 0.0 && s3_cpu > 0.0 && t.ok > 0 {
@@ -613,6 +713,107 @@ pub fn verdicts(inp: &Inputs) -> Vec<Verdict> {
         },
         _ => missing("instant: ≥ 80 % of the instant-acme-only ceiling"),
     });
+    // On the stack's own S3 server (SeaweedFS): the ceiling at 64 and 128.
+    let s3 = inp.s3_name().to_string();
+    let mut at = vec![c, 128];
+    at.dedup();
+    for cc in at {
+        let target = format!("instant, {s3}: ≥ 90 % of the instant-acme-only ceiling at C={cc}");
+        v.push(
+            match (
+                inp.find(Tool::Certfleet, Mode::Instant, cc),
+                inp.find(Tool::Ceiling, Mode::Instant, cc),
+            ) {
+                (Some(t), Some(ce)) if ce.certs_per_s > 0.0 => Verdict {
+                    target,
+                    measured: format!(
+                        "{:.0} % ({} of {} certs/s)",
+                        100.0 * t.certs_per_s / ce.certs_per_s,
+                        rate(t.certs_per_s),
+                        rate(ce.certs_per_s)
+                    ),
+                    met: Some(t.certs_per_s >= 0.9 * ce.certs_per_s),
+                },
+                _ => missing(&target),
+            },
+        );
+    }
+    let target = "instant: ≥ 150 certificates/s, one worker, wherever the ceiling is above 165";
+    let fast: Vec<(&Throughput, &Throughput)> = inp
+        .throughput()
+        .filter(|ce| ce.tool == Tool::Ceiling && ce.mode == Mode::Instant && ce.certs_per_s > 165.0)
+        .filter_map(|ce| {
+            Some((
+                inp.find(Tool::Certfleet, Mode::Instant, ce.concurrency)?,
+                ce,
+            ))
+        })
+        .collect();
+    v.push(if fast.is_empty() {
+        Verdict {
+            target: target.into(),
+            measured: "no concurrency measured with a ceiling above 165/s and a certfleet run"
+                .into(),
+            met: None,
+        }
+    } else {
+        Verdict {
+            target: target.into(),
+            measured: fast
+                .iter()
+                .map(|(t, ce)| {
+                    format!(
+                        "C={}: {} (ceiling {})",
+                        t.concurrency,
+                        rate(t.certs_per_s),
+                        rate(ce.certs_per_s)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            met: Some(fast.iter().all(|(t, _)| t.certs_per_s >= 150.0)),
+        }
+    });
+    let target = "256 orders in flight: no retry storm (S3 reads per certificate ≤ 2)";
+    v.push(match inp.find(Tool::Certfleet, Mode::Instant, 256) {
+        Some(t) => {
+            let gets = per_cert(t.s3_requests.get("get").copied().unwrap_or(0.0), t.ok);
+            let acme = t.acme_requests.map(|a| per_cert(a, t.ok)).unwrap_or(0.0);
+            Verdict {
+                target: target.into(),
+                measured: format!(
+                    "{gets:.2} S3 reads and {acme:.1} ACME requests per certificate ({} certs/s)",
+                    rate(t.certs_per_s)
+                ),
+                met: Some(gets <= 2.0),
+            }
+        }
+        None => missing(target),
+    });
+    if let Some(two) = inp
+        .variants()
+        .into_iter()
+        .find(|t| t.workers == 2 && t.mode == Mode::Instant)
+    {
+        let one = inp.find(Tool::Certfleet, Mode::Instant, two.concurrency);
+        v.push(Verdict {
+            target: format!(
+                "two workers against one (instant, C={}, same stack)",
+                two.concurrency
+            ),
+            measured: match one {
+                Some(o) => format!(
+                    "{} vs {} certs/s ({:.2}×)",
+                    rate(two.certs_per_s),
+                    rate(o.certs_per_s),
+                    two.certs_per_s / o.certs_per_s.max(1e-9)
+                ),
+                None => format!("{} certs/s (no one-worker run)", rate(two.certs_per_s)),
+            },
+            // A comparison, not a target.
+            met: None,
+        });
+    }
     v.push(match cf_instant {
         Some(t) => Verdict {
             target: "instant: worker CPU ≤ 3 ms per certificate".into(),

@@ -38,6 +38,13 @@ impl Tool {
 pub struct Throughput {
     /// Client.
     pub tool: Tool,
+    /// certfleet worker processes (1 for the other clients).
+    #[serde(default = "one")]
+    pub workers: u32,
+    /// The S3 server certfleet stored into (`SeaweedFS`, `moto`; empty for
+    /// the other clients).
+    #[serde(default)]
+    pub s3: String,
     /// Validation mode.
     pub mode: Mode,
     /// Certificates in flight at once (worker concurrency, tasks, or
@@ -194,6 +201,9 @@ pub struct Bookkeeping {
 /// The S3 server alone with the worker's requests for new certificates.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StorageCeiling {
+    /// The S3 server (`SeaweedFS`, `moto`).
+    #[serde(default)]
+    pub server: String,
     /// Certificates' worth of requests at once.
     pub concurrency: u32,
     /// Certificates whose requests all succeeded.
@@ -206,8 +216,12 @@ pub struct StorageCeiling {
     pub elapsed_s: f64,
     /// Certificates per second the S3 server took.
     pub certs_per_s: f64,
-    /// CPU seconds per process (`s3` = moto).
+    /// CPU seconds per process (`s3` = the S3 server).
     pub cpu_s: BTreeMap<String, f64>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One result file.

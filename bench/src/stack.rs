@@ -54,6 +54,9 @@ pub struct Stack {
     pub aws_secret: String,
     /// The shared stack's state directory (pid files).
     pub dir: PathBuf,
+    /// Which S3 server the endpoint is (`BENCH_S3_SERVER`: `SeaweedFS`, the
+    /// stack's S3, or `moto`), for CPU accounting and the report.
+    pub s3_server: String,
 }
 
 impl Stack {
@@ -74,6 +77,7 @@ impl Stack {
             aws_key: var("AWS_ACCESS_KEY_ID", "test"),
             aws_secret: var("AWS_SECRET_ACCESS_KEY", "test"),
             dir: shared.stack_dir,
+            s3_server: var("BENCH_S3_SERVER", "SeaweedFS"),
         }
     }
 
@@ -82,7 +86,14 @@ impl Stack {
         vec![
             ("rabbitmq", self.dir.join("rabbitmq/rabbitmq.pid")),
             ("redis", self.dir.join("redis/redis.pid")),
-            ("s3", self.dir.join("s3/weed.pid")),
+            (
+                "s3",
+                if self.s3_server == "moto" {
+                    self.dir.join("moto/moto.pid")
+                } else {
+                    self.dir.join("s3/weed.pid")
+                },
+            ),
         ]
     }
 }

@@ -120,10 +120,12 @@ impl Probe {
     /// read back.
     pub async fn stalled_ca(&self, pid_file: &Path, done: usize) -> Stalled {
         let dir = match certfleet_tests::http::Http::new(Some(&self.ca_certs)) {
-            Ok(http) => match tokio::time::timeout(PROBE_TIMEOUT, http.get_ok(&self.directory)).await {
-                Ok(Ok(_)) => "still answers",
-                _ => "does not answer either",
-            },
+            Ok(http) => {
+                match tokio::time::timeout(PROBE_TIMEOUT, http.get_ok(&self.directory)).await {
+                    Ok(Ok(_)) => "still answers",
+                    _ => "does not answer either",
+                }
+            }
             Err(_) => "was not asked",
         };
         let diagnosis = match dump_goroutines(pid_file).await {

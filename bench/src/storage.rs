@@ -76,6 +76,7 @@ pub async fn run(
     let cpu_s = cpu.stop();
     slice.cleanup().await;
     Ok(StorageCeiling {
+        server: stack.s3_server.clone(),
         concurrency,
         certificates: ok,
         failed,

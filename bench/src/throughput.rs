@@ -68,6 +68,10 @@ pub struct Options {
     /// `perf record` into this file.
     #[arg(long)]
     pub perf: Option<PathBuf>,
+    /// Worker processes on the same stack (each with `--concurrency`
+    /// slots; the bench still keeps `--concurrency` jobs outstanding).
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
 }
 
 struct Sampled {
@@ -102,18 +106,28 @@ async fn run_in(
         .point_dns(http, &[names.clone(), vec![warmup.clone()]].concat())
         .await?;
 
-    let mut worker =
-        WorkerProcess::spawn(&opts.worker_bin, slice.vars(), opts.concurrency, &opts.log)?;
-    worker.ready(Duration::from_secs(60)).await?;
-    let outcome = drive(stack, &cfg, &worker, opts, &names, &warmup).await;
-    worker.stop().await;
+    let mut workers = Vec::new();
+    for i in 0..opts.workers.max(1) {
+        let log = if i == 0 {
+            opts.log.clone()
+        } else {
+            opts.log.with_extension(format!("{}.log", i + 1))
+        };
+        let mut w = WorkerProcess::spawn(&opts.worker_bin, slice.vars(), opts.concurrency, &log)?;
+        w.ready(Duration::from_secs(60)).await?;
+        workers.push(w);
+    }
+    let outcome = drive(stack, &cfg, &workers, opts, &names, &warmup).await;
+    for w in workers {
+        w.stop().await;
+    }
     outcome
 }
 
 async fn drive(
     stack: &Stack,
     cfg: &certfleet_common::Config,
-    worker: &WorkerProcess,
+    workers: &[WorkerProcess],
     opts: &Options,
     names: &[String],
     warmup: &str,
@@ -137,9 +151,24 @@ async fn drive(
         ev.error
     );
 
+    let worker = &workers[0];
     let pid = worker.pid();
-    let before = worker.metrics().await?;
-    let cpu = CpuMeter::start(&opts.ca.pid_files(stack), &[("worker", pid)]);
+    let before = scrape_all(workers).await?;
+    let names_of: Vec<String> = (0..workers.len())
+        .map(|i| {
+            if i == 0 {
+                "worker".into()
+            } else {
+                format!("worker{}", i + 1)
+            }
+        })
+        .collect();
+    let worker_pids: Vec<(&str, u32)> = workers
+        .iter()
+        .zip(&names_of)
+        .map(|(w, n)| (n.as_str(), w.pid()))
+        .collect();
+    let cpu = CpuMeter::start(&opts.ca.pid_files(stack), &worker_pids);
     let perf = match &opts.perf {
         Some(file) => Some(start_perf(pid, file).await?),
         None => None,
@@ -235,14 +264,17 @@ async fn drive(
         slots.add_permits(1);
     }
     let elapsed = last.duration_since(t0).as_secs_f64();
-    let cpu_s = cpu.stop();
+    let mut cpu_s = cpu.stop();
+    // Every worker process's CPU counts as the worker's.
+    let extra: f64 = names_of[1..].iter().filter_map(|n| cpu_s.remove(n)).sum();
+    *cpu_s.entry("worker".into()).or_default() += extra;
     publisher.abort();
     if let Some(p) = perf {
         stop_perf(p).await;
     }
     stop_sampling.cancel();
     let sampled = sampler.await?;
-    let after = worker.metrics().await?;
+    let after = scrape_all(workers).await?;
     let mem = procfs::memory(pid).unwrap_or_default();
 
     let ok = latencies.len();
@@ -259,6 +291,8 @@ async fn drive(
     let jobs = after.sum("certfleet_jobs_duration_seconds_count", &[])
         - before.sum("certfleet_jobs_duration_seconds_count", &[]);
     Ok(Throughput {
+        workers: opts.workers.max(1),
+        s3: stack.s3_server.clone(),
         tool: Tool::Certfleet,
         mode: opts.ca.mode,
         concurrency: opts.concurrency,
@@ -282,6 +316,17 @@ async fn drive(
         worker_job_mean_s: (jobs > 0.0).then(|| job_s / jobs),
         note: String::new(),
     })
+}
+
+/// Every worker's `/metrics`, as one scrape (their lines together: sums
+/// add up across processes).
+async fn scrape_all(workers: &[WorkerProcess]) -> anyhow::Result<Scrape> {
+    let mut text = String::new();
+    for w in workers {
+        text.push_str(&w.metrics_text().await?);
+        text.push('\n');
+    }
+    Ok(Scrape::parse(&text))
 }
 
 struct Perf {

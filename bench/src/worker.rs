@@ -133,11 +133,17 @@ impl WorkerProcess {
     /// # Errors
     /// The worker does not answer.
     pub async fn metrics(&self) -> anyhow::Result<Scrape> {
-        let text = self
-            .http
+        Ok(Scrape::parse(&self.metrics_text().await?))
+    }
+
+    /// `/metrics` as text.
+    ///
+    /// # Errors
+    /// The worker does not answer.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        self.http
             .get_ok(&format!("http://{}/metrics", self.metrics))
-            .await?;
-        Ok(Scrape::parse(&text))
+            .await
     }
 
     /// SIGTERM, then waits for the drain (SIGKILL after `STOP_TIMEOUT`, 20 s).

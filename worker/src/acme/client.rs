@@ -74,7 +74,9 @@ pub(crate) async fn post_as_get(
             match (raw, parsed) {
                 (Some(raw), _) if raw.status.is_success() => Ok(raw),
                 (_, Err(e)) => Err(e),
-                (_, Ok(_)) => Err(instant_acme::Error::Str("no answer to a POST-as-GET recorded")),
+                (_, Ok(_)) => Err(instant_acme::Error::Str(
+                    "no answer to a POST-as-GET recorded",
+                )),
             }
         })
         .await

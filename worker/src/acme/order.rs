@@ -28,8 +28,8 @@ use certfleet_common::secret::Secret;
 use deadpool_redis::redis::AsyncCommands;
 
 use instant_acme::{
-    Account, AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType, Identifier,
-    NewOrder, Order, OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType,
+    Identifier, NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
