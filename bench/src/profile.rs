@@ -109,11 +109,11 @@ mod tests {
 
     const TEXT: &str = "certfleet-worke 1 1.0: 1 cpu-clock:
 \t    7f01 malloc (/usr/lib/libc.so.6)
-\t    5501 aws_smithy_runtime::client::orchestrator::invoke (/work/target/release/certfleet-worker)
-\t    5502 tokio::runtime::task::harness::poll (/work/target/release/certfleet-worker)
+\t    5501 aws_smithy_runtime::client::orchestrator::invoke (/usr/local/bin/certfleet-worker)
+\t    5502 tokio::runtime::task::harness::poll (/usr/local/bin/certfleet-worker)
 
 certfleet-worke 1 1.1: 1 cpu-clock:
-\t    5503 tokio::runtime::scheduler::park (/work/target/release/certfleet-worker)
+\t    5503 tokio::runtime::scheduler::park (/usr/local/bin/certfleet-worker)
 
 certfleet-worke 1 1.2: 1 cpu-clock:
 \t    ffff finish_task_switch ([kernel.kallsyms])

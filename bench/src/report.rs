@@ -403,8 +403,9 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
             md,
             "Each subscriber reads the bundle the event announces from S3 (one GET per event \
              and subscriber; the pointer only at catch-up), so one certificate costs M requests \
-             to the S3 server at once; with moto (one Python process, the CPU per request above) \
-             the last of 100 subscribers waits for the 100 requests before it.\n"
+             to the S3 server ({}) at once: the last of 100 subscribers waits for the 100 \
+             requests before it.\n",
+            inp.s3_name()
         );
     }
 
