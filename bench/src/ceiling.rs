@@ -150,8 +150,7 @@ async fn drive(
     });
     let timed = tokio::select! {
         timed = run => timed?,
-        stalled = watch_progress(&probe, &done, stall::quiet_for(opts.ca.mode)) => {
-            let _ = stalled;
+        () = watch_progress(&probe, &done, stall::quiet_for(opts.ca.mode)) => {
             let n = done.load(Ordering::Relaxed);
             return Err(probe.stalled_ca(&opts.ca.pebble_pid_file, n).await.into());
         }

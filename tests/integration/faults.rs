@@ -461,7 +461,7 @@ async fn unanswered_new_order_is_found_not_repeated() -> anyhow::Result<()> {
         created, 1.0,
         "only the other certificate's order counts as created"
     );
-    let versions = versions_per_name(&env, &[job.job.name.clone()]).await?;
+    let versions = versions_per_name(&env, std::slice::from_ref(&job.job.name)).await?;
     assert_eq!(versions, vec![1]);
     println!(
         "new-order answer lost: 1 new-order for the name at the CA, found in the orders list on attempt {}, issued; orders created {created}, found {found}",

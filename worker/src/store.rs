@@ -158,22 +158,7 @@ pub(crate) async fn store_version(
             .put_json(&store.keys().pointer(v.name), &pointer, condition)
             .await
         {
-            Ok(etag) => {
-                if matches!(condition, Condition::Absent) {
-                    // SeaweedFS 4.48 has let two writers both win the
-                    // first contended If-Match on a key (measured: two
-                    // 200s in that round, one in every later round); one
-                    // uncontended If-Match right after the key is created
-                    // closes that window for the next writer.
-                    metrics.s3("put");
-                    let key = store.keys().pointer(v.name);
-                    if let Err(e) = store
-                        .put_json(&key, &pointer, Condition::Matches(&etag))
-                        .await
-                    {
-                        debug!(name = %v.name, error = %e, "pointer re-write after its creation failed");
-                    }
-                }
+            Ok(_) => {
                 for old in pruned {
                     metrics.s3("delete");
                     if let Err(e) = store.delete(&store.keys().bundle(v.name, &old)).await {
