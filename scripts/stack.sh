@@ -533,7 +533,11 @@ EOF
   # small volumes (the default 30 GB preallocation would not fit), many of
   # them; data (and so every object) survives a restart (in 3.5 s: no
   # master state to resume, the volumes are rescanned); a write to a
-  # missing bucket is an error, as on AWS (not a new bucket).
+  # missing bucket is an error, as on AWS (not a new bucket). Objects under
+  # 64 KiB (every pointer and bundle) live in the filer's own store instead
+  # of a volume file: one internal upload less per PUT (measured: 0.4 ms of
+  # CPU per request instead of 0.7, the storage step 1,100-1,300
+  # certificates/s instead of 620-650).
   start_bg "$S3_DIR/weed.pid" "$S3_DIR/weed.log" env WEED_MASTER_VOLUME_GROWTH_COPY_1=1 \
     "$STACK_VENV/bin/weed" -logdir="$S3_DIR/log" server \
     -ip="$LO" -ip.bind="$LO" -dir="$S3_DIR/data" \
@@ -544,6 +548,7 @@ EOF
     -filer -filer.port="$WEED_FILER_PORT" -filer.port.grpc="$WEED_FILER_GRPC_PORT" \
     -filer.localSocket="$S3_DIR/filer.sock" \
     -s3 -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC_PORT" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -filer.saveToFilerLimit=65536 \
     -s3.localSocket="$S3_DIR/s3.sock" -s3.config="$S3_DIR/s3.json" -s3.autoCreateBucket=false -s3.iam=false
 }
 # The bucket (kept across restarts: 409 when it exists already).
