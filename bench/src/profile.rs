@@ -36,7 +36,7 @@ pub const ACTIVITIES: &[(&str, &[&str])] = &[
         &[
             "certfleet_worker::serve",
             "certfleet_worker::http01",
-            "prometheus_client",
+            "prometheus::",
         ],
     ),
     ("other hyper / rustls", &["hyper", "rustls"]),

@@ -366,7 +366,12 @@ impl TestEnv {
     pub async fn start_worker(&self, extra: &[(&str, &str)]) -> anyhow::Result<WorkerHandle> {
         let cfg = self.worker_settings(extra)?;
         let shutdown = CancellationToken::new();
-        let running = certfleet_worker::start(cfg, shutdown.clone()).await?;
+        let running = certfleet_worker::start(
+            cfg,
+            certfleet_worker::metrics::Registry::new(),
+            shutdown.clone(),
+        )
+        .await?;
         if !running.ready(Duration::from_secs(20)).await {
             bail!("the worker did not connect to the broker within 20 s");
         }

@@ -171,12 +171,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                                 kind: handled.kind,
                                 outcome: handled.outcome,
                             };
-                            ctx.metrics.jobs.handled.get_or_create(&labels).inc();
                             ctx.metrics
                                 .jobs
-                                .duration
-                                .get_or_create(&labels)
-                                .observe(started.elapsed().as_secs_f64());
+                                .handled(&labels, started.elapsed().as_secs_f64());
                         }
                         .instrument(info_span!("delivery")),
                     );

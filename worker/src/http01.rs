@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::warn;
 
-use crate::metrics::{Http01Labels, ServiceMetrics};
+use crate::metrics::ServiceMetrics;
 use crate::serve::text;
 
 /// The path prefix of challenges.
@@ -76,7 +76,7 @@ pub(crate) async fn respond(
     metrics: ServiceMetrics,
 ) -> Response<Full<Bytes>> {
     let count = |result: &'static str| {
-        metrics.http01.get_or_create(&Http01Labels { result }).inc();
+        metrics.http01(result);
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "");

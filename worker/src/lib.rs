@@ -56,7 +56,7 @@ use certfleet_common::state::State;
 use certfleet_common::storage::Store;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
-use prometheus_client::registry::Registry;
+use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -93,6 +93,9 @@ pub enum StartError {
     /// A dns-01 provider could not be set up.
     #[error("dns-01: {0}")]
     Dns01(#[from] dns01::DnsError),
+    /// The metrics could not be registered (a bug: a name twice).
+    #[error("metrics: {0}")]
+    Metrics(#[from] metrics::RegisterError),
 }
 
 impl StartError {
@@ -181,7 +184,11 @@ fn worker_id() -> String {
 ///
 /// # Errors
 /// A listener that cannot be bound, an unreadable CA file.
-pub async fn start(cfg: Settings, shutdown: CancellationToken) -> Result<Running, StartError> {
+pub async fn start(
+    cfg: Settings,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
     let http01 = bind_shared(cfg.worker.http01_listen).map_err(|source| StartError::Bind {
         addr: cfg.worker.http01_listen,
         what: "http-01",
@@ -208,8 +215,7 @@ pub async fn start(cfg: Settings, shutdown: CancellationToken) -> Result<Running
             source,
         })?;
 
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
+    let metrics = Metrics::register(&registry)?;
     let registry = Arc::new(registry);
     let pool_size = (cfg.worker.concurrency.get() as usize / 2).clamp(8, 64);
     let state = State::from_config(&cfg.common, pool_size)?;
@@ -319,29 +325,28 @@ pub async fn start(cfg: Settings, shutdown: CancellationToken) -> Result<Running
 ///
 /// # Errors
 /// As [`start`].
-pub async fn run(cfg: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
-    start(cfg, shutdown).await?.wait().await;
+pub async fn run(
+    cfg: Settings,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    start(cfg, registry, shutdown).await?.wait().await;
     Ok(())
 }
 
 async fn ops(path: &str, ctx: &Ctx, registry: &Registry) -> Response<Full<Bytes>> {
     match path {
-        "/metrics" => {
-            let mut out = String::new();
-            match prometheus_client::encoding::text::encode(&mut out, registry) {
-                Ok(()) => {
-                    let mut rsp = serve::text(StatusCode::OK, out);
-                    rsp.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static(
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                    );
-                    rsp
-                }
-                Err(_) => serve::text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+        "/metrics" => match metrics::encode(registry) {
+            Ok(out) => {
+                let mut rsp = serve::text(StatusCode::OK, out);
+                rsp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(prometheus::TEXT_FORMAT),
+                );
+                rsp
             }
-        }
+            Err(_) => serve::text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+        },
         "/healthz" => serve::text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if !*ctx.broker_ready.borrow() {

@@ -82,7 +82,14 @@ fn main() -> ExitCode {
             eprintln!("certfleet-worker: cannot install signal handlers: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }
-        match certfleet_worker::run(cfg, shutdown).await {
+        match certfleet_worker::run(
+            cfg,
+            // The process's one registry, passed down (no global default).
+            certfleet_worker::metrics::Registry::new(),
+            shutdown,
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("certfleet-worker: {e:#}");

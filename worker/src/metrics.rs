@@ -1,22 +1,22 @@
-//! Prometheus metrics of a worker.
+//! Prometheus metrics of a worker (the `prometheus` crate).
 //!
-//! One struct per component, each with `register(&mut Registry)`, typed label
-//! sets and its own sub-registry prefix (linkerd2-proxy's habit). `main`
-//! owns the registry; nothing is global. Labels are outcome, kind, CA and
-//! challenge type — never a certificate name, which would make one series
-//! per certificate.
+//! One struct per component, each with `register(&Registry)` and the
+//! label names it uses. `main` creates the registry and passes it to
+//! [`crate::start`]; nothing is registered in the crate's
+//! global default registry. Labels are outcome, kind, status, op and
+//! result — never a certificate name, which would make one series per
+//! certificate.
 
-use std::sync::atomic::AtomicU64;
+pub use prometheus::Registry;
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, exponential_buckets,
+};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+/// Registering failed: a name registered twice (a bug in this module).
+pub type RegisterError = prometheus::Error;
 
 /// How a job ended for this delivery.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Outcome {
     /// A new certificate was stored.
     Stored,
@@ -36,8 +36,24 @@ pub enum Outcome {
     Panicked,
 }
 
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::AlreadyDone => "already_done",
+            Self::Retried => "retried",
+            Self::Deferred => "deferred",
+            Self::Failed => "failed",
+            Self::Undecodable => "undecodable",
+            Self::Abandoned => "abandoned",
+            Self::Panicked => "panicked",
+        }
+    }
+}
+
 /// Job labels.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct JobLabels {
     /// `issue`, `renew`, `revoke` or `unknown`.
     pub kind: &'static str,
@@ -45,97 +61,128 @@ pub struct JobLabels {
     pub outcome: Outcome,
 }
 
-/// Job metrics.
-#[derive(Debug, Clone)]
-pub struct JobMetrics {
-    /// Deliveries handled, by outcome.
-    pub handled: Family<JobLabels, Counter>,
-    /// Time from delivery to outcome.
-    pub duration: Family<JobLabels, Histogram>,
-    /// Jobs being worked on now.
-    pub in_flight: Gauge,
-    /// Deliveries whose handling panicked (each one dead-lettered; the
-    /// worker carried on). Anything but 0 is a bug to report.
-    pub panicked: Counter,
-    /// Orders created at the CA.
-    pub orders_created: Counter,
-    /// Orders resumed from a stored order URL.
-    pub orders_resumed: Counter,
-    /// Orders found in the account's orders list after a new-order request
-    /// got no answer (adopted instead of creating another).
-    pub orders_found: Counter,
-}
-
-impl JobMetrics {
-    /// Registers under `jobs_`.
-    pub fn register(reg: &mut Registry) -> Self {
-        let m = Self {
-            handled: Family::default(),
-            duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.05, 2.0, 14))
-            }),
-            in_flight: Gauge::default(),
-            panicked: Counter::default(),
-            orders_created: Counter::default(),
-            orders_resumed: Counter::default(),
-            orders_found: Counter::default(),
-        };
-        let r = reg.sub_registry_with_prefix("jobs");
-        r.register(
-            "handled",
-            "Job deliveries handled, by outcome",
-            m.handled.clone(),
-        );
-        r.register(
-            "duration_seconds",
-            "Time from delivery to outcome",
-            m.duration.clone(),
-        );
-        r.register("in_flight", "Jobs being worked on", m.in_flight.clone());
-        r.register(
-            "panicked",
-            "Job deliveries whose handling panicked (dead-lettered)",
-            m.panicked.clone(),
-        );
-        let r = reg.sub_registry_with_prefix("acme_orders");
-        r.register("created", "ACME orders created", m.orders_created.clone());
-        r.register(
-            "resumed",
-            "ACME orders resumed after a redelivery",
-            m.orders_resumed.clone(),
-        );
-        r.register(
-            "found",
-            "ACME orders found in the account's orders list after a new-order request got no answer",
-            m.orders_found.clone(),
-        );
-        m
+impl JobLabels {
+    fn values(&self) -> [&'static str; 2] {
+        [self.kind, self.outcome.as_str()]
     }
 }
 
-/// ACME request labels.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabels {
-    /// HTTP status class (`2xx`, `4xx`, …) or `error`.
-    pub status: &'static str,
+fn counter(reg: &Registry, name: &str, help: &str) -> Result<IntCounter, RegisterError> {
+    let c = IntCounter::with_opts(Opts::new(name, help))?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, RegisterError> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// Job metrics.
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    handled: IntCounterVec,
+    duration: HistogramVec,
+    /// Jobs being worked on now.
+    pub in_flight: IntGauge,
+    /// Deliveries whose handling panicked (each one dead-lettered; the
+    /// worker carried on). Anything but 0 is a bug to report.
+    pub panicked: IntCounter,
+    /// Orders created at the CA.
+    pub orders_created: IntCounter,
+    /// Orders resumed from a stored order URL.
+    pub orders_resumed: IntCounter,
+    /// Orders found in the account's orders list after a new-order request
+    /// got no answer (adopted instead of creating another).
+    pub orders_found: IntCounter,
+}
+
+impl JobMetrics {
+    /// Registers `certfleet_jobs_*` and `certfleet_acme_orders_*`.
+    ///
+    /// # Errors
+    /// A name registered twice.
+    pub fn register(reg: &Registry) -> Result<Self, RegisterError> {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "certfleet_jobs_duration_seconds",
+                "Time from delivery to outcome",
+            )
+            .buckets(exponential_buckets(0.05, 2.0, 14)?),
+            &["kind", "outcome"],
+        )?;
+        reg.register(Box::new(duration.clone()))?;
+        let in_flight = IntGauge::with_opts(Opts::new(
+            "certfleet_jobs_in_flight",
+            "Jobs being worked on",
+        ))?;
+        reg.register(Box::new(in_flight.clone()))?;
+        Ok(Self {
+            handled: counter_vec(
+                reg,
+                "certfleet_jobs_handled_total",
+                "Job deliveries handled, by outcome",
+                &["kind", "outcome"],
+            )?,
+            duration,
+            in_flight,
+            panicked: counter(
+                reg,
+                "certfleet_jobs_panicked_total",
+                "Job deliveries whose handling panicked (dead-lettered)",
+            )?,
+            orders_created: counter(
+                reg,
+                "certfleet_acme_orders_created_total",
+                "ACME orders created",
+            )?,
+            orders_resumed: counter(
+                reg,
+                "certfleet_acme_orders_resumed_total",
+                "ACME orders resumed after a redelivery",
+            )?,
+            orders_found: counter(
+                reg,
+                "certfleet_acme_orders_found_total",
+                "ACME orders found in the account's orders list after a new-order request got no answer",
+            )?,
+        })
+    }
+
+    /// Counts one handled delivery and its duration.
+    pub fn handled(&self, labels: &JobLabels, seconds: f64) {
+        let values = labels.values();
+        self.handled.with_label_values(&values).inc();
+        self.duration.with_label_values(&values).observe(seconds);
+    }
 }
 
 /// ACME client metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AcmeMetrics {
-    requests: Family<StatusLabels, Counter>,
+    requests: IntCounterVec,
 }
 
 impl AcmeMetrics {
-    /// Registers under `acme_`.
-    pub fn register(reg: &mut Registry) -> Self {
-        let m = Self::default();
-        reg.sub_registry_with_prefix("acme").register(
-            "requests",
-            "HTTP requests to the ACME server by status class",
-            m.requests.clone(),
-        );
-        m
+    /// Registers `certfleet_acme_requests_total`.
+    ///
+    /// # Errors
+    /// A name registered twice.
+    pub fn register(reg: &Registry) -> Result<Self, RegisterError> {
+        Ok(Self {
+            requests: counter_vec(
+                reg,
+                "certfleet_acme_requests_total",
+                "HTTP requests to the ACME server by status class",
+                &["status"],
+            )?,
+        })
     }
 
     /// Counts one request (status 0: no response).
@@ -147,60 +194,54 @@ impl AcmeMetrics {
             500..=599 => "5xx",
             _ => "error",
         };
-        self.requests.get_or_create(&StatusLabels { status }).inc();
+        self.requests.with_label_values(&[status]).inc();
     }
-}
-
-/// http-01 responder labels.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Http01Labels {
-    /// `hit`, `miss` or `error`.
-    pub result: &'static str,
-}
-
-/// Storage labels.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OpLabels {
-    /// `get`, `put`, `delete`.
-    pub op: &'static str,
 }
 
 /// Responder, storage and broker metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServiceMetrics {
-    /// http-01 requests answered.
-    pub http01: Family<Http01Labels, Counter>,
-    /// S3 requests made by job processing.
-    pub s3: Family<OpLabels, Counter>,
+    http01: IntCounterVec,
+    s3: IntCounterVec,
     /// Broker (re)connections.
-    pub broker_connects: Counter<u64, AtomicU64>,
+    pub broker_connects: IntCounter,
 }
 
 impl ServiceMetrics {
-    /// Registers under `http01_`, `s3_`, `broker_`.
-    pub fn register(reg: &mut Registry) -> Self {
-        let m = Self::default();
-        reg.sub_registry_with_prefix("http01").register(
-            "requests",
-            "http-01 challenge requests answered",
-            m.http01.clone(),
-        );
-        reg.sub_registry_with_prefix("s3").register(
-            "requests",
-            "Object storage requests made by jobs",
-            m.s3.clone(),
-        );
-        reg.sub_registry_with_prefix("broker").register(
-            "connects",
-            "Connections opened to the broker",
-            m.broker_connects.clone(),
-        );
-        m
+    /// Registers `certfleet_http01_*`, `certfleet_s3_*`, `certfleet_broker_*`.
+    ///
+    /// # Errors
+    /// A name registered twice.
+    pub fn register(reg: &Registry) -> Result<Self, RegisterError> {
+        Ok(Self {
+            http01: counter_vec(
+                reg,
+                "certfleet_http01_requests_total",
+                "http-01 challenge requests answered",
+                &["result"],
+            )?,
+            s3: counter_vec(
+                reg,
+                "certfleet_s3_requests_total",
+                "Object storage requests made by jobs",
+                &["op"],
+            )?,
+            broker_connects: counter(
+                reg,
+                "certfleet_broker_connects_total",
+                "Connections opened to the broker",
+            )?,
+        })
     }
 
-    /// Counts an S3 request.
+    /// Counts an http-01 request: `hit`, `miss` or `error`.
+    pub fn http01(&self, result: &'static str) {
+        self.http01.with_label_values(&[result]).inc();
+    }
+
+    /// Counts an S3 request: `get`, `put`, `delete`.
     pub fn s3(&self, op: &'static str) {
-        self.s3.get_or_create(&OpLabels { op }).inc();
+        self.s3.with_label_values(&[op]).inc();
     }
 }
 
@@ -216,15 +257,25 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers everything under `certfleet_`.
-    pub fn register(reg: &mut Registry) -> Self {
-        let reg = reg.sub_registry_with_prefix("certfleet");
-        Self {
-            jobs: JobMetrics::register(reg),
-            acme: std::sync::Arc::new(AcmeMetrics::register(reg)),
-            service: ServiceMetrics::register(reg),
-        }
+    /// Registers everything (names start with `certfleet_`).
+    ///
+    /// # Errors
+    /// A name registered twice.
+    pub fn register(reg: &Registry) -> Result<Self, RegisterError> {
+        Ok(Self {
+            jobs: JobMetrics::register(reg)?,
+            acme: std::sync::Arc::new(AcmeMetrics::register(reg)?),
+            service: ServiceMetrics::register(reg)?,
+        })
     }
+}
+
+/// The registry in the text exposition format (`text/plain; version=0.0.4`).
+///
+/// # Errors
+/// A metric that cannot be encoded.
+pub fn encode(reg: &Registry) -> Result<String, prometheus::Error> {
+    prometheus::TextEncoder::new().encode_to_string(&reg.gather())
 }
 
 #[cfg(test)]
@@ -232,34 +283,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_with_prefix_and_labels() -> Result<(), std::fmt::Error> {
-        let mut reg = Registry::default();
-        let m = Metrics::register(&mut reg);
-        m.jobs
-            .handled
-            .get_or_create(&JobLabels {
+    fn encodes_names_and_labels() -> Result<(), prometheus::Error> {
+        let reg = Registry::new();
+        let m = Metrics::register(&reg)?;
+        m.jobs.handled(
+            &JobLabels {
                 kind: "issue",
                 outcome: Outcome::Stored,
-            })
-            .inc();
+            },
+            0.3,
+        );
         m.acme.request(201);
         m.service.s3("put");
+        m.service.http01("hit");
         m.jobs.panicked.inc();
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &reg)?;
-        assert!(
-            out.contains("certfleet_jobs_handled_total{kind=\"issue\",outcome=\"Stored\"} 1"),
-            "{out}"
-        );
-        assert!(
-            out.contains("certfleet_acme_requests_total{status=\"2xx\"} 1"),
-            "{out}"
-        );
-        assert!(
-            out.contains("certfleet_s3_requests_total{op=\"put\"} 1"),
-            "{out}"
-        );
-        assert!(out.contains("certfleet_jobs_panicked_total 1"), "{out}");
+        m.jobs.in_flight.set(3);
+        let out = encode(&reg)?;
+        for line in [
+            "certfleet_jobs_handled_total{kind=\"issue\",outcome=\"stored\"} 1",
+            "certfleet_jobs_duration_seconds_count{kind=\"issue\",outcome=\"stored\"} 1",
+            "certfleet_acme_requests_total{status=\"2xx\"} 1",
+            "certfleet_s3_requests_total{op=\"put\"} 1",
+            "certfleet_http01_requests_total{result=\"hit\"} 1",
+            "certfleet_jobs_panicked_total 1",
+            "certfleet_jobs_in_flight 3",
+            "certfleet_acme_orders_found_total 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing in:\n{out}");
+        }
+        // A second registration of the same names is refused, not doubled.
+        assert!(Metrics::register(&reg).is_err());
         Ok(())
     }
 }

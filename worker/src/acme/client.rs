@@ -335,7 +335,11 @@ mod tests {
                 });
             }
         });
-        let mut client = AcmeHttp::new(None, true, Arc::new(AcmeMetrics::default()))?;
+        let mut client = AcmeHttp::new(
+            None,
+            true,
+            Arc::new(AcmeMetrics::register(&crate::metrics::Registry::new())?),
+        )?;
         client.timeout = Duration::from_millis(500);
         let request =
             || Request::get(format!("http://{addr}/dir")).body(BodyWrapper::from(Vec::new()));
