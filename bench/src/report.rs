@@ -685,7 +685,6 @@ pub fn verdicts(inp: &Inputs) -> Vec<Verdict> {
     let c = inp.main_concurrency;
     let mut v = Vec::new();
     let cf_instant = inp.find(Tool::Certfleet, Mode::Instant, c);
-    let ceiling = inp.find(Tool::Ceiling, Mode::Instant, c);
     v.push(match cf_instant {
         Some(t) => Verdict {
             target: "instant validation: ≥ 100 certificates/s, one worker".into(),
@@ -701,43 +700,19 @@ pub fn verdicts(inp: &Inputs) -> Vec<Verdict> {
         },
         None => missing("instant validation: ≥ 100 certificates/s, one worker"),
     });
-    v.push(match (cf_instant, ceiling) {
-        (Some(t), Some(ce)) if ce.certs_per_s > 0.0 => Verdict {
-            target: "instant: ≥ 80 % of the instant-acme-only ceiling".into(),
-            measured: format!(
-                "{:.0} % ({} of {} certs/s)",
-                100.0 * t.certs_per_s / ce.certs_per_s,
-                rate(t.certs_per_s),
-                rate(ce.certs_per_s)
-            ),
-            met: Some(t.certs_per_s >= 0.8 * ce.certs_per_s),
-        },
-        _ => missing("instant: ≥ 80 % of the instant-acme-only ceiling"),
-    });
+    v.push(of_ceiling(
+        inp,
+        c,
+        0.8,
+        "instant: ≥ 80 % of the instant-acme-only ceiling".into(),
+    ));
     // On the stack's own S3 server (SeaweedFS): the ceiling at 64 and 128.
     let s3 = inp.s3_name().to_string();
     let mut at = vec![c, 128];
     at.dedup();
     for cc in at {
         let target = format!("instant, {s3}: ≥ 90 % of the instant-acme-only ceiling at C={cc}");
-        v.push(
-            match (
-                inp.find(Tool::Certfleet, Mode::Instant, cc),
-                inp.find(Tool::Ceiling, Mode::Instant, cc),
-            ) {
-                (Some(t), Some(ce)) if ce.certs_per_s > 0.0 => Verdict {
-                    target,
-                    measured: format!(
-                        "{:.0} % ({} of {} certs/s)",
-                        100.0 * t.certs_per_s / ce.certs_per_s,
-                        rate(t.certs_per_s),
-                        rate(ce.certs_per_s)
-                    ),
-                    met: Some(t.certs_per_s >= 0.9 * ce.certs_per_s),
-                },
-                _ => missing(&target),
-            },
-        );
+        v.push(of_ceiling(inp, cc, 0.9, target));
     }
     let target = "instant: ≥ 150 certificates/s, one worker, wherever the ceiling is above 165";
     let fast: Vec<(&Throughput, &Throughput)> = inp
@@ -956,6 +931,27 @@ pub fn verdicts(inp: &Inputs) -> Vec<Verdict> {
         ));
     }
     v
+}
+
+/// certfleet's instant-mode rate at concurrency `c` against the ceiling's
+/// at the same concurrency: met at `share` or more.
+fn of_ceiling(inp: &Inputs, c: u32, share: f64, target: String) -> Verdict {
+    match (
+        inp.find(Tool::Certfleet, Mode::Instant, c),
+        inp.find(Tool::Ceiling, Mode::Instant, c),
+    ) {
+        (Some(t), Some(ce)) if ce.certs_per_s > 0.0 => Verdict {
+            target,
+            measured: format!(
+                "{:.0} % ({} of {} certs/s)",
+                100.0 * t.certs_per_s / ce.certs_per_s,
+                rate(t.certs_per_s),
+                rate(ce.certs_per_s)
+            ),
+            met: Some(t.certs_per_s >= share * ce.certs_per_s),
+        },
+        _ => missing(&target),
+    }
 }
 
 fn missing(target: &str) -> Verdict {

@@ -44,19 +44,24 @@ pub(crate) async fn publish_issues(
     Ok(names)
 }
 
-/// Waits until the worker stored an order record for `name` (the order
-/// exists at the CA).
+/// Waits until the worker stored an order record with the order's URL for
+/// `name` (the order exists at the CA).
 pub(crate) async fn wait_for_order(env: &TestEnv, name: &CertName) -> anyhow::Result<()> {
     let state = env.state()?;
     let key = state.keys().order(name);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let mut c = state.conn().await?;
-        let exists: bool = deadpool_redis::redis::cmd("EXISTS")
+        let record: Option<String> = deadpool_redis::redis::cmd("GET")
             .arg(&key)
             .query_async(&mut *c)
             .await?;
-        if exists {
+        // The record is written before the new-order request, and gets the
+        // order's URL once the CA has answered.
+        let has_url = record
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+            .is_some_and(|r| r["url"].is_string());
+        if has_url {
             return Ok(());
         }
         anyhow::ensure!(
