@@ -214,7 +214,7 @@ EXIT_STALLED=3
 
 # step_ca MODE NAME CMD...: a step against the private Pebble, on a fresh
 # Pebble. A step whose CA stalled runs again on a restarted Pebble, up to
-# three tries, its goroutine dump kept (logs/NAME.stallK.pebble.log); a step
+# five tries, its goroutine dump kept (logs/NAME.stallK.pebble.log); a step
 # that failed otherwise (some certificates failed) runs once more. The last
 # try's result is the one reported.
 step_ca() {
@@ -227,7 +227,7 @@ step_ca() {
       stalls=$((stalls + 1))
       cp "$PEBBLE_DIR/pebble.log" "$OUT/logs/$name.stall$stalls.pebble.log" 2>/dev/null || true
       STALLS+=("$name (try $try): $(tail -n 1 "$OUT/logs/$name.log")")
-      ((stalls < 3)) || return 0
+      ((stalls < 5)) || return 0
     else
       other=$((other + 1))
       ((other < 2)) || return 0
