@@ -28,8 +28,10 @@ release:
 stack-up:
 	$(STACK) up
 
+# Also the dns-01 provider tests' own BIND (tests/dns/start-bind.sh).
 stack-down:
 	$(STACK) down
+	tests/dns/stop-bind.sh >/dev/null 2>&1 || true
 
 stack-status:
 	$(STACK) status

@@ -20,7 +20,9 @@ fi
 
 command -v named >/dev/null || { echo "named not found: apt-get install -y bind9 bind9-dnsutils" >&2; exit 1; }
 
-ip addr show dev lo | grep -q "inet $ADDR/" || ip addr add "$ADDR/32" dev lo
+# grep reads all of it: with pipefail, `grep -q` quitting early could fail the
+# pipeline (SIGPIPE to ip) and re-add an address lo already has.
+ip addr show dev lo | grep -F "inet $ADDR/" >/dev/null || ip addr add "$ADDR/32" dev lo
 
 # Fresh state every start (dynamic zones keep journals).
 if [[ -f "$DIR/named.pid" ]]; then

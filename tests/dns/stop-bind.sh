@@ -11,7 +11,7 @@ for pidfile in "$DIR/named.pid" "$DIR/named.launcher.pid"; do
     fi
 done
 sleep 1
-if ip addr show dev lo | grep -q "inet $ADDR/"; then
+if ip addr show dev lo | grep -F "inet $ADDR/" >/dev/null; then
     ip addr del "$ADDR/32" dev lo
 fi
 echo "stopped test named; $ADDR removed from lo"
