@@ -19,11 +19,10 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use instant_acme::{
-    Account, AuthorizationStatus, BodyWrapper, ChallengeType, Identifier, NewAccount, NewOrder,
-    OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use tokio_util::sync::CancellationToken;
@@ -96,13 +95,9 @@ async fn drive(
     warmup: &str,
     tokens: &Tokens,
 ) -> anyhow::Result<Throughput> {
-    let connector = certfleet_tests::http::connector(Some(&opts.ca.ca_certs), true)?;
-    let client: HyperClient<_, BodyWrapper<Bytes>> = HyperClient::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector);
     let (account, _) = tokio::time::timeout(
         ORDER_TIMEOUT,
-        Account::builder_with_http(Box::new(client)).create(
+        Account::builder_with_http(stall::acme_client(&opts.ca.ca_certs)?).create(
             &NewAccount {
                 contact: &["mailto:bench@example.test"],
                 terms_of_service_agreed: true,

@@ -82,7 +82,7 @@ impl Probe {
     pub async fn new(ca: &Ca) -> anyhow::Result<Self> {
         let account = tokio::time::timeout(
             Duration::from_secs(30),
-            Account::builder_with_http(client(&ca.ca_certs)?).create(
+            Account::builder_with_http(acme_client(&ca.ca_certs)?).create(
                 &NewAccount {
                     contact: &[],
                     terms_of_service_agreed: true,
@@ -140,8 +140,15 @@ impl Probe {
     }
 }
 
-fn client(ca_certs: &Path) -> anyhow::Result<Box<dyn instant_acme::HttpClient>> {
+/// The bench's ACME HTTP client (the worker's stack: hyper + rustls,
+/// HTTP/1.1 and HTTP/2, web roots plus `ca_certs`), for the ceiling's
+/// account and the probe's.
+///
+/// # Errors
+/// `ca_certs` cannot be read.
+pub fn acme_client(ca_certs: &Path) -> anyhow::Result<Box<dyn instant_acme::HttpClient>> {
     let client: HyperClient<_, BodyWrapper<Bytes>> = HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
         .build(certfleet_tests::http::connector(Some(ca_certs), true)?);
     Ok(Box::new(client))
 }
