@@ -1,12 +1,14 @@
 # certfleet: one front door for build, test, demo and benchmarks.
 #
 #   make demo    the main job end to end on the local stack
-#   make test    everything CI runs: fmt, clippy, unit and integration tests
+#   make test    everything CI runs: fmt, clippy, the alert rules' promtool
+#                checks and unit tests, unit and integration tests
 #   make bench   side-by-side benchmarks (bench/results/)
 #   make soak    minutes of random faults under load (bench/results/soak-*.md)
 #
 # The local stack (RabbitMQ, Redis, S3 via SeaweedFS, moto, BIND 9, Pebble) is installed and
-# started by scripts/stack.sh on loopback; `make stack-down` stops it.
+# started by scripts/stack.sh on loopback; `make stack-down` stops it. Tests
+# that need a cluster or Prometheus start private instances of their own.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -15,7 +17,7 @@ STACK := scripts/stack.sh
 # Test threads: integration tests are mostly waiting on the CA.
 TEST_THREADS ?= 8
 
-.PHONY: all build release test lint fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
+.PHONY: all build release test lint rules fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
 
 all: build
 
@@ -39,6 +41,14 @@ stack-status:
 fmt:
 	$(CARGO) fmt --all
 
+# The alert rules the chart ships: valid, and each alert's unit tests pass
+# (promtool, from Debian's prometheus package, installed if missing).
+RULES := helm/certfleet/rules
+rules:
+	$(STACK) install prometheus
+	promtool check rules $(RULES)/certfleet.rules.yml
+	cd $(RULES) && promtool test rules certfleet.rules.test.yml
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
@@ -56,7 +66,7 @@ integration: stack-up build
 	eval "$$($(STACK) env)"; \
 	$(CARGO) test --locked --workspace --tests -- --test-threads $(TEST_THREADS)
 
-test: lint stack-up build
+test: lint rules stack-up build
 	eval "$$($(STACK) env)"; \
 	$(CARGO) test --locked --workspace -- --test-threads $(TEST_THREADS)
 

@@ -18,19 +18,25 @@
 #             records set through its API). Pebble resolves through bind when
 #             bind runs in the same STACK_DIR (so dns-01 in bind's zones
 #             validates for real), else through challtestsrv.
+#   prometheus  Prometheus (Debian prometheus), only when named: scrapes
+#             every target listed in $STACK_DIR/prometheus/targets/*.json
+#             (file_sd, picked up within a second) every
+#             PROMETHEUS_SCRAPE_INTERVAL, and evaluates the chart's alert
+#             rules (helm/certfleet/rules/certfleet.rules.yml).
 #
-# Usage: scripts/stack.sh up|down|status|env|restart|stop|start [SERVICE...]
+# Usage: scripts/stack.sh up|down|status|env|restart|stop|start|install [SERVICE...]
 #        scripts/stack.sh rabbitmqctl ARGS...   (against this instance's node)
 #   up/start      install what is missing (as root), start, wait until ready
 #                 (`up --ha`: also the clusters, see below)
 #   down/stop     stop (data dirs are kept; moto and pebble keep nothing anyway)
 #   restart       down + up
+#   install       only install what is missing (as root), start nothing
 #   status        one line per service; exit 0 only if all requested are up
 #   env           `export NAME=value` lines: eval "$(scripts/stack.sh env)"
 # No SERVICE means all six; services start in the order above. The
 # clusters for failover tests (sentinel: a Redis primary, a replica and
 # three sentinels; rabbitmq-cluster: three clustered RabbitMQ nodes) start
-# only when named, or all with `up --ha`.
+# only when named, or all with `up --ha`; prometheus only when named.
 #
 # Everything is configurable through the environment (defaults below). With
 # another STACK_DIR, RABBITMQ_NODENAME and ports, a second, independent
@@ -89,6 +95,8 @@ PEBBLE_TLS_PORT=${PEBBLE_TLS_PORT:-5001}
 CHALLTESTSRV_DNS_PORT=${CHALLTESTSRV_DNS_PORT:-8053}
 CHALLTESTSRV_MGMT_PORT=${CHALLTESTSRV_MGMT_PORT:-8055}
 METRICS_PORT=${METRICS_PORT:-9464}
+PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
+PROMETHEUS_SCRAPE_INTERVAL=${PROMETHEUS_SCRAPE_INTERVAL:-1s}
 # BIND listens on port 53 of its own loopback address (NS records can name no
 # port); each instance needs its own BIND_ADDR.
 BIND_ADDR=${BIND_ADDR:-127.0.0.153}
@@ -96,6 +104,7 @@ BIND_PORT=${BIND_PORT:-53}
 
 ALL_SERVICES=(rabbitmq redis s3 moto bind pebble)   # bind before pebble, which uses it
 HA_SERVICES=(sentinel rabbitmq-cluster)         # only when named, or with --ha
+EXTRA_SERVICES=(prometheus)                     # only when named
 LO=127.0.0.1
 PATH=$PATH:/usr/sbin:/sbin   # rabbitmq-server lives in /usr/sbin
 
@@ -151,6 +160,7 @@ apt_pkgs_for() {
     s3 | moto) echo curl ;;
     bind) echo bind9 bind9-dnsutils; command -v ip >/dev/null || echo iproute2 ;;
     pebble) echo pebble openssl curl ;;
+    prometheus) echo prometheus curl ;;
   esac
 }
 
@@ -785,6 +795,38 @@ pebble_stop() {
   stop_pid "$PEBBLE_DIR/challtestsrv.pid"
 }
 
+# ------------------------------------------------------------- prometheus
+# Targets come and go as files in targets/ (tests write one per worker or
+# exporter they start); the rules are the ones the chart ships.
+
+PROM_DIR=$STACK_DIR/prometheus
+prometheus_pid() { pid_in "$PROM_DIR/prometheus.pid"; }
+prometheus_addr() { echo "http://$LO:$PROMETHEUS_PORT targets $PROM_DIR/targets"; }
+prometheus_ready() { [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://$LO:$PROMETHEUS_PORT/-/ready") == 200 ]]; }
+prometheus_logs() { tail -n 30 "$PROM_DIR/prometheus.log" 2>/dev/null || true; }
+prometheus_start() {
+  ensure_port_free "$PROMETHEUS_PORT"
+  mkdir -p "$PROM_DIR/targets" "$PROM_DIR/data"
+  cat >"$PROM_DIR/prometheus.yml" <<CONF
+global:
+  scrape_interval: $PROMETHEUS_SCRAPE_INTERVAL
+  scrape_timeout: $PROMETHEUS_SCRAPE_INTERVAL
+  evaluation_interval: $PROMETHEUS_SCRAPE_INTERVAL
+rule_files:
+  - $REPO_DIR/helm/certfleet/rules/certfleet.rules.yml
+scrape_configs:
+  - job_name: certfleet
+    file_sd_configs:
+      - files: ['$PROM_DIR/targets/*.json']
+        refresh_interval: 1s
+CONF
+  start_bg "$PROM_DIR/prometheus.pid" "$PROM_DIR/prometheus.log" \
+    prometheus --config.file="$PROM_DIR/prometheus.yml" \
+    --storage.tsdb.path="$PROM_DIR/data" --storage.tsdb.retention.time=1d \
+    --web.listen-address="$LO:$PROMETHEUS_PORT"
+}
+prometheus_stop() { stop_pid "$PROM_DIR/prometheus.pid"; }
+
 # --------------------------------------------------------------- commands
 
 is_up() { alive "$("$1"_pid)" && "$1"_ready; }
@@ -888,7 +930,7 @@ main() {
     rmq_cmd rabbitmqctl "$@"
     exec "${RMQ_CMD[@]}"
   fi
-  local known=("${ALL_SERVICES[@]}" "${HA_SERVICES[@]}") args=()
+  local known=("${ALL_SERVICES[@]}" "${HA_SERVICES[@]}" "${EXTRA_SERVICES[@]}") args=()
   for s; do
     if [[ $s == --ha ]]; then args+=("${ALL_SERVICES[@]}" "${HA_SERVICES[@]}"); continue; fi
     [[ " ${known[*]} " == *" $s "* ]] || { log "unknown service '$s'"; usage; }
@@ -902,7 +944,7 @@ main() {
   case $cmd in
     status) cmd_status "$@"; return ;;
     env) cmd_env; return ;;
-    up | start | down | stop | restart) ;;
+    up | start | down | stop | restart | install) ;;
     *) usage ;;
   esac
   # Changing commands are serialized per state dir: re-run under flock, which
@@ -912,6 +954,7 @@ main() {
     STACK_LOCKED=1 exec flock -o "$STACK_DIR/.lock" "${BASH_SOURCE[0]}" "$cmd" "$@"
   fi
   case $cmd in
+    install) ensure_installed "$@" ;;
     up | start) cmd_up "$@" ;;
     down | stop) cmd_down "$@" ;;
     restart) cmd_down "$@" && cmd_up "$@" ;;

@@ -114,8 +114,8 @@ mod tests {
 # TYPE certfleet_s3_requests counter
 certfleet_s3_requests_total{op="get"} 4
 certfleet_s3_requests_total{op="put"} 6
-certfleet_acme_requests_total{status="2xx"} 30
-certfleet_acme_requests_total{status="4xx"} 2
+certfleet_acme_client_requests_total{action="new_order",host="h",status="201"} 30
+certfleet_acme_client_requests_total{action="order",host="h",status="400"} 2
 certfleet_jobs_in_flight 7
 certfleet_jobs_handled_total{kind="issue",outcome="stored"} 3 # {trace_id="x"} 1
 # EOF
@@ -126,7 +126,7 @@ certfleet_jobs_handled_total{kind="issue",outcome="stored"} 3 # {trace_id="x"} 1
         let s = Scrape::parse(TEXT);
         assert_eq!(s.sum("certfleet_s3_requests_total", &[]), 10.0);
         assert_eq!(s.sum("certfleet_s3_requests_total", &[("op", "put")]), 6.0);
-        assert_eq!(s.sum("certfleet_acme_requests_total", &[]), 32.0);
+        assert_eq!(s.sum("certfleet_acme_client_requests_total", &[]), 32.0);
         assert_eq!(s.sum("certfleet_jobs_in_flight", &[]), 7.0);
         assert_eq!(
             s.sum("certfleet_jobs_handled_total", &[("outcome", "stored")]),

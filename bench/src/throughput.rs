@@ -295,8 +295,8 @@ async fn drive(
         &before.by_label("certfleet_s3_requests_total", "op"),
         &after.by_label("certfleet_s3_requests_total", "op"),
     );
-    let acme = after.sum("certfleet_acme_requests_total", &[])
-        - before.sum("certfleet_acme_requests_total", &[]);
+    let acme = after.sum("certfleet_acme_client_requests_total", &[])
+        - before.sum("certfleet_acme_client_requests_total", &[]);
     let mib = |kib: u64| kib as f64 / 1024.0;
     let job_s = after.sum("certfleet_jobs_duration_seconds_sum", &[])
         - before.sum("certfleet_jobs_duration_seconds_sum", &[]);

@@ -24,6 +24,9 @@
 //!   handler of both binaries; [`child`]: operators' commands ended with
 //!   their whole process group.
 //! - [`seal`] and [`secret`]: encryption at rest and values never printed.
+//! - [`exporter`]: the fleet's certificate metrics (expiry, renewal,
+//!   readiness, summaries) read from Redis; [`serve`]: the small HTTP
+//!   server of metrics and probes.
 //! - [`error`]: what a failure means for the job ([`Disposition`]).
 
 #![warn(missing_docs)]
@@ -34,6 +37,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod event;
+pub mod exporter;
 pub mod job;
 pub mod logging;
 pub mod redis_keys;
@@ -41,6 +45,7 @@ pub mod redis_pool;
 pub mod schedule;
 pub mod seal;
 pub mod secret;
+pub mod serve;
 pub mod shutdown;
 pub mod state;
 pub mod storage;

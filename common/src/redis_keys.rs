@@ -72,6 +72,24 @@ impl RedisKeys {
         format!("{}expiry:built", self.prefix)
     }
 
+    /// Hash of name → `"<notBefore> <notAfter>"` (Unix s) of its current
+    /// version, beside the expiry index, for the certificate metrics.
+    pub fn validity(&self) -> String {
+        format!("{}expiry:validity", self.prefix)
+    }
+
+    /// Sorted set of names scored by their current version's notAfter
+    /// (Unix s): counts by days left are a few `ZCOUNT`s at any fleet size.
+    pub fn not_after(&self) -> String {
+        format!("{}expiry:notafter", self.prefix)
+    }
+
+    /// Hash of name → Unix s when its last job failed for good; cleared
+    /// when a version is stored. Read as "not ready" by the metrics.
+    pub fn failed(&self) -> String {
+        format!("{}failed", self.prefix)
+    }
+
     /// A name's dedup marker: the id of its queued or running job.
     pub fn pending(&self, name: &CertName) -> String {
         format!("{}pending:{name}", self.prefix)

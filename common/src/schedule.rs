@@ -204,8 +204,9 @@ impl fmt::Display for ScanReport {
 
 /// Rebuilds the expiry index from the pointers in storage: lists every
 /// name, reads the pointers [`REBUILD_CONCURRENCY`] at a time, and replaces
-/// the index with (name, renew_at, challenge) in one transaction. Returns
-/// the number of certificates indexed.
+/// the index with (name, renew_at, challenge) in one transaction, after
+/// the validity records the certificate metrics read. Returns the number
+/// of certificates indexed.
 ///
 /// A pointer that does not parse is logged and left out (it cannot be
 /// renewed from anyway); a pointer that cannot be read abandons the rebuild,
@@ -225,9 +226,11 @@ pub async fn rebuild_index(state: &State, store: &Store) -> Result<usize, Schedu
         })
         .buffer_unordered(REBUILD_CONCURRENCY);
     let mut entries: Vec<(CertName, i64, ChallengeType)> = Vec::new();
+    let mut validity = Vec::new();
     while let Some((name, result)) = reads.next().await {
         match result {
             Ok(Some((pointer, _))) => {
+                validity.push((name.clone(), pointer.not_before, pointer.not_after));
                 entries.push((name, pointer.renew_at.unix_timestamp(), pointer.challenge));
             }
             // Deleted between the listing and the read.
@@ -240,6 +243,11 @@ pub async fn rebuild_index(state: &State, store: &Store) -> Result<usize, Schedu
     }
     drop(reads);
     entries.sort_by(|a, b| a.0.cmp(&b.0));
+    // Validity first: the index marked built is what says "done".
+    state
+        .validity_put_many(&validity, true)
+        .await
+        .map_err(ScheduleError::IndexWrite)?;
     state
         .index_replace(&entries)
         .await

@@ -230,6 +230,71 @@ impl State {
         .ignore();
     }
 
+    /// Adds "record this version's validity" to a pipeline: the
+    /// [`RedisKeys::validity`] hash and the [`RedisKeys::not_after`] set,
+    /// and clears the name's failure mark (a version was stored).
+    pub fn validity_put_into(
+        &self,
+        pipe: &mut redis::Pipeline,
+        name: &CertName,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) {
+        let (nb, na) = (not_before.unix_timestamp(), not_after.unix_timestamp());
+        pipe.hset(self.keys.validity(), name.as_str(), format!("{nb} {na}"))
+            .ignore()
+            .zadd(self.keys.not_after(), name.as_str(), na)
+            .ignore()
+            .hdel(self.keys.failed(), name.as_str())
+            .ignore();
+    }
+
+    /// Records validity for many names at once: the exporter filling in
+    /// names stored before validity was kept, or (`replace`) an index
+    /// rebuild, which first drops what was recorded.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn validity_put_many(
+        &self,
+        entries: &[(CertName, OffsetDateTime, OffsetDateTime)],
+        replace: bool,
+    ) -> Result<(), StateError> {
+        let mut c = self.conn().await?;
+        if replace {
+            let _: () = redis::pipe()
+                .del(self.keys.validity())
+                .del(self.keys.not_after())
+                .query_async(&mut *c)
+                .await?;
+        }
+        for chunk in entries.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (name, nb, na) in chunk {
+                let (nb, na) = (nb.unix_timestamp(), na.unix_timestamp());
+                pipe.hset(self.keys.validity(), name.as_str(), format!("{nb} {na}"))
+                    .ignore()
+                    .zadd(self.keys.not_after(), name.as_str(), na)
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut *c).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks `name`'s last job as failed for good at `at` (until a version
+    /// is stored).
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn mark_failed(&self, name: &CertName, at: OffsetDateTime) -> Result<(), StateError> {
+        let mut c = self.conn().await?;
+        let _: () = c
+            .hset(self.keys.failed(), name.as_str(), at.unix_timestamp())
+            .await?;
+        Ok(())
+    }
+
     /// Adds "release the dedup marker if `job_id` holds it" to a pipeline.
     pub fn pending_release_into(&self, pipe: &mut redis::Pipeline, name: &CertName, job_id: &Uuid) {
         pipe.cmd("EVAL")
@@ -358,6 +423,9 @@ impl State {
         let _: () = redis::pipe()
             .zrem(self.keys.expiry(), name.as_str())
             .hdel(self.keys.expiry_meta(), name.as_str())
+            .hdel(self.keys.validity(), name.as_str())
+            .zrem(self.keys.not_after(), name.as_str())
+            .hdel(self.keys.failed(), name.as_str())
             .query_async(&mut *c)
             .await?;
         Ok(())

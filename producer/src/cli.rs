@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, PullArgs, WatchArgs, WatchError};
 use crate::dlq::{self, DlqCommand, DlqError};
+use crate::exporter::{self, ExporterArgs, ExporterError};
 use crate::output::out;
 use crate::schedule::{self, IndexCommand, ScheduleArgs, ScheduleCmdError};
 use crate::status::{self, StatusError};
@@ -84,6 +85,9 @@ pub enum Command {
     Pull(PullArgs),
     /// Follow certificate events and keep DIR/NAME/ up to date.
     Watch(WatchArgs),
+    /// Serve the fleet's certificate metrics (expiry, renewal, readiness)
+    /// for Prometheus until SIGTERM; one per fleet.
+    Exporter(ExporterArgs),
 }
 
 impl Command {
@@ -95,7 +99,7 @@ impl Command {
             Command::Issue(a) => a.wait,
             Command::Submit(a) => a.wait,
             Command::Renew(a) => a.wait,
-            Command::Schedule(_) | Command::Watch(_) => true,
+            Command::Schedule(_) | Command::Watch(_) | Command::Exporter(_) => true,
             _ => false,
         }
     }
@@ -120,6 +124,9 @@ pub enum CliError {
     /// `schedule`, `index rebuild`.
     #[error(transparent)]
     Schedule(#[from] ScheduleCmdError),
+    /// `exporter`.
+    #[error(transparent)]
+    Exporter(#[from] ExporterError),
     /// `pull` could not put every certificate in place (the report says
     /// which).
     #[error("pull incomplete: {missing} missing in storage, {failed} failed")]
@@ -144,6 +151,7 @@ impl CliError {
             CliError::Dlq(e) => e.is_usage(),
             CliError::Watch(e) => e.is_usage(),
             CliError::Schedule(e) => e.is_usage(),
+            CliError::Exporter(e) => e.is_usage(),
             CliError::Usage(_) => true,
             CliError::PullIncomplete { .. } => false,
         }
@@ -212,6 +220,7 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
             }
         }
         Command::Watch(args) => agent::watch(&config, args.into(), shutdown).await?,
+        Command::Exporter(args) => exporter::run(&config, &args, shutdown).await?,
     }
     Ok(())
 }
@@ -264,6 +273,15 @@ mod tests {
             &["dlq", "replay"],
             &["dlq", "replay", "--all", "x"],
             &["schedule"],
+            &["exporter"],
+            &["exporter", "--listen", "nowhere"],
+            &[
+                "exporter",
+                "--listen",
+                "127.0.0.1:9403",
+                "--interval",
+                "soon",
+            ],
             &["watch", "--dir", "/tmp"],
             &["frobnicate"],
         ] {

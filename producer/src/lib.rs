@@ -12,6 +12,8 @@
 //!   - `dlq`: list, show, replay and purge the dead-letter queue.
 //!   - `schedule`: `schedule` (the renewal scheduler, reconnecting to the
 //!     broker) and `index rebuild`.
+//!   - `exporter`: `exporter`, the fleet's certificate metrics for
+//!     Prometheus (read from Redis by [`certfleet_common::exporter`]).
 //! - [`agent`]: the webserver agent, `pull` and `watch`, which run on each
 //!   webserver and keep its certificate directory up to date.
 //! - Shared by the commands: `broker` (connecting to the broker and closing
@@ -31,6 +33,7 @@ mod args;
 mod broker;
 mod cli;
 mod dlq;
+mod exporter;
 mod output;
 mod schedule;
 mod status;
@@ -38,6 +41,7 @@ mod submit;
 
 pub use cli::{Cli, CliError, Command, clap_exit_code, load_config, run};
 pub use dlq::{DlqCommand, DlqError};
+pub use exporter::{ExporterArgs, ExporterError};
 pub use schedule::{IndexCommand, ScheduleArgs, ScheduleCmdError};
 pub use status::StatusError;
 pub use submit::{IssueArgs, LineError, RenewArgs, RequestError, SubmitArgs, SubmitError};

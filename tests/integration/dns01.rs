@@ -70,6 +70,27 @@ async fn rfc2136_apex_and_wildcard_in_one_certificate() -> anyhow::Result<()> {
         Vec::<String>::new(),
         "every TXT value removed"
     );
+    // The propagation wait and the job are measured with their challenge.
+    let waits = crate::issue::metric(
+        &env,
+        worker.metrics_addr,
+        "certfleet_dns01_propagation_seconds_count{provider=\"rfc2136\"}",
+    )
+    .await?;
+    assert!(
+        (waits - 1.0).abs() < f64::EPSILON,
+        "propagation waits: {waits}"
+    );
+    let stored = crate::issue::metric(
+        &env,
+        worker.metrics_addr,
+        "certfleet_jobs_handled_total{challenge=\"dns-01\",kind=\"issue\",outcome=\"stored\"}",
+    )
+    .await?;
+    assert!(
+        (stored - 1.0).abs() < f64::EPSILON,
+        "stored dns-01 jobs: {stored}"
+    );
     worker.stop().await;
     env.cleanup().await;
     Ok(())

@@ -288,31 +288,80 @@ async fn broker_restart_mid_run() -> anyhow::Result<()> {
 }
 
 /// Redis stopped for 10 s mid-run: no duplicate versions; everything is
-/// issued after it returns (with its data lost).
+/// issued after it returns (with its data lost). The worker says so on
+/// `/readyz` (503 while Redis is gone, 200 again after) and stays alive
+/// (`/healthz` 200 throughout). Every step names itself in its error.
 #[tokio::test]
 async fn redis_outage_mid_run() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+
+    use crate::silent_broker::{probe, wait_probe};
     init_logging();
-    let base = TestEnv::new("fault-redis").await?;
-    let redis = Private::start(Service::Redis, &[]).await?;
-    let pebble = Private::start(Service::Pebble, PEBBLE_WITH_SLEEP).await?;
-    let env = private::env_for(&base, &[&redis, &pebble]).await?;
+    let base = TestEnv::new("fault-redis").await.context("test env")?;
+    let redis = Private::start(Service::Redis, &[])
+        .await
+        .context("starting the private Redis")?;
+    let pebble = Private::start(Service::Pebble, PEBBLE_WITH_SLEEP)
+        .await
+        .context("starting the private Pebble")?;
+    let env = private::env_for(&base, &[&redis, &pebble])
+        .await
+        .context("private env")?;
     let worker = env
         .start_worker(&[
             ("CERTFLEET_CONCURRENCY", "8"),
             ("CERTFLEET_LEASE_TTL", "6s"),
         ])
-        .await?;
-    let mut events = env.events("cert.#").await?;
-    let names = publish_issues(&env, "r", 20).await?;
-    let first = events.next(Duration::from_secs(60)).await?;
-    let stored_before = stored_count(&env, &names).await?;
-    redis.stop().await?;
+        .await
+        .context("starting the worker")?;
+    wait_probe(
+        &env,
+        worker.metrics_addr,
+        "/readyz",
+        200,
+        Duration::from_secs(30),
+    )
+    .await
+    .context("ready before the outage")?;
+    let mut events = env.events("cert.#").await.context("event consumer")?;
+    let names = publish_issues(&env, "r", 20).await.context("publishing")?;
+    let first = events
+        .next(Duration::from_secs(120))
+        .await
+        .context("the first event (before the outage)")?;
+    let stored_before = stored_count(&env, &names)
+        .await
+        .context("counting stored certificates")?;
+    redis.stop().await.context("stopping Redis")?;
     assert!(
         stored_before < 20,
         "the outage hit jobs in flight: {stored_before} of 20 stored"
     );
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    redis.start_again().await?;
+    let noticed = wait_probe(
+        &env,
+        worker.metrics_addr,
+        "/readyz",
+        503,
+        Duration::from_secs(10),
+    )
+    .await
+    .context("not ready while Redis is down")?;
+    assert_eq!(
+        probe(&env, worker.metrics_addr, "/healthz").await,
+        200,
+        "alive while Redis is down"
+    );
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(noticed)).await;
+    redis.start_again().await.context("starting Redis again")?;
+    wait_probe(
+        &env,
+        worker.metrics_addr,
+        "/readyz",
+        200,
+        Duration::from_secs(30),
+    )
+    .await
+    .context("ready again after Redis returned")?;
     let mut seen: HashSet<String> = HashSet::from([first.name.to_string()]);
     let deadline = Instant::now() + Duration::from_secs(240);
     while seen.len() < 20 && Instant::now() < deadline {
@@ -322,9 +371,11 @@ async fn redis_outage_mid_run() -> anyhow::Result<()> {
         }
     }
     assert_eq!(seen.len(), 20, "all issued after Redis returned");
-    let versions = versions_per_name(&env, &names).await?;
+    let versions = versions_per_name(&env, &names)
+        .await
+        .context("counting versions")?;
     println!(
-        "redis outage: {stored_before} of 20 stored when Redis stopped; 20 issued; versions {versions:?}"
+        "redis outage: {stored_before} of 20 stored when Redis stopped; /readyz 503 after {noticed:?}; 20 issued; versions {versions:?}"
     );
     assert!(
         versions.iter().all(|v| *v == 1),

@@ -11,6 +11,7 @@ mod fixtures;
 mod freeze;
 mod hostile;
 mod issue;
+mod prometheus;
 mod renew;
 mod responder;
 mod services;

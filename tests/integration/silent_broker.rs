@@ -14,11 +14,38 @@ use tokio::time::Instant;
 use crate::faults::{stored_count, versions_per_name, wait_stored};
 use crate::issue::publish_issues;
 
-async fn readyz(env: &TestEnv, addr: std::net::SocketAddr) -> u16 {
+/// The status `path` of a worker's metrics server answers (0: none).
+pub(crate) async fn probe(env: &TestEnv, addr: std::net::SocketAddr, path: &str) -> u16 {
     env.http
-        .send(::http::Method::GET, &format!("http://{addr}/readyz"), None)
+        .send(::http::Method::GET, &format!("http://{addr}{path}"), None)
         .await
         .map_or(0, |(status, _)| status)
+}
+
+async fn readyz(env: &TestEnv, addr: std::net::SocketAddr) -> u16 {
+    probe(env, addr, "/readyz").await
+}
+
+/// Waits until `path` answers `want`; how long that took.
+pub(crate) async fn wait_probe(
+    env: &TestEnv,
+    addr: std::net::SocketAddr,
+    path: &str,
+    want: u16,
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let got = probe(env, addr, path).await;
+        if got == want {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "{path} never answered {want} within {within:?} (last: {got})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn wait_readyz(
@@ -27,15 +54,7 @@ async fn wait_readyz(
     want: u16,
     within: Duration,
 ) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    while readyz(env, addr).await != want {
-        anyhow::ensure!(
-            started.elapsed() < within,
-            "/readyz never answered {want} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(started.elapsed())
+    wait_probe(env, addr, "/readyz", want, within).await
 }
 
 #[tokio::test]

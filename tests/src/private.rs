@@ -101,6 +101,9 @@ pub enum Service {
     /// management plugin): [`Private::kill_member`] kills one,
     /// [`Private::start_again`] starts the ones that are down.
     RabbitCluster,
+    /// Prometheus scraping what [`Private::scrape`] lists, every second,
+    /// with the chart's alert rules loaded.
+    Prometheus,
 }
 
 impl Service {
@@ -113,6 +116,7 @@ impl Service {
             Self::Pebble => "pebble",
             Self::Sentinel => "sentinel",
             Self::RabbitCluster => "rabbitmq-cluster",
+            Self::Prometheus => "prometheus",
         }
     }
 
@@ -127,6 +131,7 @@ impl Service {
             Self::S3 => &["s3/weed.pid"],
             Self::Pebble => &["pebble/pebble.pid"],
             Self::Sentinel => &["sentinel/primary.pid"],
+            Self::Prometheus => &["prometheus/prometheus.pid"],
             Self::RabbitCluster => &[
                 "rabbitmq-cluster/node1/rabbitmq.pid",
                 "rabbitmq-cluster/node2/rabbitmq.pid",
@@ -244,6 +249,10 @@ impl Private {
                     "RABBITMQ_NODENAME",
                     format!("cf-private-{}-{port}@localhost", std::process::id()),
                 );
+            }
+            Service::Prometheus => {
+                port = alloc_port(false)?;
+                set("PROMETHEUS_PORT", port.to_string());
             }
             Service::Redis => {
                 port = alloc_port(false)?;
@@ -405,6 +414,26 @@ impl Private {
         self.restore_dns().await
     }
 
+    /// Prometheus: scrapes `targets` (host:port) as job `certfleet` with
+    /// the label `group="<group>"` from now on (a file_sd file it picks up
+    /// within a second); an empty list stops scraping them.
+    ///
+    /// # Errors
+    /// Not a Prometheus, or the file cannot be written.
+    pub fn scrape(&self, group: &str, targets: &[std::net::SocketAddr]) -> anyhow::Result<()> {
+        anyhow::ensure!(self.kind == Service::Prometheus, "scrape: not a Prometheus");
+        let dir = self.dir.path().join("prometheus/targets");
+        let list = serde_json::json!([{
+            "targets": targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "labels": {"group": group},
+        }]);
+        // Written aside and renamed: Prometheus never reads half a file.
+        let tmp = dir.join(format!(".{group}.json.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(&list)?)?;
+        std::fs::rename(&tmp, dir.join(format!("{group}.json")))?;
+        Ok(())
+    }
+
     /// Whether it is up and ready (`stack.sh status`).
     pub async fn is_up(&self) -> bool {
         self.stack("status").await.is_ok()
@@ -435,6 +464,7 @@ impl Private {
             Service::Redis => format!("redis://127.0.0.1:{p}/0"),
             Service::S3 => format!("http://127.0.0.1:{p}"),
             Service::Pebble => format!("https://127.0.0.1:{p}/dir"),
+            Service::Prometheus => format!("http://127.0.0.1:{p}"),
             Service::RabbitCluster => self
                 .node_ports()
                 .iter()
@@ -596,6 +626,8 @@ impl Private {
                     set("CERTFLEET_TEST_CHALLTESTSRV_URL", c);
                 }
             }
+            // Nothing of certfleet's configuration points at Prometheus.
+            Service::Prometheus => {}
         }
         v
     }
@@ -822,6 +854,15 @@ fn alloc_port(udp: bool) -> anyhow::Result<u16> {
     bail!("no free port in {PORT_RANGE:?}")
 }
 
+/// A free TCP port on 127.0.0.1 for a server a test starts itself (from
+/// the same range as private instances').
+///
+/// # Errors
+/// None free.
+pub fn free_port() -> anyhow::Result<u16> {
+    alloc_port(false)
+}
+
 /// `[(String, String)]` as the `[(&str, &str)]` that `TestEnv` methods take.
 pub fn pairs(vars: &[(String, String)]) -> Vec<(&str, &str)> {
     vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
@@ -893,6 +934,7 @@ pub async fn env_for(env: &TestEnv, private: &[&Private]) -> anyhow::Result<Test
                 stack.bucket = p.bucket().to_string();
                 vars.extend(p.vars());
             }
+            Service::Prometheus => {}
             Service::Pebble => {
                 stack.acme_directory = p.url();
                 if let Some(ca) = p.ca_path() {

@@ -169,6 +169,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                             }
                             let labels = JobLabels {
                                 kind: handled.kind,
+                                challenge: JobLabels::challenge_of(delivery.routing_key.as_str()),
                                 outcome: handled.outcome,
                             };
                             ctx.metrics

@@ -43,7 +43,7 @@ pub mod objects;
 pub(crate) mod process;
 pub(crate) mod ratelimit;
 pub mod renewal;
-pub(crate) mod serve;
+pub(crate) use certfleet_common::serve;
 pub(crate) mod store;
 pub(crate) mod unwind;
 
@@ -246,6 +246,20 @@ pub async fn start(
         broker_ready: tokio::sync::watch::Sender::new(false),
     });
     let ready = ctx.broker_ready.subscribe();
+    {
+        // certfleet_worker_ready follows the consumer's state.
+        let mut rx = ctx.broker_ready.subscribe();
+        let gauge = ctx.metrics.service.ready.clone();
+        tokio::spawn(async move {
+            loop {
+                gauge.set(i64::from(*rx.borrow_and_update()));
+                if rx.changed().await.is_err() {
+                    gauge.set(0);
+                    break;
+                }
+            }
+        });
+    }
     info!(
         worker = %id,
         http01 = %http01_addr,
@@ -336,17 +350,7 @@ pub async fn run(
 
 async fn ops(path: &str, ctx: &Ctx, registry: &Registry) -> Response<Full<Bytes>> {
     match path {
-        "/metrics" => match metrics::encode(registry) {
-            Ok(out) => {
-                let mut rsp = serve::text(StatusCode::OK, out);
-                rsp.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static(prometheus::TEXT_FORMAT),
-                );
-                rsp
-            }
-            Err(_) => serve::text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
-        },
+        "/metrics" => serve::metrics(metrics::encode(registry)),
         "/healthz" => serve::text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if !*ctx.broker_ready.borrow() {

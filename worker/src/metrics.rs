@@ -57,13 +57,26 @@ impl Outcome {
 pub struct JobLabels {
     /// `issue`, `renew`, `revoke` or `unknown`.
     pub kind: &'static str,
+    /// `http-01`, `dns-01` or `unknown` (from the routing key).
+    pub challenge: &'static str,
     /// Outcome.
     pub outcome: Outcome,
 }
 
 impl JobLabels {
-    fn values(&self) -> [&'static str; 2] {
-        [self.kind, self.outcome.as_str()]
+    fn values(&self) -> [&'static str; 3] {
+        [self.kind, self.challenge, self.outcome.as_str()]
+    }
+
+    /// The challenge label of a delivery's routing key
+    /// (`job.<kind>.<challenge>`): only the known spellings, so network
+    /// input cannot grow the label's values.
+    pub fn challenge_of(routing_key: &str) -> &'static str {
+        match routing_key.rsplit('.').next() {
+            Some("http-01") => "http-01",
+            Some("dns-01") => "dns-01",
+            _ => "unknown",
+        }
     }
 }
 
@@ -94,6 +107,9 @@ pub struct JobMetrics {
     /// Deliveries whose handling panicked (each one dead-lettered; the
     /// worker carried on). Anything but 0 is a bug to report.
     pub panicked: IntCounter,
+    /// Jobs that lost their name's lease (expired or taken over, or a
+    /// newer fence found at the write) and were deferred.
+    pub leases_lost: IntCounter,
     /// Orders created at the CA.
     pub orders_created: IntCounter,
     /// Orders resumed from a stored order URL.
@@ -115,7 +131,7 @@ impl JobMetrics {
                 "Time from delivery to outcome",
             )
             .buckets(exponential_buckets(0.05, 2.0, 14)?),
-            &["kind", "outcome"],
+            &["kind", "challenge", "outcome"],
         )?;
         reg.register(Box::new(duration.clone()))?;
         let in_flight = IntGauge::with_opts(Opts::new(
@@ -127,8 +143,8 @@ impl JobMetrics {
             handled: counter_vec(
                 reg,
                 "certfleet_jobs_handled_total",
-                "Job deliveries handled, by outcome",
-                &["kind", "outcome"],
+                "Job deliveries handled, by kind, challenge and outcome",
+                &["kind", "challenge", "outcome"],
             )?,
             duration,
             in_flight,
@@ -136,6 +152,11 @@ impl JobMetrics {
                 reg,
                 "certfleet_jobs_panicked_total",
                 "Job deliveries whose handling panicked (dead-lettered)",
+            )?,
+            leases_lost: counter(
+                reg,
+                "certfleet_leases_lost_total",
+                "Jobs that lost their certificate's lease and were deferred",
             )?,
             orders_created: counter(
                 reg,
@@ -163,38 +184,110 @@ impl JobMetrics {
     }
 }
 
-/// ACME client metrics.
+/// ACME client metrics, like cert-manager's ACME client metrics: every
+/// request by CA host, ACME action and HTTP status, with its duration.
 #[derive(Debug)]
 pub struct AcmeMetrics {
     requests: IntCounterVec,
+    duration: HistogramVec,
+    propagation: HistogramVec,
 }
 
 impl AcmeMetrics {
-    /// Registers `certfleet_acme_requests_total`.
+    /// Registers `certfleet_acme_client_requests_total`,
+    /// `certfleet_acme_client_request_duration_seconds` and
+    /// `certfleet_dns01_propagation_seconds`.
     ///
     /// # Errors
     /// A name registered twice.
     pub fn register(reg: &Registry) -> Result<Self, RegisterError> {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "certfleet_acme_client_request_duration_seconds",
+                "Duration of HTTP requests to the ACME server",
+            )
+            .buckets(exponential_buckets(0.005, 2.0, 14)?),
+            &["host", "action", "status"],
+        )?;
+        reg.register(Box::new(duration.clone()))?;
+        let propagation = HistogramVec::new(
+            HistogramOpts::new(
+                "certfleet_dns01_propagation_seconds",
+                "Time from presenting an order's dns-01 TXT values until every authoritative server answers them",
+            )
+            .buckets(exponential_buckets(0.25, 2.0, 12)?),
+            &["provider"],
+        )?;
+        reg.register(Box::new(propagation.clone()))?;
         Ok(Self {
+            propagation,
             requests: counter_vec(
                 reg,
-                "certfleet_acme_requests_total",
-                "HTTP requests to the ACME server by status class",
-                &["status"],
+                "certfleet_acme_client_requests_total",
+                "HTTP requests to the ACME server by host, action and status (error: no answer)",
+                &["host", "action", "status"],
             )?,
+            duration,
         })
     }
 
-    /// Counts one request (status 0: no response).
-    pub fn request(&self, status: u16) {
-        let status = match status {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "error",
-        };
-        self.requests.with_label_values(&[status]).inc();
+    /// Counts one request to `host` for `action` ([`acme_action`]) that
+    /// ended with `status` (`None`: no answer) after `seconds`.
+    pub fn request(&self, host: &str, action: &str, status: Option<u16>, seconds: f64) {
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        let values = [host, action, status.as_str()];
+        self.requests.with_label_values(&values).inc();
+        self.duration.with_label_values(&values).observe(seconds);
+    }
+}
+
+impl AcmeMetrics {
+    /// Records an order's dns-01 propagation wait through `provider` (a
+    /// configured provider's name).
+    pub fn propagated(&self, provider: &str, seconds: f64) {
+        self.propagation
+            .with_label_values(&[provider])
+            .observe(seconds);
+    }
+}
+
+/// The ACME action of a request, from its method and URL path: a handful
+/// of values whatever the CA names its resources (Let's Encrypt's
+/// `/acme/new-order`, Pebble's `/order-plz`, ...), so the label stays
+/// small.
+pub fn acme_action(method: &http::Method, path: &str) -> &'static str {
+    let p = path.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| p.contains(w));
+    if method == http::Method::HEAD || has(&["nonce"]) {
+        "new_nonce"
+    } else if has(&["renewal-info", "renewalinfo"]) {
+        "renewal_info"
+    } else if has(&["new-order", "neworder", "order-plz"]) {
+        "new_order"
+    } else if has(&["new-acct", "new-account", "newaccount", "sign-me-up"]) {
+        "new_account"
+    } else if has(&["revoke"]) {
+        "revoke"
+    } else if has(&["key-change", "keychange", "rollover"]) {
+        "key_change"
+    } else if has(&["finalize"]) {
+        "finalize"
+    } else if has(&["list-order", "orders"]) {
+        "list_orders"
+    } else if has(&["authz"]) {
+        "authorization"
+    } else if has(&["chal"]) {
+        "challenge"
+    } else if has(&["cert"]) {
+        "certificate"
+    } else if has(&["order"]) {
+        "order"
+    } else if has(&["acct", "account"]) {
+        "account"
+    } else if has(&["dir"]) {
+        "directory"
+    } else {
+        "other"
     }
 }
 
@@ -205,6 +298,9 @@ pub struct ServiceMetrics {
     s3: IntCounterVec,
     /// Broker (re)connections.
     pub broker_connects: IntCounter,
+    /// 1 while the worker consumes from the broker (what `/readyz` needs
+    /// of the broker), else 0.
+    pub ready: IntGauge,
 }
 
 impl ServiceMetrics {
@@ -231,6 +327,14 @@ impl ServiceMetrics {
                 "certfleet_broker_connects_total",
                 "Connections opened to the broker",
             )?,
+            ready: {
+                let g = IntGauge::with_opts(Opts::new(
+                    "certfleet_worker_ready",
+                    "1 while the worker consumes jobs from the broker",
+                ))?;
+                reg.register(Box::new(g.clone()))?;
+                g
+            },
         })
     }
 
@@ -283,26 +387,66 @@ mod tests {
     use super::*;
 
     #[test]
+    fn acme_actions_of_two_cas() {
+        use http::Method;
+        for (method, path, want) in [
+            (Method::GET, "/directory", "directory"),
+            (Method::GET, "/dir", "directory"),
+            (Method::HEAD, "/acme/new-nonce", "new_nonce"),
+            (Method::HEAD, "/nonce-plz", "new_nonce"),
+            (Method::POST, "/acme/new-acct", "new_account"),
+            (Method::POST, "/sign-me-up", "new_account"),
+            (Method::POST, "/acme/new-order", "new_order"),
+            (Method::POST, "/order-plz", "new_order"),
+            (Method::POST, "/acme/authz/1/2", "authorization"),
+            (Method::POST, "/authZ/abc", "authorization"),
+            (Method::POST, "/acme/chall/1/2/x", "challenge"),
+            (Method::POST, "/chalZ/abc", "challenge"),
+            (Method::POST, "/acme/finalize/1/2", "finalize"),
+            (Method::POST, "/finalize-order/abc", "finalize"),
+            (Method::POST, "/acme/order/1/2", "order"),
+            (Method::POST, "/my-order/abc", "order"),
+            (Method::POST, "/acme/cert/abc", "certificate"),
+            (Method::POST, "/certZ/abc", "certificate"),
+            (Method::POST, "/list-orderz/1", "list_orders"),
+            (Method::POST, "/acme/acct/1/orders", "list_orders"),
+            (Method::POST, "/acme/acct/1", "account"),
+            (Method::POST, "/my-account/1", "account"),
+            (Method::GET, "/acme/renewal-info/abc", "renewal_info"),
+            (Method::POST, "/acme/revoke-cert", "revoke"),
+            (Method::POST, "/rollover-account-key", "key_change"),
+            (Method::GET, "/", "other"),
+        ] {
+            assert_eq!(acme_action(&method, path), want, "{method} {path}");
+        }
+    }
+
+    #[test]
     fn encodes_names_and_labels() -> Result<(), prometheus::Error> {
         let reg = Registry::new();
         let m = Metrics::register(&reg)?;
         m.jobs.handled(
             &JobLabels {
                 kind: "issue",
+                challenge: JobLabels::challenge_of("job.issue.dns-01"),
                 outcome: Outcome::Stored,
             },
             0.3,
         );
-        m.acme.request(201);
+        m.acme.request("ca.example", "new_order", Some(201), 0.02);
+        m.acme.request("ca.example", "new_nonce", None, 10.0);
         m.service.s3("put");
         m.service.http01("hit");
         m.jobs.panicked.inc();
         m.jobs.in_flight.set(3);
         let out = encode(&reg)?;
         for line in [
-            "certfleet_jobs_handled_total{kind=\"issue\",outcome=\"stored\"} 1",
-            "certfleet_jobs_duration_seconds_count{kind=\"issue\",outcome=\"stored\"} 1",
-            "certfleet_acme_requests_total{status=\"2xx\"} 1",
+            "certfleet_jobs_handled_total{challenge=\"dns-01\",kind=\"issue\",outcome=\"stored\"} 1",
+            "certfleet_jobs_duration_seconds_count{challenge=\"dns-01\",kind=\"issue\",outcome=\"stored\"} 1",
+            "certfleet_acme_client_requests_total{action=\"new_order\",host=\"ca.example\",status=\"201\"} 1",
+            "certfleet_acme_client_requests_total{action=\"new_nonce\",host=\"ca.example\",status=\"error\"} 1",
+            "certfleet_acme_client_request_duration_seconds_count{action=\"new_order\",host=\"ca.example\",status=\"201\"} 1",
+            "certfleet_worker_ready 0",
             "certfleet_s3_requests_total{op=\"put\"} 1",
             "certfleet_http01_requests_total{result=\"hit\"} 1",
             "certfleet_jobs_panicked_total 1",

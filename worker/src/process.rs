@@ -228,6 +228,9 @@ async fn handle_delivery(
 
 /// Decides and carries out what an error means for the job.
 async fn dispose(ctx: &Arc<Ctx>, outbox: &Outbox, env: &Envelope, e: JobError) -> Handled {
+    if matches!(e, JobError::LostLease(_)) {
+        ctx.metrics.jobs.leases_lost.inc();
+    }
     let kind = env.kind.as_str();
     let disposition = e.disposition();
     let requeue = Handled {
@@ -346,6 +349,13 @@ async fn fail(
     if e.abandons_order() {
         let _ = ctx.acme.drop_record(&env.job.name).await;
     }
+    if let Err(e) = ctx
+        .state
+        .mark_failed(&env.job.name, OffsetDateTime::now_utc())
+        .await
+    {
+        debug!(error = %e, "could not mark the name failed (its metrics keep the last state)");
+    }
     ctx.finish(env, JobState::Failed, reason).await;
     Ok(())
 }
@@ -417,7 +427,16 @@ async fn run_leased(
             && p.domains == domains;
         if by_this_job || stored_since {
             info!(serial = %p.serial, "already stored; nothing to order");
-            ctx.state.index_put(name, p.renew_at, p.challenge).await?;
+            let mut pipe = deadpool_redis::redis::pipe();
+            ctx.state
+                .index_put_into(&mut pipe, name, p.renew_at, p.challenge);
+            ctx.state
+                .validity_put_into(&mut pipe, name, p.not_before, p.not_after);
+            let mut c = ctx.state.conn().await?;
+            let _: () = pipe
+                .query_async(&mut *c)
+                .await
+                .map_err(certfleet_common::state::StateError::from)?;
             if !ctx.done(env).await? {
                 let kind = event_kind(env.kind);
                 outbox.event(&ctx.event(env, kind, p, None)).await?;
@@ -548,6 +567,8 @@ impl Ctx {
         let mut pipe = deadpool_redis::redis::pipe();
         self.state
             .index_put_into(&mut pipe, &p.name, p.renew_at, p.challenge);
+        self.state
+            .validity_put_into(&mut pipe, &p.name, p.not_before, p.not_after);
         pipe.set_ex(keys.done(&env.job_id), 1, STATUS_TTL.as_secs())
             .ignore()
             .del(keys.order(&p.name))

@@ -219,10 +219,13 @@ impl HttpClient for AcmeHttp {
         &self,
         req: Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let host = req.uri().host().unwrap_or("").to_string();
+        let action = crate::metrics::acme_action(req.method(), req.uri().path());
         let fut = self.inner.request(req);
         let metrics = self.metrics.clone();
         let timeout = self.timeout;
         Box::pin(async move {
+            let started = tokio::time::Instant::now();
             // A CA that stops answering, or stalls in the middle of a body,
             // must not hold a job (and its lease) forever: the whole
             // exchange has one deadline, a retryable transport error.
@@ -266,8 +269,12 @@ impl HttpClient for AcmeHttp {
             match &rsp {
                 Ok(r) => {
                     let status = r.parts.status;
-
-                    metrics.request(status.as_u16());
+                    metrics.request(
+                        &host,
+                        action,
+                        Some(status.as_u16()),
+                        started.elapsed().as_secs_f64(),
+                    );
                     if status.is_client_error() || status.is_server_error() {
                         let at = r
                             .parts
@@ -280,7 +287,7 @@ impl HttpClient for AcmeHttp {
                         }
                     }
                 }
-                Err(_) => metrics.request(0),
+                Err(_) => metrics.request(&host, action, None, started.elapsed().as_secs_f64()),
             }
             rsp
         })

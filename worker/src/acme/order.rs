@@ -444,7 +444,13 @@ impl Acme {
                 pending.push(challenge.url.clone());
             }
         }
+        let waiting = tokio::time::Instant::now();
         solver.wait(&placements).await?;
+        if let Some(p) = placements.first() {
+            self.metrics()
+                .acme
+                .propagated(&p.provider, waiting.elapsed().as_secs_f64());
+        }
         let mut authzs = order.authorizations();
         while let Some(authz) = authzs.next().await {
             let mut authz = authz.map_err(acme_error)?;

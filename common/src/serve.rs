@@ -1,6 +1,6 @@
-//! A small HTTP/1.1 server for the http-01 responder and the metrics
-//! endpoint. The accept loop races the shutdown token, so neither can hold
-//! up shutdown (linkerd2-proxy `serve.rs`); open connections get a second
+//! A small HTTP/1.1 server for the worker's http-01 responder and
+//! metrics endpoint, and for `certfleet exporter`. The accept loop races
+//! the shutdown token, so no server can hold up shutdown (linkerd2-proxy `serve.rs`); open connections get a second
 //! to finish. What a client can cost is bounded: at most `max_connections`
 //! at once (further connections wait in the listen backlog: mini-redis's
 //! `limit_connections`), 10 s to send the request head, and each answer
@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -25,10 +25,31 @@ use tracing::{Instrument, debug, warn};
 
 /// Longest time one answer may take (a Redis look-up, a metrics encode);
 /// after it the client gets 503 and the work is dropped.
-pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub use http::StatusCode;
+
+/// What a handler answers.
+pub type Reply = Response<Full<Bytes>>;
+
+/// The answer to a `/metrics` scrape: the encoded registry in the text
+/// exposition format, or 500 when encoding failed.
+pub fn metrics(encoded: Result<String, prometheus::Error>) -> Reply {
+    match encoded {
+        Ok(out) => {
+            let mut rsp = text(StatusCode::OK, out);
+            rsp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(prometheus::TEXT_FORMAT),
+            );
+            rsp
+        }
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+    }
+}
 
 /// A response with a short text body.
-pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut rsp = Response::new(Full::new(body.into()));
     *rsp.status_mut() = status;
     rsp.headers_mut().insert(
@@ -39,7 +60,7 @@ pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<
 }
 
 /// Serves `handler` on `listener` until `shutdown`.
-pub(crate) async fn serve<H, Fut>(
+pub async fn serve<H, Fut>(
     listener: TcpListener,
     name: &'static str,
     max_connections: usize,
