@@ -170,6 +170,7 @@ async fn start_subscribers(
                 filters: Vec::new(),
                 on_change: None,
                 hook_env: vec![],
+                metrics_listen: None,
             };
             if let Err(e) = certfleet::agent::watch(&cfg, o, stop).await {
                 tracing::warn!(error = %e, "a subscriber stopped");

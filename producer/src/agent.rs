@@ -34,12 +34,14 @@
 //! - `pattern`: `--queue` ids, `--filter` topic patterns and matching.
 //! - `files`: the directory layout and the atomic writer.
 //! - `hook`: the `--on-change` command, its pending markers and retries.
+//! - `metrics`: `watch --metrics-listen`, what this webserver serves.
 //! - `error`: [`WatchError`].
 
 mod check;
 mod error;
 mod files;
 mod hook;
+mod metrics;
 mod pattern;
 mod pull;
 mod run;

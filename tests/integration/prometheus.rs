@@ -1,6 +1,7 @@
-//! Issue 14, items 2–4: a real Prometheus (Debian's) scrapes a worker and
-//! `certfleet exporter`; its HTTP API then reports the expiry of a
-//! certificate just issued exactly as the certificate's notAfter, the
+//! Issue 14, items 2–4: a real Prometheus (Debian's) scrapes a worker,
+//! `certfleet exporter` and a webserver's `certfleet watch`; its HTTP API
+//! then reports the expiry of a certificate just issued exactly as the
+//! certificate's notAfter (from the fleet and from the webserver), the
 //! chart's alert rules load and evaluate, and every metric the Grafana
 //! dashboard and the rules query exists. The exporter's summaries and
 //! readiness conditions are checked against a fleet written into Redis.
@@ -170,7 +171,18 @@ async fn prometheus_scrapes_expiry_and_the_dashboard_metrics_exist() -> anyhow::
         ])
         .spawn()
         .context("starting certfleet exporter")?;
-    prom.scrape(&env.id, &[worker.metrics_addr, exporter_addr])?;
+    // A webserver's agent, serving what it installed.
+    let web_dir = tempfile::tempdir()?;
+    let agent_addr: SocketAddr = format!("127.0.0.1:{}", private::free_port()?).parse()?;
+    let mut agent = env
+        .command("certfleet")?
+        .args(["watch", "--queue", "prom-web1", "--on-change", "true"])
+        .arg("--dir")
+        .arg(web_dir.path())
+        .args(["--metrics-listen", &agent_addr.to_string()])
+        .spawn()
+        .context("starting certfleet watch")?;
+    prom.scrape(&env.id, &[worker.metrics_addr, exporter_addr, agent_addr])?;
 
     // Prometheus has it, as the certificate says.
     let sel = format!("{{name=\"{name}\",group=\"{}\"}}", env.id);
@@ -247,6 +259,30 @@ async fn prometheus_scrapes_expiry_and_the_dashboard_metrics_exist() -> anyhow::
     )
     .await?;
     assert!(new_orders >= 1.0, "new-order requests: {new_orders}");
+    // The webserver serves the stored version: its expiry equals the
+    // fleet's, so the old-certificate alert has nothing to say.
+    let served = query_one(
+        &env,
+        &prom,
+        &format!("certfleet_agent_certificate_expiration_timestamp_seconds{sel}"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(
+        (served - not_after).abs() < f64::EPSILON,
+        "{served} vs {not_after}"
+    );
+    let hook_ok = query_one(
+        &env,
+        &prom,
+        &format!("certfleet_agent_hook_success{sel}"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(
+        (hook_ok - 1.0).abs() < f64::EPSILON,
+        "hook success {hook_ok}"
+    );
     let worker_ready = query_one(
         &env,
         &prom,
@@ -274,8 +310,7 @@ async fn prometheus_scrapes_expiry_and_the_dashboard_metrics_exist() -> anyhow::
     );
 
     // Every metric the dashboard and the rules query exists in Prometheus
-    // (histograms by their _bucket series). Webserver metrics come from
-    // `watch`, which this test does not run.
+    // (histograms by their _bucket series).
     let names: BTreeSet<String> = api(&env, &prom, "label/__name__/values")
         .await?
         .as_array()
@@ -300,10 +335,7 @@ async fn prometheus_scrapes_expiry_and_the_dashboard_metrics_exist() -> anyhow::
     for e in exprs.iter().map(String::as_str).chain(rule_exprs) {
         wanted.extend(metric_names(e));
     }
-    let missing: Vec<&String> = wanted
-        .iter()
-        .filter(|m| !m.starts_with("certfleet_agent_") && !names.contains(*m))
-        .collect();
+    let missing: Vec<&String> = wanted.iter().filter(|m| !names.contains(*m)).collect();
     assert!(
         missing.is_empty(),
         "queried but not in Prometheus: {missing:?} (of {wanted:?})"
@@ -314,8 +346,10 @@ async fn prometheus_scrapes_expiry_and_the_dashboard_metrics_exist() -> anyhow::
     );
 
     prom.scrape(&env.id, &[])?;
-    let _ = exporter.start_kill();
-    let _ = exporter.wait().await;
+    for child in [&mut exporter, &mut agent] {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
     worker.stop().await;
     env.cleanup().await;
     Ok(())

@@ -41,6 +41,16 @@ struct Watcher {
 
 impl Watcher {
     fn start(env: &TestEnv, dir: &Path, queue: &str, hook: Option<String>) -> anyhow::Result<Self> {
+        Self::start_with_metrics(env, dir, queue, hook, None)
+    }
+
+    fn start_with_metrics(
+        env: &TestEnv,
+        dir: &Path,
+        queue: &str,
+        hook: Option<String>,
+        metrics_listen: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<Self> {
         let cfg = env.config()?;
         let stop = CancellationToken::new();
         let opts = WatchOptions {
@@ -49,6 +59,7 @@ impl Watcher {
             filters: vec![],
             on_change: hook,
             hook_env: vec![],
+            metrics_listen,
         };
         let token = stop.clone();
         let task = tokio::spawn(async move { watch(&cfg, opts, token).await });
@@ -71,7 +82,9 @@ async fn full_flow_issue_to_webserver_files() -> anyhow::Result<()> {
     let worker = env.start_worker(&[]).await?;
     let dir = tempfile::tempdir()?;
     let hook_log = dir.path().join("hook.log");
-    let watcher = Watcher::start(
+    let metrics_addr: std::net::SocketAddr =
+        format!("127.0.0.1:{}", certfleet_tests::private::free_port()?).parse()?;
+    let watcher = Watcher::start_with_metrics(
         &env,
         &dir.path().join("certs"),
         "web1",
@@ -79,6 +92,7 @@ async fn full_flow_issue_to_webserver_files() -> anyhow::Result<()> {
             "echo \"$CERTFLEET_EVENT $CERTFLEET_CERT_NAME $CERTFLEET_CERT_SERIAL\" >> {}",
             hook_log.display()
         )),
+        Some(metrics_addr),
     )?;
     std::fs::create_dir_all(dir.path().join("certs"))?;
     let mut events = env.events("cert.#").await?;
@@ -113,6 +127,45 @@ async fn full_flow_issue_to_webserver_files() -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "hook did not run");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // `--metrics-listen`: the expiry of the file on disk (the stored
+    // certificate's notAfter), the install, and the hook's success.
+    let (pointer, _) = env
+        .store()
+        .await
+        .current(&job.job.name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    let series = |m: &str| format!("{m}{{name=\"{}\"}}", job.job.name);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hook_ok =
+            crate::issue::metric(&env, metrics_addr, &series("certfleet_agent_hook_success"))
+                .await?;
+        if (hook_ok - 1.0).abs() < f64::EPSILON {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "hook success never reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expiry = crate::issue::metric(
+        &env,
+        metrics_addr,
+        &series("certfleet_agent_certificate_expiration_timestamp_seconds"),
+    )
+    .await?;
+    #[allow(clippy::cast_precision_loss)]
+    let not_after = pointer.not_after.unix_timestamp() as f64;
+    assert!(
+        (expiry - not_after).abs() < f64::EPSILON,
+        "agent expiry {expiry}, notAfter {not_after}"
+    );
+    let installed = crate::issue::metric(
+        &env,
+        metrics_addr,
+        &series("certfleet_agent_certificate_installed_timestamp_seconds"),
+    )
+    .await?;
+    assert!(installed > 0.0, "install time {installed}");
     watcher.stop().await?;
     worker.stop().await;
     env.cleanup().await;

@@ -43,6 +43,14 @@ pub enum WatchError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `--metrics-listen` cannot be served (address taken, not local).
+    #[error("--metrics-listen {addr}: {source}")]
+    MetricsListen {
+        /// The address given.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// `DIR/<name>` exists and is not certfleet's symlink: someone else's
     /// files, left alone.
     #[error("{} exists and is not a symlink made by certfleet; move it away and run again (certfleet keeps each version under .certfleet/<name>/ beside it and points <name> at one)", path.display())]
@@ -104,6 +112,7 @@ impl Classify for WatchError {
             | WatchError::HookEnv { .. }
             | WatchError::Dir { .. }
             | WatchError::Occupied { .. }
+            | WatchError::MetricsListen { .. }
             | WatchError::Bundle { .. }
             | WatchError::Task(_) => Disposition::Fail,
         }

@@ -409,6 +409,8 @@ struct Inner {
     retry_first: Duration,
     retry_max: Duration,
     timeout: Duration,
+    /// `watch --metrics-listen`: each run's outcome per name.
+    metrics: Option<Arc<super::metrics::AgentMetrics>>,
     /// One entry per name whose task is running, to wake it on a newer
     /// change. The lock also orders marker writes, file switches and marker
     /// reads (see the module doc).
@@ -465,9 +467,18 @@ impl Hooks {
                 retry_first,
                 retry_max,
                 timeout,
+                metrics: None,
                 tasks: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Reports each run's outcome to `metrics` (before any hook ran).
+    pub(crate) fn with_metrics(mut self, metrics: Arc<super::metrics::AgentMetrics>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metrics = Some(metrics);
+        }
+        self
     }
 
     /// Records a change and switches its files: writes the marker, runs
@@ -649,6 +660,9 @@ async fn drive(inner: Arc<Inner>, name: CertName, notify: Arc<Notify>) {
             .as_ref()
             .map(|p| p.version.as_str())
             .unwrap_or_default();
+        if let (Some(m), Some(_)) = (&inner.metrics, &pending) {
+            m.hook(&name, outcome.is_ok());
+        }
         let failure = match (outcome, &pending) {
             (Ok(()), Some(pending)) => {
                 if failures > 0 {

@@ -150,6 +150,7 @@ pub async fn pull(
         store,
         dir,
         hooks: None,
+        metrics: None,
     };
     let mut report = PullReport::default();
     for name in names {

@@ -351,6 +351,7 @@ impl Watcher {
             Ok(Fetched::Unchanged { version }) => {
                 tracing::debug!(cert_name = %name, %version, "already current");
                 self.retries.remove(name);
+                self.syncer.observed(name, false);
                 return Synced::Unchanged;
             }
             Ok(Fetched::New(material)) => {
@@ -365,6 +366,7 @@ impl Watcher {
         match result {
             Ok((version, serial, path)) => {
                 self.retries.remove(name);
+                self.syncer.observed(name, true);
                 tracing::info!(cert_name = %name, %version, %serial, %event, path = %path.display(), "certificate written");
                 Synced::Written
             }
@@ -461,6 +463,7 @@ mod tests {
             store: Store::from_config(&config).await,
             dir: CertDir::open(dir).expect("dir"),
             hooks: None,
+            metrics: None,
         };
         let filters: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
         Watcher::new(syncer, Filters::parse(&filters).expect("filters"), "web-1")

@@ -61,9 +61,19 @@ pub(super) struct Syncer {
     pub(super) store: Store,
     pub(super) dir: CertDir,
     pub(super) hooks: Option<Hooks>,
+    /// `watch --metrics-listen`.
+    pub(super) metrics: Option<std::sync::Arc<super::metrics::AgentMetrics>>,
 }
 
 impl Syncer {
+    /// Tells the metrics (if any) that `name` was synced: `written` a new
+    /// version, or found current.
+    pub(super) fn observed(&self, name: &CertName, written: bool) {
+        if let Some(m) = &self.metrics {
+            m.synced(name, &self.dir.link(name), written);
+        }
+    }
+
     /// Reads the name's current version; compares it with the disk.
     pub(super) async fn fetch(&self, name: &CertName) -> Result<Fetched, WatchError> {
         self.fetch_hinted(name, None).await

@@ -2,7 +2,9 @@
 //! that runs the `--on-change` hooks and the broker sessions (`run`) until
 //! shutdown.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use certfleet_common::{Config, Store};
 use clap::Args;
@@ -11,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::WatchError;
 use super::files::{self, CertDir};
 use super::hook::{HookEnv, Hooks};
+use super::metrics::AgentMetrics;
 use super::sync::Syncer;
 use super::{pattern, run};
 
@@ -33,6 +36,10 @@ pub struct WatchOptions {
     /// `CERTFLEET_CERT_*` and `CERTFLEET_EVENT`. `CERTFLEET_*` and `AWS_*`
     /// names are refused.
     pub hook_env: Vec<String>,
+    /// Where to serve `/metrics` and `/healthz` (`--metrics-listen`):
+    /// per name, the expiry of the certificate on disk, the last install
+    /// and the hook's last result. `None`: no server.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `certfleet watch`.
@@ -55,10 +62,16 @@ pub struct WatchArgs {
     /// and CERTFLEET_EVENT otherwise; CERTFLEET_* and AWS_* are refused.
     #[arg(long = "hook-env", value_name = "NAME")]
     pub hook_env: Vec<String>,
+    /// Serve /metrics and /healthz here (e.g. 127.0.0.1:9404): per
+    /// certificate, the expiry of the file on disk, the last install and
+    /// the hook's last result.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-/// The command line's `--dir`, `--queue`, `--filter`, `--on-change` and
-/// `--hook-env`, as given (they are checked by [`watch`]).
+/// The command line's `--dir`, `--queue`, `--filter`, `--on-change`,
+/// `--hook-env` and `--metrics-listen`, as given (they are checked by
+/// [`watch`]).
 impl From<WatchArgs> for WatchOptions {
     fn from(args: WatchArgs) -> Self {
         WatchOptions {
@@ -67,6 +80,7 @@ impl From<WatchArgs> for WatchOptions {
             filters: args.filters,
             on_change: args.on_change,
             hook_env: args.hook_env,
+            metrics_listen: args.metrics_listen,
         }
     }
 }
@@ -98,12 +112,20 @@ pub async fn watch(
     }
     let path = opts.dir.clone();
     let dir = files::blocking(move || CertDir::open(&path)).await?;
+    let metrics = match opts.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, &shutdown).await?),
+        None => None,
+    };
     let store = Store::from_config(config).await;
     // The hook tasks get their own token, cancelled once the watcher is done.
     let hooks_stop = shutdown.child_token();
     let hooks = opts.on_change.clone().map(|cmd| {
         let env = HookEnv::from_process(&opts.hook_env);
-        Hooks::new(cmd, env, dir.clone(), hooks_stop.clone())
+        let hooks = Hooks::new(cmd, env, dir.clone(), hooks_stop.clone());
+        match &metrics {
+            Some(m) => hooks.with_metrics(m.clone()),
+            None => hooks,
+        }
     });
     if let Some(h) = &hooks {
         h.resume().await?;
@@ -112,6 +134,7 @@ pub async fn watch(
         store,
         dir,
         hooks: hooks.clone(),
+        metrics,
     };
     let result = run::Watcher::new(syncer, filters, &opts.queue_id)
         .run(config, &shutdown)
@@ -121,6 +144,38 @@ pub async fn watch(
         h.wait().await;
     }
     result
+}
+
+/// Binds `addr` and serves the agent's metrics there until `shutdown`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<Arc<AgentMetrics>, WatchError> {
+    use certfleet_common::serve::{self, StatusCode};
+    let bind = |source: std::io::Error| WatchError::MetricsListen { addr, source };
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(
+        AgentMetrics::register(&registry)
+            .map_err(|e| bind(std::io::Error::other(e.to_string())))?,
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+    tokio::spawn(serve::serve(
+        listener,
+        "agent-metrics",
+        16,
+        move |req| {
+            let reply = match req.uri().path() {
+                "/metrics" => serve::metrics(
+                    prometheus::TextEncoder::new().encode_to_string(&registry.gather()),
+                ),
+                "/healthz" => serve::text(StatusCode::OK, "ok\n"),
+                _ => serve::text(StatusCode::NOT_FOUND, "not found\n"),
+            };
+            async move { reply }
+        },
+        shutdown.clone(),
+    ));
+    Ok(metrics)
 }
 
 #[cfg(test)]
@@ -141,6 +196,7 @@ mod tests {
             filters: filters.iter().map(|s| s.to_string()).collect(),
             on_change: None,
             hook_env: vec![],
+            metrics_listen: None,
         };
         let with_env = |name: &str| WatchOptions {
             hook_env: vec!["TZ".into(), name.into()],
