@@ -17,7 +17,7 @@ STACK := scripts/stack.sh
 # Test threads: integration tests are mostly waiting on the CA.
 TEST_THREADS ?= 8
 
-.PHONY: all build release test lint rules fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
+.PHONY: all build release test lint rules man fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
 
 all: build
 
@@ -40,6 +40,10 @@ stack-status:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Man pages of certfleet and each of its commands, into target/man/.
+man:
+	$(CARGO) run -q --locked -p certfleet -- man --dir target/man
 
 # The alert rules the chart ships: valid, and each alert's unit tests pass
 # (promtool, from Debian's prometheus package, installed if missing).

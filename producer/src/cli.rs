@@ -59,12 +59,22 @@ pub enum Command {
         /// A job id (UUID) or a certificate name.
         #[arg(value_name = "JOB_ID|NAME")]
         target: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
-    /// List every stored certificate.
+    /// List every stored certificate: days left, planned renewal, whether
+    /// its last job failed.
     List {
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only certificates expiring within this long (e.g. 30d).
+        #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
+        expiring_within: Option<std::time::Duration>,
+        /// Only certificates whose last job failed for good.
+        #[arg(long)]
+        failed: bool,
     },
     /// Maintain the expiry index in Redis.
     Index {
@@ -88,6 +98,20 @@ pub enum Command {
     /// Serve the fleet's certificate metrics (expiry, renewal, readiness)
     /// for Prometheus until SIGTERM; one per fleet.
     Exporter(ExporterArgs),
+    /// Print a shell completion script (e.g. `certfleet completions bash >
+    /// /etc/bash_completion.d/certfleet`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (certfleet.1 and one per command) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 impl Command {
@@ -198,12 +222,22 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         Command::Issue(args) => submit::issue(&config, &args, shutdown).await?,
         Command::Submit(args) => submit::submit(&config, &args, shutdown).await?,
         Command::Renew(args) => submit::renew(&config, &args, shutdown).await?,
-        Command::Status { target } => status::status(&config, &target).await?,
-        Command::List { json } => status::list(&config, json).await?,
+        Command::Status { target, json } => status::status(&config, &target, json).await?,
+        Command::List {
+            json,
+            expiring_within,
+            failed,
+        } => {
+            let filter = status::ListFilter {
+                expiring_within,
+                failed,
+            };
+            status::list(&config, json, &filter).await?;
+        }
         Command::Index { command } => schedule::index(&config, &command).await?,
         Command::Schedule(args) => schedule::run_schedule(&config, &args, shutdown).await?,
         Command::Dlq { command } => match command {
-            DlqCommand::List { limit } => dlq::list(&config, limit).await?,
+            DlqCommand::List { limit, json } => dlq::list(&config, limit, json).await?,
             DlqCommand::Show { job_id } => dlq::show(&config, &job_id).await?,
             DlqCommand::Replay { job_ids, all } => dlq::replay(&config, &job_ids, all).await?,
             DlqCommand::Purge { yes } => dlq::purge(&config, yes).await?,
@@ -221,6 +255,18 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         }
         Command::Watch(args) => agent::watch(&config, args.into(), shutdown).await?,
         Command::Exporter(args) => exporter::run(&config, &args, shutdown).await?,
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "certfleet", &mut std::io::stdout());
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory as _;
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| CliError::Usage(format!("--dir {}: {e}", dir.display())))?;
+            out(format_args!("man pages written to {}", dir.display()));
+        }
     }
     Ok(())
 }
@@ -274,6 +320,8 @@ mod tests {
             &["dlq", "replay", "--all", "x"],
             &["schedule"],
             &["exporter"],
+            &["list", "--expiring-within", "soon"],
+            &["completions", "tcsh"],
             &["exporter", "--listen", "nowhere"],
             &[
                 "exporter",
@@ -294,6 +342,29 @@ mod tests {
             .map(|_| ())
             .expect_err("help is an error value");
         assert_eq!(clap_exit_code(&help), 0);
+    }
+
+    #[test]
+    fn completions_and_man_pages() -> Result<(), Box<dyn std::error::Error>> {
+        use clap::CommandFactory as _;
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "certfleet",
+            &mut bash,
+        );
+        let bash = String::from_utf8(bash)?;
+        for word in ["issue", "exporter", "--expiring-within", "--metrics-listen"] {
+            assert!(bash.contains(word), "bash completion lacks {word}");
+        }
+        let dir = tempfile::tempdir()?;
+        clap_mangen::generate_to(Cli::command(), dir.path())?;
+        let page = std::fs::read_to_string(dir.path().join("certfleet-exporter.1"))?;
+        assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+        assert!(page.contains("summary\\-only"), "{page}");
+        assert!(dir.path().join("certfleet.1").is_file());
+        Ok(())
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum DlqCommand {
         /// Show at most this many.
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show one dead job in full.
     Show {

@@ -1,4 +1,5 @@
-//! Reporting: `certfleet status JOB_ID|NAME` and `certfleet list`.
+//! Reporting: `certfleet status JOB_ID|NAME` and `certfleet list`, as
+//! text for people or JSON (`--json`) for scripts.
 //!
 //! S3 is the source of truth for certificates (the pointer of each name);
 //! Redis adds what is in motion: job status records, the name's pending job
@@ -126,20 +127,24 @@ fn job_line(s: &JobStatus) -> String {
 /// # Errors
 /// A bad target (usage), an unknown job or name, or the service that is the
 /// only source being down.
-pub(crate) async fn status(config: &Config, target: &str) -> Result<(), StatusError> {
+pub(crate) async fn status(config: &Config, target: &str, json: bool) -> Result<(), StatusError> {
     match Target::parse(target)? {
-        Target::Job(id) => job_status(config, id).await,
-        Target::Name(name) => name_status(config, &name).await,
+        Target::Job(id) => job_status(config, id, json).await,
+        Target::Name(name) => name_status(config, &name, json).await,
     }
 }
 
-async fn job_status(config: &Config, id: Uuid) -> Result<(), StatusError> {
+async fn job_status(config: &Config, id: Uuid, json: bool) -> Result<(), StatusError> {
     let state = State::from_config(config, 2).map_err(StatusError::State)?;
     let s = state
         .status(&id)
         .await
         .map_err(StatusError::State)?
         .ok_or(StatusError::UnknownJob(id))?;
+    if json {
+        out(serde_json::to_string(&s).map_err(StatusError::Json)?);
+        return Ok(());
+    }
     out(format_args!("job:      {}", s.job_id));
     out(format_args!("name:     {}", s.name));
     out(format_args!("kind:     {}", s.kind.as_str()));
@@ -172,7 +177,40 @@ async fn motion(state: &State, name: &CertName) -> Result<Motion, StateError> {
     })
 }
 
-async fn name_status(config: &Config, name: &CertName) -> Result<(), StatusError> {
+/// `status NAME --json`: one object; `null` where Redis could not say.
+fn name_json(
+    name: &CertName,
+    pointer: Option<&Pointer>,
+    motion: Option<&Motion>,
+    failed_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> serde_json::Value {
+    let certificate = pointer.map(|p| {
+        let mut v =
+            serde_json::to_value(ListEntry::new(p.clone(), now, failed_at)).unwrap_or_default();
+        v["history"] = serde_json::json!(p.history);
+        v["job_id"] = serde_json::json!(p.job_id);
+        v
+    });
+    let (pending, order) = match motion {
+        Some(m) => (
+            m.pending
+                .as_ref()
+                .map(|(id, s)| serde_json::json!({"job_id": id, "status": s})),
+            Some(m.order_in_flight),
+        ),
+        None => (None, None),
+    };
+    serde_json::json!({
+        "name": name,
+        "certificate": certificate,
+        "pending_job": pending,
+        "order_in_flight": order,
+        "last_job_failed_at": failed_at.map(when),
+    })
+}
+
+async fn name_status(config: &Config, name: &CertName, json: bool) -> Result<(), StatusError> {
     let store = Store::from_config(config).await;
     let pointer = store.pointer(name).await.map_err(StatusError::Storage)?;
     let state = State::from_config(config, 2).map_err(StatusError::State)?;
@@ -185,10 +223,32 @@ async fn name_status(config: &Config, name: &CertName) -> Result<(), StatusError
         }
         return Err(StatusError::UnknownName(name.clone()));
     }
+    let failed_at = match failed_marks(config).await {
+        Ok(f) => f.get(name.as_str()).copied(),
+        Err(_) => None,
+    };
+    if json {
+        let v = name_json(
+            name,
+            pointer.as_ref().map(|(p, _)| p),
+            motion.as_ref().ok(),
+            failed_at,
+            now,
+        );
+        out(v.to_string());
+        return Ok(());
+    }
     out(format_args!("name:        {name}"));
     match &pointer {
         Some((p, _)) => print_pointer(p, now),
         None => out("certificate: none stored yet"),
+    }
+    if let Some(t) = failed_at {
+        out(format_args!(
+            "last job:    failed {} ({}; certfleet dlq list)",
+            when(t),
+            relative(t, now)
+        ));
     }
     match motion {
         Ok(m) => {
@@ -265,11 +325,18 @@ pub(crate) struct ListEntry {
     pub(crate) key_type: String,
     /// Challenge type.
     pub(crate) challenge: String,
+    /// Whole days until notAfter (negative once expired).
+    pub(crate) days_left: i64,
+    /// When the name's last job failed for good, if it did after this
+    /// version was stored.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub(crate) last_job_failed_at: Option<OffsetDateTime>,
 }
 
-impl From<Pointer> for ListEntry {
-    fn from(p: Pointer) -> Self {
+impl ListEntry {
+    fn new(p: Pointer, now: OffsetDateTime, failed_at: Option<OffsetDateTime>) -> Self {
         Self {
+            days_left: days_left(p.not_after, now),
             name: p.name,
             domains: p.domains,
             serial: p.serial,
@@ -279,19 +346,61 @@ impl From<Pointer> for ListEntry {
             version: p.version,
             key_type: p.key_type.as_str().to_string(),
             challenge: p.challenge.as_str().to_string(),
+            last_job_failed_at: failed_at,
         }
+    }
+}
+
+/// Whole days from `now` until `t`, rounded towards minus infinity (so an
+/// expired certificate has a negative count, one expiring today 0).
+fn days_left(t: OffsetDateTime, now: OffsetDateTime) -> i64 {
+    (t - now).whole_seconds().div_euclid(86_400)
+}
+
+/// What `list` shows.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListFilter {
+    /// Only certificates whose notAfter is within this long from now
+    /// (`--expiring-within`).
+    pub(crate) expiring_within: Option<std::time::Duration>,
+    /// Only names whose last job failed for good (`--failed`).
+    pub(crate) failed: bool,
+}
+
+impl ListFilter {
+    fn keeps(&self, e: &ListEntry, now: OffsetDateTime) -> bool {
+        let soon = self
+            .expiring_within
+            .is_none_or(|w| time::Duration::try_from(w).is_ok_and(|w| e.not_after <= now + w));
+        soon && (!self.failed || e.last_job_failed_at.is_some())
     }
 }
 
 /// A pointer read: the pointer with its ETag, `None` if it is gone.
 type PointerRead = Result<Option<(Pointer, certfleet_common::storage::ETag)>, StorageError>;
 
-/// `certfleet list [--json]`: every certificate with a pointer, by name.
+/// `certfleet list [--json] [--expiring-within D] [--failed]`: every
+/// certificate with a pointer, by name, with its days left, its planned
+/// renewal and whether its last job failed (from Redis: best effort, except
+/// with `--failed`, which needs it).
 ///
 /// # Errors
-/// Storage unavailable; pointers that cannot be read are reported and the
-/// others still listed (exit 1 at the end).
-pub(crate) async fn list(config: &Config, json: bool) -> Result<(), StatusError> {
+/// Storage unavailable (or Redis, with `--failed`); pointers that cannot be
+/// read are reported and the others still listed (exit 1 at the end).
+pub(crate) async fn list(
+    config: &Config,
+    json: bool,
+    filter: &ListFilter,
+) -> Result<(), StatusError> {
+    let now = OffsetDateTime::now_utc();
+    let failed = match failed_marks(config).await {
+        Ok(f) => f,
+        Err(e) if filter.failed => return Err(StatusError::State(e)),
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "redis unavailable: failed jobs are not shown");
+            std::collections::HashMap::new()
+        }
+    };
     let store = Store::from_config(config).await;
     let names = store.names().await.map_err(StatusError::Storage)?;
     let store = &store;
@@ -307,7 +416,13 @@ pub(crate) async fn list(config: &Config, json: bool) -> Result<(), StatusError>
     let mut unreadable = 0;
     for (name, result) in results {
         match result {
-            Ok(Some((p, _))) => entries.push(p.into()),
+            Ok(Some((p, _))) => {
+                let failed_at = failed.get(p.name.as_str()).copied();
+                let e = ListEntry::new(p, now, failed_at);
+                if filter.keeps(&e, now) {
+                    entries.push(e);
+                }
+            }
             Ok(None) => {}
             Err(e) => {
                 unreadable += 1;
@@ -326,15 +441,27 @@ pub(crate) async fn list(config: &Config, json: bool) -> Result<(), StatusError>
             .unwrap_or(4)
             .max(4);
         out(format_args!(
-            "{:<width$}  {:<20}  {:<20}  {:<32}  DOMAINS",
-            "NAME", "NOT AFTER", "RENEW AT", "SERIAL"
+            "{:<width$}  {:>9}  {:<20}  {:<14}  {:<6}  {:<32}  DOMAINS",
+            "NAME", "DAYS LEFT", "NOT AFTER", "RENEWAL", "LAST", "SERIAL"
         ));
         for e in &entries {
+            let renewal = if e.renew_at <= now {
+                "due".to_string()
+            } else {
+                relative(e.renew_at, now)
+            };
+            let last = if e.last_job_failed_at.is_some() {
+                "failed"
+            } else {
+                "ok"
+            };
             out(format_args!(
-                "{:<width$}  {:<20}  {:<20}  {:<32}  {}",
+                "{:<width$}  {:>9}  {:<20}  {:<14}  {:<6}  {:<32}  {}",
                 e.name.as_str(),
+                e.days_left,
                 when(e.not_after),
-                when(e.renew_at),
+                renewal,
+                last,
                 e.serial,
                 e.domains.join(",")
             ));
@@ -344,6 +471,21 @@ pub(crate) async fn list(config: &Config, json: bool) -> Result<(), StatusError>
         return Err(StatusError::Unreadable(unreadable));
     }
     Ok(())
+}
+
+/// Names whose last job failed for good, with when (the workers' marks,
+/// cleared by the next stored version).
+async fn failed_marks(
+    config: &Config,
+) -> Result<std::collections::HashMap<String, OffsetDateTime>, StateError> {
+    use deadpool_redis::redis::AsyncCommands as _;
+    let state = State::from_config(config, 1)?;
+    let mut c = state.conn().await?;
+    let raw: std::collections::HashMap<String, i64> = c.hgetall(state.keys().failed()).await?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(n, t)| Some((n, OffsetDateTime::from_unix_timestamp(t).ok()?)))
+        .collect())
 }
 
 /// Whether a key exists (the one Redis command `status` needs that

@@ -37,6 +37,18 @@ async fn bad_config_value_exits_64_without_connecting() -> anyhow::Result<()> {
         assert!(stderr.contains(&format!("{var}=\"lots\"")), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
+    // An unknown flag: 64 from both binaries; --help: 0.
+    for bin in ["certfleet-worker", "certfleet"] {
+        let out = env.command(bin)?.arg("--frobnicate").output().await?;
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{bin} --frobnicate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = env.command(bin)?.arg("--help").output().await?;
+        assert_eq!(out.status.code(), Some(0), "{bin} --help");
+    }
     let accepted = tokio::time::timeout(Duration::from_millis(200), trap.accept()).await;
     assert!(accepted.is_err(), "a connection was attempted");
     env.cleanup().await;
@@ -135,6 +147,69 @@ async fn issue_wait_status_pull() -> anyhow::Result<()> {
         .await?;
     let text = env.certfleet(&["status", &a]).await?;
     assert!(text.contains(&b), "status lists the domains: {text}");
+    // The same as JSON for scripts, and `list` with its filters.
+    let v: serde_json::Value =
+        serde_json::from_str(&env.certfleet(&["status", &a, "--json"]).await?)?;
+    assert_eq!(v["name"], a.as_str(), "{v}");
+    assert!(
+        v["certificate"]["domains"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x == b.as_str())),
+        "{v}"
+    );
+    let days = v["certificate"]["days_left"].as_i64().unwrap_or(-1);
+    assert!(days > 30, "Pebble's certificates last years: {v}");
+    assert!(v["last_job_failed_at"].is_null(), "{v}");
+    let names_of = |json: &str| -> anyhow::Result<Vec<String>> {
+        let v: serde_json::Value = serde_json::from_str(json)?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["name"].as_str().map(String::from))
+            .collect())
+    };
+    let all = names_of(&env.certfleet(&["list", "--json"]).await?)?;
+    assert_eq!(all, vec![a.clone()], "list: {all:?}");
+    let soon = names_of(
+        &env.certfleet(&["list", "--json", "--expiring-within", "30d"])
+            .await?,
+    )?;
+    assert!(soon.is_empty(), "nothing expires within 30 days: {soon:?}");
+    let later = format!("{}d", days + 1);
+    let within = names_of(
+        &env.certfleet(&["list", "--json", "--expiring-within", &later])
+            .await?,
+    )?;
+    assert_eq!(within, vec![a.clone()]);
+    assert!(names_of(&env.certfleet(&["list", "--json", "--failed"]).await?)?.is_empty());
+    let state = env.state()?;
+    let name = certfleet_common::CertName::parse(&a)?;
+    state
+        .mark_failed(&name, time::OffsetDateTime::now_utc())
+        .await?;
+    assert_eq!(
+        names_of(&env.certfleet(&["list", "--json", "--failed"]).await?)?,
+        vec![a.clone()]
+    );
+    let table = env.certfleet(&["list"]).await?;
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("DAYS LEFT") && h.contains("RENEWAL")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(a.as_str()) && l.contains(" failed ")),
+        "{table}"
+    );
+    let text = env.certfleet(&["status", &a]).await?;
+    assert!(text.contains("last job:    failed"), "{text}");
+    let dead: serde_json::Value =
+        serde_json::from_str(&env.certfleet(&["dlq", "list", "--json"]).await?)?;
+    assert!(dead.is_array(), "{dead}");
     let dir = tempfile::tempdir()?;
     run_ok(
         env.command("certfleet")?
@@ -180,6 +255,89 @@ async fn broker_down_is_an_error() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.stdout.is_empty(), "no job id printed");
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Issue 14: `submit FILE --wait` over 200 names shows a progress bar with
+/// the rate and ETA in a terminal (a pseudo-terminal from util-linux's
+/// `script`), and piped prints nothing but the summary line.
+#[tokio::test]
+async fn submit_wait_progress_bar_in_a_terminal_summary_in_a_pipe() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("cli-progress").await?;
+    let worker = env.start_worker(&[("CERTFLEET_CONCURRENCY", "32")]).await?;
+    let dir = tempfile::tempdir()?;
+    let mut names = String::new();
+    for i in 0..200 {
+        names.push_str(&env.domain(&format!("p{i}")).await?);
+        names.push('\n');
+    }
+    let file = dir.path().join("names.txt");
+    std::fs::write(&file, names)?;
+    let certfleet = env.bin("certfleet")?;
+    let command = format!(
+        "{} submit {} --wait --timeout 5m",
+        certfleet.display(),
+        file.display()
+    );
+    let out = tokio::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env_clear()
+        .envs(&env.vars)
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        )
+        .env("CERTFLEET_LOG", "warn")
+        .env("TERM", "xterm")
+        .env("COLUMNS", "120")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}: {screen}",
+        out.status.code()
+    );
+    assert!(
+        screen.contains("/200 done") && screen.contains("ETA") && screen.contains("/s"),
+        "no progress bar with rate and ETA on the terminal: {screen}"
+    );
+    assert!(
+        screen.contains("200 stored, 0 failed of 200 in"),
+        "no summary: {screen}"
+    );
+
+    // Piped: the summary line on stdout, nothing on stderr.
+    let mut names = String::new();
+    for i in 0..20 {
+        names.push_str(&env.domain(&format!("q{i}")).await?);
+        names.push('\n');
+    }
+    std::fs::write(&file, names)?;
+    let out = env
+        .command("certfleet")?
+        .arg("submit")
+        .arg(&file)
+        .args(["--wait", "--timeout", "5m"])
+        .output()
+        .await?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stdout}");
+    assert!(
+        lines[0].starts_with("20 stored, 0 failed of 20 in"),
+        "{stdout}"
+    );
+    assert!(stderr.trim().is_empty(), "nothing on stderr: {stderr}");
+    worker.stop().await;
     env.cleanup().await;
     Ok(())
 }

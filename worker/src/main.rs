@@ -53,7 +53,15 @@ fn load(args: &Args) -> Result<Settings, certfleet_common::ConfigError> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Bad flags exit 64 like the CLI's (clap's own default is 2); --help
+    // and --version exit 0.
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     let cfg = match load(&args) {
         Ok(c) => c,
         Err(e) => {

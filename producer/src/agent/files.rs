@@ -203,17 +203,23 @@ fn unique_suffix() -> String {
 }
 
 impl CertDir {
-    /// Validates `--dir`: it must exist, be a directory and be writable.
-    /// Creates `DIR/.certfleet` and returns the directory with an absolute
-    /// path (hooks get absolute paths).
+    /// Validates `--dir`: it must be a writable directory; a missing one is
+    /// created with its parents (as `aws s3 sync`, which `pull` and `watch`
+    /// replace, does). Creates `DIR/.certfleet` and returns the directory
+    /// with an absolute path (hooks get absolute paths).
     ///
     /// # Errors
-    /// [`WatchError::Dir`] (a usage error) or I/O.
+    /// [`WatchError::Dir`] (a usage error: not a directory, not writable,
+    /// cannot be created) or I/O.
     pub(crate) fn open(dir: &Path) -> Result<Self, WatchError> {
         let meta = match fs::metadata(dir) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(dir_err(dir, "does not exist (create it first)"));
+                fs::create_dir_all(dir).map_err(|e| {
+                    dir_err(dir, format!("does not exist and cannot be created: {e}"))
+                })?;
+                tracing::info!(dir = %dir.display(), "created the certificate directory");
+                fs::metadata(dir).map_err(|e| dir_err(dir, e.to_string()))?
             }
             Err(e) => return Err(dir_err(dir, e.to_string())),
         };

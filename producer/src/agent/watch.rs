@@ -190,6 +190,7 @@ mod tests {
         let env = std::collections::HashMap::<String, String>::new();
         let config = Config::load(&certfleet_common::config::Sources::new(&env)).expect("config");
         let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("file"), b"not a directory").expect("file");
         let opts = |queue: &str, filters: &[&str], dir: &Path| WatchOptions {
             dir: dir.to_path_buf(),
             queue_id: queue.into(),
@@ -205,7 +206,9 @@ mod tests {
         let cases = [
             opts("Web 1", &[], tmp.path()),
             opts("web1", &["job.#"], tmp.path()),
-            opts("web1", &["cert.#"], &tmp.path().join("missing")),
+            // Not a directory, and cannot be made one.
+            opts("web1", &["cert.#"], &tmp.path().join("file")),
+            opts("web1", &["cert.#"], &tmp.path().join("file/below")),
             with_env("AWS_SECRET_ACCESS_KEY"),
             with_env("CERTFLEET_AMQP_URL"),
             with_env("certfleet_encryption_key"),
@@ -218,9 +221,22 @@ mod tests {
                 .expect_err("refused");
             assert!(err.is_usage(), "{err}");
         }
-        let err = pull(&config, &tmp.path().join("missing"), &[])
+        let err = pull(&config, &tmp.path().join("file/below"), &[])
             .await
             .expect_err("refused");
         assert!(err.is_usage(), "{err}");
+        assert!(
+            err.to_string().to_lowercase().contains("not a directory"),
+            "{err}"
+        );
+        // A missing directory is created, parents too.
+        let made = tmp.path().join("new/certs");
+        let _ = files::blocking({
+            let made = made.clone();
+            move || CertDir::open(&made)
+        })
+        .await
+        .expect("created");
+        assert!(made.is_dir());
     }
 }

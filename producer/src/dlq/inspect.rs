@@ -12,14 +12,25 @@ use super::message::{DeadMessage, text};
 use super::queue::with_messages;
 use crate::output::out;
 
-/// `certfleet dlq list [--limit N]`: every message is read (and given
-/// back), the first `limit` are shown.
+/// `certfleet dlq list [--limit N] [--json]`: every message is read (and
+/// given back), the first `limit` are shown: a table, or a JSON array of
+/// objects (`job_id`, `name`, `kind`, `error_kind`, `failed_at`, `reason`,
+/// `routing_key`; `null` where unknown) on one line.
 ///
 /// # Errors
 /// Broker errors.
-pub(crate) async fn list(config: &Config, limit: Option<usize>) -> Result<(), DlqError> {
+pub(crate) async fn list(
+    config: &Config,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<(), DlqError> {
     with_messages(config, |all| {
         let messages = &all[..limit.unwrap_or(all.len()).min(all.len())];
+        if json {
+            let rows: Vec<serde_json::Value> = messages.iter().map(DeadMessage::summary).collect();
+            out(serde_json::Value::Array(rows).to_string());
+            return;
+        }
         if all.is_empty() {
             eprintln!("{DEAD_QUEUE} is empty");
             return;

@@ -85,6 +85,20 @@ impl DeadMessage {
             .or_else(|| self.envelope.as_ref().ok().map(Envelope::routing_key))
     }
 
+    /// One line of `dlq list --json`.
+    pub(super) fn summary(&self) -> serde_json::Value {
+        let envelope = self.envelope.as_ref().ok();
+        serde_json::json!({
+            "job_id": self.job_id,
+            "name": envelope.map(|e| e.job.name.to_string()),
+            "kind": envelope.map(|e| e.kind.as_str()),
+            "error_kind": self.error_kind,
+            "failed_at": self.failed_at.map(|_| self.failed_at_text()),
+            "reason": self.reason,
+            "routing_key": self.replay_routing_key(),
+        })
+    }
+
     pub(super) fn failed_at_text(&self) -> String {
         self.failed_at
             .and_then(|ms| {

@@ -27,7 +27,9 @@ pub struct SubmitArgs {
     /// `#` starts a comment; `-` reads stdin.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// Wait until every certificate is stored or its job failed.
+    /// Wait until every certificate is stored or its job failed: a
+    /// progress bar on a terminal, failures on stderr, then one summary
+    /// line on stdout (instead of the job ids).
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits for all of them.
@@ -95,7 +97,10 @@ pub(crate) async fn submit(
         {
             match outcome {
                 Outcome::Queued => {
-                    out(format_args!("{} {}", envelope.job_id, request.name));
+                    // With --wait, the outcomes and the summary say it all.
+                    if !args.wait {
+                        out(format_args!("{} {}", envelope.job_id, request.name));
+                    }
                     accepted.push(envelope);
                 }
                 Outcome::NotAccepted(e) => {

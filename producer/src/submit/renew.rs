@@ -122,7 +122,10 @@ pub(crate) async fn renew(
             match outcome {
                 Outcome::Queued => {
                     attempted += 1;
-                    out(format_args!("{} {name}", envelope.job_id));
+                    // Waiting for several, the summary replaces the ids.
+                    if !(args.wait && names.len() > 1) {
+                        out(format_args!("{} {name}", envelope.job_id));
+                    }
                     wait_for.insert(envelope.job_id, name.clone());
                 }
                 Outcome::NotAccepted(e) => {

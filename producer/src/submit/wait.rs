@@ -54,8 +54,11 @@ impl EventWaiter {
     }
 
     /// Waits for an outcome of every job in `jobs`. With one job, its
-    /// failure is the returned error; with several, each outcome is printed
-    /// on stderr as it arrives and the failures are counted.
+    /// stored summary goes to stderr and its failure is the returned error.
+    /// With several, a progress bar (count, rate, ETA) runs on stderr when
+    /// it is a terminal, each failure is printed on stderr as it arrives,
+    /// and one summary line ends on stdout: nothing else, so a pipe gets
+    /// just the summary.
     pub(super) async fn wait(
         mut self,
         mut jobs: HashMap<Uuid, CertName>,
@@ -64,15 +67,19 @@ impl EventWaiter {
     ) -> Result<(), SubmitError> {
         let single = jobs.len() == 1;
         let total = jobs.len();
+        let started = tokio::time::Instant::now();
+        let bar = progress_bar(total, single);
         let mut failures: Vec<SubmitError> = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
         let pending = |jobs: &HashMap<Uuid, CertName>| jobs.keys().copied().collect::<Vec<_>>();
         while !jobs.is_empty() {
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => {
+                    bar.abandon();
                     return Err(SubmitError::Interrupted { pending: pending(&jobs) });
                 }
                 () = tokio::time::sleep_until(deadline) => {
+                    bar.abandon();
                     return Err(SubmitError::TimedOut {
                         after: format_duration(timeout),
                         pending: pending(&jobs),
@@ -83,12 +90,14 @@ impl EventWaiter {
             let delivery = match delivery {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
+                    bar.abandon();
                     return Err(SubmitError::WaitLost {
                         pending: pending(&jobs),
                         source: Some(e),
                     });
                 }
                 None => {
+                    bar.abandon();
                     return Err(SubmitError::WaitLost {
                         pending: pending(&jobs),
                         source: None,
@@ -108,7 +117,10 @@ impl EventWaiter {
             match event.kind {
                 EventKind::Issued | EventKind::Renewed => {
                     jobs.remove(&event.job_id);
-                    eprintln!("{}", stored_summary(&event));
+                    if single {
+                        eprintln!("{}", stored_summary(&event));
+                    }
+                    bar.inc(1);
                 }
                 EventKind::Failed => {
                     jobs.remove(&event.job_id);
@@ -118,12 +130,23 @@ impl EventWaiter {
                         reason: failure_reason(&event),
                     };
                     if !single {
-                        eprintln!("{failure}");
+                        bar.suspend(|| eprintln!("{failure}"));
                     }
                     failures.push(failure);
+                    bar.inc(1);
+                    bar.set_message(format!("{} failed", failures.len()));
                 }
                 EventKind::Revoked => {}
             }
+        }
+        bar.finish_and_clear();
+        if !single {
+            crate::output::out(format_args!(
+                "{} stored, {} failed of {total} in {:.1}s",
+                total - failures.len(),
+                failures.len(),
+                started.elapsed().as_secs_f64()
+            ));
         }
         match failures.len() {
             0 => Ok(()),
@@ -135,6 +158,28 @@ impl EventWaiter {
             }),
         }
     }
+}
+
+/// The progress bar of a wait for `total` jobs: drawn on stderr only when
+/// it is a terminal and there is more than one job (indicatif draws nothing
+/// on anything else); hidden otherwise.
+fn progress_bar(total: usize, single: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if single || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let len = u64::try_from(total).unwrap_or(u64::MAX);
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{wide_bar}] {pos}/{len} done, {per_sec}, ETA {eta} {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
 }
 
 /// `issued www.example.com: serial 0a1b, not after 2026-02-23T08:00:00Z`.

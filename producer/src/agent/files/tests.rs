@@ -196,18 +196,20 @@ fn cleans_up_after_a_crash() {
 }
 
 #[test]
-fn dir_must_exist_and_be_a_directory() {
+fn dir_is_created_or_must_be_a_directory() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let missing = CertDir::open(&tmp.path().join("nope")).expect_err("missing");
-    assert!(
-        matches!(missing, WatchError::Dir { .. }) && missing.is_usage(),
-        "{missing}"
-    );
+    let made = CertDir::open(&tmp.path().join("nope/deeper")).expect("created");
+    assert!(made.root().is_dir());
     let file = tmp.path().join("file");
     fs::write(&file, "x").expect("write");
     let not_dir = CertDir::open(&file).expect_err("file");
     assert!(not_dir.is_usage(), "{not_dir}");
     assert!(not_dir.to_string().contains("not a directory"), "{not_dir}");
+    let below = CertDir::open(&file.join("below")).expect_err("below a file");
+    assert!(
+        matches!(below, WatchError::Dir { .. }) && below.is_usage(),
+        "{below}"
+    );
 }
 
 #[test]
