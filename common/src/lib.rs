@@ -58,7 +58,7 @@ pub use error::{Classify, Disposition};
 pub use event::{Event, EventKind};
 pub use job::{ChallengeType, Envelope, Job, JobKind, KeyType};
 pub use secret::{Secret, SecretUrl};
-pub use storage::{Bundle, Pointer, Store};
+pub use storage::{Bundle, Pointer, Store, serial_display, serial_stored};
 
 /// Exit code for bad usage or bad input (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;

@@ -93,6 +93,33 @@ impl Keys {
     }
 }
 
+/// The stored form of a serial number (pointers, bundles, version ids):
+/// the DER integer's bytes in lower-case hex without leading zero digits
+/// (`915f959810e6736`; `0` for zero). People and scripts get
+/// [`serial_display`].
+pub fn serial_stored(der_bytes: &[u8]) -> String {
+    let hex: String = der_bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match hex.trim_start_matches('0') {
+        "" => "0".to_string(),
+        s => s.to_string(),
+    }
+}
+
+/// A serial as the certificate encodes it and `openssl x509 -serial`
+/// prints it: whole bytes, upper-case hex (`0915F959810E6736` for the
+/// stored `915f959810e6736`). What events, `status`, `list` and hooks show,
+/// so a script can compare it with openssl's. Accepts either form.
+pub fn serial_display(serial: &str) -> String {
+    let s = serial.trim_start_matches('0');
+    let s = if s.is_empty() { "0" } else { s };
+    let padded = if s.len() % 2 == 1 {
+        format!("0{s}")
+    } else {
+        s.to_string()
+    };
+    padded.to_ascii_uppercase()
+}
+
 /// A version id: sortable by notBefore to the second, unique by serial
 /// (`20261125T083000Z-3f1a9c0b2e7d4a5b`). Two versions of one second (a
 /// renewal right after issuance) do not order by their text: the pointer
@@ -604,6 +631,18 @@ mod tests {
         assert!(k.account("https://ca/dir").starts_with("fleet/accounts/"));
         assert_ne!(k.account("https://a/dir"), k.account("https://b/dir"));
         Ok(())
+    }
+
+    #[test]
+    fn serials_stored_and_shown() {
+        assert_eq!(serial_stored(&[0x09, 0x15, 0xf9]), "915f9");
+        assert_eq!(serial_stored(&[0x00, 0x3f, 0x0a]), "3f0a");
+        assert_eq!(serial_stored(&[0x00]), "0");
+        assert_eq!(serial_display("915f959810e6736"), "0915F959810E6736");
+        assert_eq!(serial_display("0915F959810E6736"), "0915F959810E6736");
+        assert_eq!(serial_display("3f0a"), "3F0A");
+        assert_eq!(serial_display("0"), "00");
+        assert_eq!(serial_display(&serial_stored(&[0x80, 0x01])), "8001");
     }
 
     #[test]

@@ -273,7 +273,10 @@ async fn name_status(config: &Config, name: &CertName, json: bool) -> Result<(),
 
 fn print_pointer(p: &Pointer, now: OffsetDateTime) {
     out(format_args!("domains:     {}", p.domains.join(", ")));
-    out(format_args!("serial:      {}", p.serial));
+    out(format_args!(
+        "serial:      {}",
+        certfleet_common::serial_display(&p.serial)
+    ));
     out(format_args!("key type:    {}", p.key_type));
     out(format_args!("challenge:   {}", p.challenge));
     out(format_args!("not before:  {}", when(p.not_before)));
@@ -308,7 +311,7 @@ pub(crate) struct ListEntry {
     pub(crate) name: CertName,
     /// Domains.
     pub(crate) domains: Vec<String>,
-    /// Serial, hex.
+    /// Serial as openssl prints it (`serial_display`).
     pub(crate) serial: String,
     /// Validity start.
     #[serde(with = "time::serde::rfc3339")]
@@ -339,7 +342,7 @@ impl ListEntry {
             days_left: days_left(p.not_after, now),
             name: p.name,
             domains: p.domains,
-            serial: p.serial,
+            serial: certfleet_common::serial_display(&p.serial),
             not_before: p.not_before,
             not_after: p.not_after,
             renew_at: p.renew_at,

@@ -447,7 +447,7 @@ async fn hook_gets_a_clean_environment() -> anyhow::Result<()> {
     assert_eq!(get("CERTFLEET_CERT_NAME"), Some(name.as_str()), "{text}");
     assert_eq!(
         get("CERTFLEET_CERT_SERIAL"),
-        Some(v1.serial.as_str()),
+        Some(certfleet_common::serial_display(&v1.serial).as_str()),
         "{text}"
     );
     assert_eq!(

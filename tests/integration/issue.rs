@@ -95,7 +95,33 @@ async fn worker_issues_with_real_http01() -> anyhow::Result<()> {
         .certificate
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no cert info"))?;
-    assert_eq!(cert.serial, pointer.serial);
+    // Events carry the serial as the certificate encodes it (openssl's
+    // `-serial`): whole bytes, upper case.
+    assert_eq!(
+        cert.serial,
+        certfleet_common::serial_display(&pointer.serial)
+    );
+    assert_eq!(
+        cert.serial,
+        certfleet_common::serial_display(&pki::serial(&bundle.cert_pem)?)
+    );
+    assert!(
+        cert.serial.len() % 2 == 0 && !cert.serial.chars().any(|c| c.is_ascii_lowercase()),
+        "{}",
+        cert.serial
+    );
+    // The same as openssl prints it.
+    let mut openssl = tokio::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = openssl.stdin.take() {
+        use tokio::io::AsyncWriteExt as _;
+        stdin.write_all(bundle.cert_pem.as_bytes()).await?;
+    }
+    let printed = String::from_utf8(openssl.wait_with_output().await?.stdout)?;
+    assert_eq!(printed.trim(), format!("serial={}", cert.serial));
     let key = store.open_key(&bundle)?;
     assert!(pki::key_matches(key.expose(), &bundle.cert_pem)?);
     let mut want = domains.clone();

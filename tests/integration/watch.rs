@@ -21,7 +21,9 @@ pub(crate) async fn wait_for_serial(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(pem) = std::fs::read_to_string(path.join("cert.pem"))
-            && pki::serial(&pem).is_ok_and(|s| s == serial)
+            && pki::serial(&pem).is_ok_and(|s| {
+                certfleet_common::serial_display(&s) == certfleet_common::serial_display(serial)
+            })
         {
             return Ok(path);
         }

@@ -62,15 +62,7 @@ pub(crate) fn parse_chain(pem: &str) -> Result<Issued, JobError> {
         .ok_or_else(|| bad("no certificate in the response".into()))?;
     let (_, cert) =
         x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| bad(e.to_string()))?;
-    let serial: String = cert
-        .raw_serial()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let serial = match serial.trim_start_matches('0') {
-        "" => "0".to_string(),
-        s => s.to_string(),
-    };
+    let serial = certfleet_common::serial_stored(cert.raw_serial());
     let not_before = cert.validity().not_before.to_datetime();
     let not_after = cert.validity().not_after.to_datetime();
     let ari_id = instant_acme::CertificateIdentifier::try_from(leaf)

@@ -527,7 +527,7 @@ async fn run_leased(
     let previous_serial = replaced
         .as_ref()
         .or(previous.as_ref().map(|(p, _)| p))
-        .map(|p| p.serial.clone());
+        .map(|p| certfleet_common::serial_display(&p.serial));
     let kind = event_kind(env.kind);
     outbox
         .event(&ctx.event(env, kind, &pointer, previous_serial))
@@ -641,7 +641,7 @@ impl Ctx {
             attempt: env.attempt,
             at: OffsetDateTime::now_utc(),
             certificate: Some(CertInfo {
-                serial: p.serial.clone(),
+                serial: certfleet_common::serial_display(&p.serial),
                 not_before: p.not_before,
                 not_after: p.not_after,
                 renew_at: p.renew_at,

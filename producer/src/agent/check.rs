@@ -89,7 +89,7 @@ pub(crate) fn check(
     }
     let leaf = &parsed[0];
 
-    let serial = serial_hex(leaf.raw_serial());
+    let serial = certfleet_common::serial_stored(leaf.raw_serial());
     if serial != pointer.serial {
         return Err(format!(
             "the pointer says serial {}, the certificate's is {serial}",
@@ -123,15 +123,6 @@ fn certificates(pem: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {
         out.push(block.contents);
     }
     Ok(out)
-}
-
-/// Lower-case hex without leading zeros, as the worker records serials.
-pub(crate) fn serial_hex(raw: &[u8]) -> String {
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    match hex.trim_start_matches('0') {
-        "" => "0".to_string(),
-        s => s.to_string(),
-    }
 }
 
 fn check_validity(

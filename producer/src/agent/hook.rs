@@ -342,7 +342,10 @@ pub(crate) async fn run_once(
             .env("CERTFLEET_CERT_NAME", name.as_str())
             .env("CERTFLEET_CERT_DIR", cert_dir)
             .env("CERTFLEET_CERT_VERSION", &pending.version)
-            .env("CERTFLEET_CERT_SERIAL", &pending.serial)
+            .env(
+                "CERTFLEET_CERT_SERIAL",
+                certfleet_common::serial_display(&pending.serial),
+            )
             .env("CERTFLEET_EVENT", &pending.event),
     )
     .spawn()

@@ -276,10 +276,3 @@ fn wildcards_cover_one_label() {
     assert!(!covers("*.example.com", "a.b.example.com"));
     assert!(!covers("www.example.com", "api.example.com"));
 }
-
-#[test]
-fn serials_are_written_as_the_worker_writes_them() {
-    assert_eq!(serial_hex(&[0x00, 0x3f, 0x0a]), "3f0a");
-    assert_eq!(serial_hex(&[0x00]), "0");
-    assert_eq!(serial_hex(&[0x10]), "10");
-}

@@ -8,7 +8,7 @@ fn pending(version: &str) -> Pending {
     Pending {
         event: "renewed".into(),
         version: version.into(),
-        serial: format!("s-{version}"),
+        serial: format!("f{}", version.trim_start_matches('v')),
         since_ms: 1,
     }
 }
@@ -67,7 +67,7 @@ async fn hook_sees_its_environment() {
     .expect("hook");
     assert_eq!(
         fs::read_to_string(&out).expect("out"),
-        "www.example.com|/srv/certs/www.example.com|v7|s-v7|renewed"
+        "www.example.com|/srv/certs/www.example.com|v7|F7|renewed"
     );
 }
 
