@@ -17,7 +17,7 @@ STACK := scripts/stack.sh
 # Test threads: integration tests are mostly waiting on the CA.
 TEST_THREADS ?= 8
 
-.PHONY: all build release test lint rules man fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
+.PHONY: all build release test lint rules tools man new renew upload download fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
 
 all: build
 
@@ -45,11 +45,15 @@ fmt:
 man:
 	$(CARGO) run -q --locked -p certfleet -- man --dir target/man
 
+# What tests run besides the services: promtool, lego and certbot
+# (Debian packages, installed if missing).
+tools:
+	$(STACK) install prometheus lego certbot
+
 # The alert rules the chart ships: valid, and each alert's unit tests pass
 # (promtool, from Debian's prometheus package, installed if missing).
 RULES := helm/certfleet/rules
-rules:
-	$(STACK) install prometheus
+rules: tools
 	promtool check rules $(RULES)/certfleet.rules.yml
 	cd $(RULES) && promtool test rules certfleet.rules.test.yml
 
@@ -66,13 +70,35 @@ unit:
 
 # Integration tests run against the stack (started here if needed); the
 # worker and CLI binaries are built first because tests run them.
-integration: stack-up build
+integration: tools stack-up build
 	eval "$$($(STACK) env)"; \
 	$(CARGO) test --locked --workspace --tests -- --test-threads $(TEST_THREADS)
 
 test: lint rules stack-up build
 	eval "$$($(STACK) env)"; \
 	$(CARGO) test --locked --workspace -- --test-threads $(TEST_THREADS)
+
+# The workflow a cron loop around lego or certbot plus `aws s3 sync` ran,
+# against the fleet CERTFLEET_* configures (by default the local stack):
+#   make new DOMAIN=www.example.com [DOMAINS="example.com"]  issue and wait
+#   make renew                     renew what is due
+#   make upload [LEGO_DIR=.lego]   import a lego directory
+#   make download DIR=./certs      pull every certificate into DIR
+CERTFLEET ?= $(CARGO) run -q --locked -p certfleet --
+LEGO_DIR ?= .lego
+new:
+	@test -n "$(DOMAIN)" || { echo "usage: make new DOMAIN=www.example.com [DOMAINS=...]" >&2; exit 64; }
+	$(CERTFLEET) issue $(DOMAIN) $(DOMAINS) --wait
+
+renew:
+	$(CERTFLEET) renew --due
+
+upload:
+	$(CERTFLEET) import --from lego $(LEGO_DIR) --wait
+
+download:
+	@test -n "$(DIR)" || { echo "usage: make download DIR=./certs" >&2; exit 64; }
+	$(CERTFLEET) pull --dir $(DIR)
 
 demo: stack-up build
 	scripts/demo.sh

@@ -30,7 +30,8 @@
 #                 (`up --ha`: also the clusters, see below)
 #   down/stop     stop (data dirs are kept; moto and pebble keep nothing anyway)
 #   restart       down + up
-#   install       only install what is missing (as root), start nothing
+#   install       only install what is missing (as root), start nothing;
+#                 also takes the clients tests run: lego, certbot
 #   status        one line per service; exit 0 only if all requested are up
 #   env           `export NAME=value` lines: eval "$(scripts/stack.sh env)"
 # No SERVICE means all six; services start in the order above. The
@@ -105,6 +106,7 @@ BIND_PORT=${BIND_PORT:-53}
 ALL_SERVICES=(rabbitmq redis s3 moto bind pebble)   # bind before pebble, which uses it
 HA_SERVICES=(sentinel rabbitmq-cluster)         # only when named, or with --ha
 EXTRA_SERVICES=(prometheus)                     # only when named
+TOOLS=(lego certbot)                            # `install` only: clients tests run
 LO=127.0.0.1
 PATH=$PATH:/usr/sbin:/sbin   # rabbitmq-server lives in /usr/sbin
 
@@ -161,6 +163,8 @@ apt_pkgs_for() {
     bind) echo bind9 bind9-dnsutils; command -v ip >/dev/null || echo iproute2 ;;
     pebble) echo pebble openssl curl ;;
     prometheus) echo prometheus curl ;;
+    lego) echo lego ;;
+    certbot) echo certbot ;;
   esac
 }
 
@@ -931,6 +935,7 @@ main() {
     exec "${RMQ_CMD[@]}"
   fi
   local known=("${ALL_SERVICES[@]}" "${HA_SERVICES[@]}" "${EXTRA_SERVICES[@]}") args=()
+  [[ $cmd == install ]] && known+=("${TOOLS[@]}")
   for s; do
     if [[ $s == --ha ]]; then args+=("${ALL_SERVICES[@]}" "${HA_SERVICES[@]}"); continue; fi
     [[ " ${known[*]} " == *" $s "* ]] || { log "unknown service '$s'"; usage; }

@@ -73,6 +73,10 @@ pub enum JobKind {
     Renew,
     /// Revoke the current certificate of a name.
     Revoke,
+    /// Store a certificate obtained elsewhere (lego, certbot), staged in
+    /// storage by `certfleet import` ([`crate::storage::Keys::import`]),
+    /// through the same fenced path as an issued one.
+    Import,
 }
 
 impl JobKind {
@@ -82,6 +86,7 @@ impl JobKind {
             JobKind::Issue => "issue",
             JobKind::Renew => "renew",
             JobKind::Revoke => "revoke",
+            JobKind::Import => "import",
         }
     }
 }
@@ -357,7 +362,7 @@ impl Envelope {
         if job.domains.len() > MAX_DOMAINS {
             return Err(DomainError::TooMany(job.domains.len()).into());
         }
-        if job.domains.is_empty() && self.kind == JobKind::Issue {
+        if job.domains.is_empty() && matches!(self.kind, JobKind::Issue | JobKind::Import) {
             return Err(DomainError::NoDomains.into());
         }
         CertName::parse(job.name.as_str())?;

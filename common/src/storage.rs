@@ -69,6 +69,12 @@ impl Keys {
         format!("{}certs/{name}/versions/{version}.json", self.prefix)
     }
 
+    /// An import's staged bundle (`certfleet import` writes it, the import
+    /// job's worker makes it a version and deletes it).
+    pub fn import(&self, job_id: &Uuid) -> String {
+        format!("{}imports/{job_id}.json", self.prefix)
+    }
+
     /// A worker's start-up probe (written, rewritten and deleted at start
     /// to check the bucket and its conditional writes).
     pub fn probe(&self, worker_id: &str) -> String {
@@ -588,6 +594,33 @@ impl Store {
         };
         let bundle = self.bundle(&pointer.bundle_key).await?;
         Ok(Some((pointer, bundle)))
+    }
+
+    /// Stages an import's bundle at [`Keys::import`], never over another
+    /// object (`If-None-Match: *`). The one write outside the workers:
+    /// what becomes current is still decided by the fenced pointer flip of
+    /// the import job.
+    ///
+    /// # Errors
+    /// Unavailable, or [`StorageError::Conflict`] if the key exists.
+    pub async fn stage_import(&self, job_id: &Uuid, bundle: &Bundle) -> Result<(), StorageError> {
+        let key = self.keys.import(job_id);
+        let body = serde_json::to_vec_pretty(bundle).map_err(|e| StorageError::Corrupt {
+            key: key.clone(),
+            what: "staged import",
+            detail: e.to_string(),
+        })?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .if_none_match("*")
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("put", &key, e))?;
+        Ok(())
     }
 
     /// Opens a bundle's private key. When an encryption key is configured,

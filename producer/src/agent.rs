@@ -48,6 +48,7 @@ mod run;
 mod sync;
 mod watch;
 
+pub(crate) use check::check_key;
 pub use error::WatchError;
 pub use pull::{PullArgs, PullOutcome, PullReport, pull};
 pub use watch::{WatchArgs, WatchOptions, watch};

@@ -26,7 +26,7 @@ use crate::exporter::{self, ExporterArgs, ExporterError};
 use crate::output::out;
 use crate::schedule::{self, IndexCommand, ScheduleArgs, ScheduleCmdError};
 use crate::status::{self, StatusError};
-use crate::submit::{self, IssueArgs, RenewArgs, SubmitArgs, SubmitError};
+use crate::submit::{self, ImportArgs, IssueArgs, RenewArgs, SubmitArgs, SubmitError};
 
 /// `certfleet`: issue, renew and distribute TLS certificates through a
 /// fleet of workers.
@@ -98,6 +98,9 @@ pub enum Command {
     /// Serve the fleet's certificate metrics (expiry, renewal, readiness)
     /// for Prometheus until SIGTERM; one per fleet.
     Exporter(ExporterArgs),
+    /// Bring in certificates obtained by lego or certbot: each is stored as
+    /// a version and renewed by the fleet from then on.
+    Import(ImportArgs),
     /// Print a shell completion script (e.g. `certfleet completions bash >
     /// /etc/bash_completion.d/certfleet`).
     Completions {
@@ -124,6 +127,7 @@ impl Command {
             Command::Submit(a) => a.wait,
             Command::Renew(a) => a.wait,
             Command::Schedule(_) | Command::Watch(_) | Command::Exporter(_) => true,
+            Command::Import(a) => a.wait,
             _ => false,
         }
     }
@@ -255,6 +259,7 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         }
         Command::Watch(args) => agent::watch(&config, args.into(), shutdown).await?,
         Command::Exporter(args) => exporter::run(&config, &args, shutdown).await?,
+        Command::Import(args) => submit::import(&config, &args, shutdown).await?,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut cmd = Cli::command();
@@ -322,6 +327,8 @@ mod tests {
             &["exporter"],
             &["list", "--expiring-within", "soon"],
             &["completions", "tcsh"],
+            &["import", "/tmp"],
+            &["import", "--from", "acme.sh", "/tmp"],
             &["exporter", "--listen", "nowhere"],
             &[
                 "exporter",

@@ -44,4 +44,7 @@ pub use dlq::{DlqCommand, DlqError};
 pub use exporter::{ExporterArgs, ExporterError};
 pub use schedule::{IndexCommand, ScheduleArgs, ScheduleCmdError};
 pub use status::StatusError;
-pub use submit::{IssueArgs, LineError, RenewArgs, RequestError, SubmitArgs, SubmitError};
+pub use submit::{
+    ImportArgs, ImportSource, IssueArgs, LineError, RenewArgs, RequestError, SubmitArgs,
+    SubmitError,
+};

@@ -11,6 +11,8 @@
 //! - `issue`, `bulk` (`certfleet submit`), `renew`: one command each, with
 //!   its arguments. `renew` covers `renew NAME...` with dedup, and
 //!   `renew --due`.
+//! - `import`: `certfleet import --from lego|certbot DIR`, certificates
+//!   obtained elsewhere, staged in storage and stored by import jobs.
 //! - `request`: validating a request and parsing bulk files.
 //! - `publish`: the broker connection with the job topology, pipelined
 //!   confirmed publishes, and the `queued` status records.
@@ -22,6 +24,7 @@
 
 mod bulk;
 mod error;
+mod import;
 mod issue;
 mod publish;
 mod renew;
@@ -33,10 +36,12 @@ mod tests;
 
 pub use bulk::SubmitArgs;
 pub use error::{LineError, RequestError, SubmitError};
+pub use import::{ImportArgs, ImportSource};
 pub use issue::IssueArgs;
 pub use renew::RenewArgs;
 
 pub(crate) use bulk::submit;
+pub(crate) use import::import;
 pub(crate) use issue::issue;
 pub(crate) use publish::state_or_warn;
 pub(crate) use renew::renew;

@@ -10,6 +10,7 @@ mod faults;
 mod fixtures;
 mod freeze;
 mod hostile;
+mod import;
 mod issue;
 mod prometheus;
 mod renew;

@@ -41,6 +41,7 @@ use crate::events::Outbox;
 use crate::keys;
 use crate::lease::Lease;
 use crate::metrics::Outcome;
+use crate::objects::ObjectWrites as _;
 use crate::store::{NewVersion, orphan_of_job, read_pointer, store_version};
 use crate::unwind;
 
@@ -368,7 +369,7 @@ async fn run_job(
     tried_before: bool,
 ) -> Result<Outcome, JobError> {
     match env.kind {
-        JobKind::Issue | JobKind::Renew => {}
+        JobKind::Issue | JobKind::Renew | JobKind::Import => {}
         JobKind::Revoke => {
             return Err(JobError::Invalid(
                 "revoke jobs are not supported yet".into(),
@@ -481,6 +482,7 @@ async fn run_leased(
             resumed: true,
             replaced: false,
         },
+        None if env.kind == JobKind::Import => staged_import(ctx, env).await?,
         None => match ctx.acme.obtain(&req).await {
             Err(JobError::Acme(p)) if p.kind == "accountDoesNotExist" => {
                 ctx.acme.reset_account().await;
@@ -490,6 +492,21 @@ async fn run_leased(
         },
     };
     let issued = keys::parse_chain(&obtained.chain_pem)?;
+    if env.kind == JobKind::Import
+        && let Some((p, _)) = &previous
+        && (p.serial == issued.serial || p.not_after >= issued.not_after)
+    {
+        // Imported twice, or renewed since: storage already holds as good.
+        info!(serial = %p.serial, "import superseded by the stored certificate");
+        ctx.forget_import(env).await;
+        ctx.finish(
+            env,
+            JobState::Done,
+            &format!("superseded by serial {}", p.serial),
+        )
+        .await;
+        return Ok(Outcome::AlreadyDone);
+    }
     if !keys::key_matches(&obtained.key_pem, &issued.cert_pem) {
         ctx.acme.drop_record(name).await?;
         return Err(JobError::Crypto(
@@ -540,7 +557,39 @@ async fn run_leased(
         "certificate stored"
     );
     ctx.complete(env, &pointer, &obtained.tokens).await?;
+    if env.kind == JobKind::Import {
+        ctx.forget_import(env).await;
+    }
     Ok(Outcome::Stored)
+}
+
+/// The certificate and key `certfleet import` staged for this job.
+async fn staged_import(ctx: &Ctx, env: &Envelope) -> Result<Obtained, JobError> {
+    let key = ctx.store.keys().import(&env.job_id);
+    ctx.metrics.service.s3("get");
+    let (bundle, _) = ctx
+        .store
+        .get_json::<certfleet_common::Bundle>(&key, "staged import")
+        .await?
+        .ok_or_else(|| {
+            JobError::Invalid(format!(
+                "the import's staged certificate {key} is gone (imported already, or never staged)"
+            ))
+        })?;
+    if bundle.name != env.job.name {
+        return Err(JobError::Invalid(format!(
+            "the staged certificate {key} is for {}, the job for {}",
+            bundle.name, env.job.name
+        )));
+    }
+    let key_pem = ctx.store.open_key(&bundle)?;
+    Ok(Obtained {
+        chain_pem: format!("{}{}", bundle.cert_pem, bundle.chain_pem),
+        key_pem,
+        tokens: Vec::new(),
+        resumed: false,
+        replaced: false,
+    })
 }
 
 /// Issue jobs announce `issued`, renew jobs `renewed`.
@@ -600,6 +649,19 @@ impl Ctx {
     }
 
     /// Final status, and the name's dedup marker released.
+    /// Deletes an import's staged certificate (best effort: a leftover
+    /// costs storage, and a second delivery finds the version stored).
+    async fn forget_import(&self, env: &Envelope) {
+        self.metrics.service.s3("delete");
+        if let Err(e) = self
+            .store
+            .delete(&self.store.keys().import(&env.job_id))
+            .await
+        {
+            warn!(error = %e, "could not delete the staged import");
+        }
+    }
+
     pub(crate) async fn finish(&self, env: &Envelope, state: JobState, detail: &str) {
         self.status(env, state, detail).await;
         if let Err(e) = self.state.pending_release(&env.job.name, &env.job_id).await {

@@ -234,7 +234,11 @@ fn public_key_of(key_pem: &Secret<String>) -> Result<Vec<u8>, String> {
     Err("the private key cannot be read (not an ECDSA P-256/P-384, RSA or Ed25519 key)".into())
 }
 
-fn check_key(leaf: &X509Certificate<'_>, key_pem: &Secret<String>) -> Result<(), String> {
+/// Whether `key_pem` is the private key of `leaf` (also used by `import`).
+pub(crate) fn check_key(
+    leaf: &X509Certificate<'_>,
+    key_pem: &Secret<String>,
+) -> Result<(), String> {
     let public = public_key_of(key_pem)?;
     if public.as_slice() == leaf.public_key().subject_public_key.data.as_ref() {
         Ok(())
