@@ -320,7 +320,7 @@ mod tests {
             &["renew", "a.example.com", "--due"],
             &["renew", "--dry-run"],
             &["renew", "--within", "1d"],
-            &["renew", "--due", "--wait"],
+            &["renew", "--due", "--dry-run", "--wait"],
             &["dlq", "replay"],
             &["dlq", "replay", "--all", "x"],
             &["schedule"],

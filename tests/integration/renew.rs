@@ -194,6 +194,53 @@ async fn due_scan_exact_and_deduplicated() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `renew --due --wait` waits for the renewals its scan queued: each name
+/// gets a second version, and stdout is one summary line.
+#[tokio::test]
+async fn due_scan_waits_for_its_renewals() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("renew-due-wait").await?;
+    let worker = env.start_worker(&[]).await?;
+    let names = issue_all(&env, &["w1", "w2"]).await?;
+    let store = env.store().await;
+    let mut latest = OffsetDateTime::now_utc();
+    for n in &names {
+        let (p, _) = store
+            .pointer(n)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+        latest = latest.max(p.renew_at);
+    }
+    let within = format!(
+        "{}h",
+        (latest - OffsetDateTime::now_utc()).whole_hours() + 2
+    );
+    let out = env
+        .certfleet(&[
+            "renew",
+            "--due",
+            "--within",
+            &within,
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .await?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(lines[0].starts_with("2 stored, 0 failed of 2 in"), "{out}");
+    for n in &names {
+        assert_eq!(
+            store.list(&store.keys().versions(n)).await?.len(),
+            2,
+            "{n} renewed"
+        );
+    }
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
 /// Redis loses everything (FLUSHALL on a private Redis): `index rebuild`
 /// restores the same due list from S3, and a due-scan alone notices the
 /// lost index and rebuilds it.

@@ -43,8 +43,9 @@ pub struct RenewArgs {
     /// With --due: only print what is due, publish nothing.
     #[arg(long, requires = "due")]
     pub dry_run: bool,
-    /// Wait until every renewed certificate is stored or its job failed.
-    #[arg(long, conflicts_with = "due")]
+    /// Wait until every renewed certificate is stored or its job failed
+    /// (several: a progress bar on a terminal, then one summary line).
+    #[arg(long, conflicts_with = "dry_run")]
     pub wait: bool,
     /// How long --wait waits for all of them.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = duration)]
@@ -63,7 +64,7 @@ pub(crate) async fn renew(
     shutdown: CancellationToken,
 ) -> Result<(), SubmitError> {
     if args.due {
-        return renew_due(config, args).await;
+        return renew_due(config, args, shutdown).await;
     }
     let mut names: Vec<CertName> = Vec::new();
     for n in &args.names {
@@ -175,8 +176,16 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-/// `certfleet renew --due [--within D] [--dry-run]`.
-async fn renew_due(config: &Config, args: &RenewArgs) -> Result<(), SubmitError> {
+/// `certfleet renew --due [--within D] [--dry-run | --wait]`. With
+/// `--wait`, the event subscription is opened before the scan publishes
+/// (bound to every certificate event: which names are due is known only
+/// after the scan), and the jobs it queued, or found queued, are waited
+/// for.
+async fn renew_due(
+    config: &Config,
+    args: &RenewArgs,
+    shutdown: CancellationToken,
+) -> Result<(), SubmitError> {
     let within = match args.within {
         Some(w) => time::Duration::try_from(w)
             .map_err(|_| SubmitError::Usage("--within is too long".into()))?,
@@ -184,14 +193,53 @@ async fn renew_due(config: &Config, args: &RenewArgs) -> Result<(), SubmitError>
     };
     let state = State::from_config(config, 8).map_err(SubmitError::State)?;
     let store = Store::from_config(config).await;
+    let mut waited = Ok(());
     let report = if args.dry_run {
         schedule::due_list(&state, &store, within).await?
     } else {
         let (conn, submitter) = open_submitter(config, Some(state.clone())).await?;
+        let waiter = if args.wait {
+            match EventWaiter::open_all(&conn).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    close_broker(&conn).await;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let r = schedule::due_scan(&state, &store, &submitter, within, false).await;
+        if let (Some(waiter), Ok(report)) = (waiter, &r) {
+            let jobs: HashMap<Uuid, CertName> = report
+                .entries
+                .iter()
+                .filter_map(|e| match &e.outcome {
+                    ScanOutcome::Queued { job_id } => Some((*job_id, e.name.clone())),
+                    ScanOutcome::AlreadyQueued { job_id: Some(id) } => {
+                        id.parse().ok().map(|id| (id, e.name.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !jobs.is_empty() {
+                waited = waiter.wait(jobs, args.timeout, shutdown).await;
+            }
+        }
         close_broker(&conn).await;
         r?
     };
+    eprintln!("{report}");
+    if args.wait {
+        if report.failed() > 0 {
+            return Err(SubmitError::Incomplete {
+                failed: report.failed(),
+                total: report.entries.len(),
+                what: "renew jobs were not accepted by the broker",
+            });
+        }
+        return waited;
+    }
     for e in &report.entries {
         let what = match &e.outcome {
             ScanOutcome::Due => e.challenge.to_string(),
@@ -202,7 +250,6 @@ async fn renew_due(config: &Config, args: &RenewArgs) -> Result<(), SubmitError>
         };
         out(format_args!("{} {} {what}", e.name, rfc3339(e.renew_at)));
     }
-    eprintln!("{report}");
     if report.failed() > 0 {
         return Err(SubmitError::Incomplete {
             failed: report.failed(),

@@ -38,14 +38,26 @@ impl EventWaiter {
             .map_err(SubmitError::Subscribe)
     }
 
+    /// A subscription to every certificate event (filtered by job id in
+    /// [`EventWaiter::wait`]), for jobs whose names are not known yet.
+    pub(super) async fn open_all(conn: &lapin::Connection) -> Result<Self, SubmitError> {
+        Self::bind(conn, vec!["cert.#".to_string()])
+            .await
+            .map_err(SubmitError::Subscribe)
+    }
+
     async fn subscribe(conn: &lapin::Connection, names: &[&CertName]) -> lapin::Result<Self> {
-        let channel = conn.create_channel().await?;
         let unique: HashSet<&CertName> = names.iter().copied().collect();
         let patterns: Vec<String> = if unique.len() > MAX_WAIT_BINDINGS {
             vec!["cert.#".to_string()]
         } else {
             unique.iter().map(|n| format!("cert.*.{n}")).collect()
         };
+        Self::bind(conn, patterns).await
+    }
+
+    async fn bind(conn: &lapin::Connection, patterns: Vec<String>) -> lapin::Result<Self> {
+        let channel = conn.create_channel().await?;
         let consumer = topology::subscribe_events(&channel, &patterns).await?;
         Ok(Self {
             consumer,
