@@ -6,6 +6,9 @@
 //! - `schedule::due_scan` (dry run: index read, names parsed, nothing
 //!   published) is timed for a daily scan (what is due within 24 h, about
 //!   1/60 of the fleet) and for the worst case (everything due).
+//! - `certfleet exporter`'s refresh (`exporter::CertMetrics::refresh`) is
+//!   timed over the same index with a validity record per name: fleet
+//!   summaries only, and with a series per certificate.
 //! - [`JOBS`] issue jobs are published with confirms
 //!   (`Submitter::submit`, encoding included) to a work queue declared as the workers
 //!   declare it (quorum, persistent messages).
@@ -65,6 +68,19 @@ async fn run_in(slice: &Slice, indexed: usize, jobs: usize) -> anyhow::Result<Bo
     let t = Instant::now();
     state.index_replace(&entries).await?;
     let fill_s = t.elapsed().as_secs_f64();
+    let validity: Vec<_> = entries
+        .iter()
+        .map(|(n, at, _)| {
+            let at = OffsetDateTime::from_unix_timestamp(*at).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            (
+                n.clone(),
+                at - time::Duration::days(60),
+                at + time::Duration::days(30),
+            )
+        })
+        .collect();
+    state.validity_put_many(&validity, true).await?;
+    let exporter = exporter_refreshes(&state).await?;
 
     let jobs_conn = Jobs::connect(&cfg).await?;
     let channel = jobs_conn.channel().await?;
@@ -122,6 +138,7 @@ async fn run_in(slice: &Slice, indexed: usize, jobs: usize) -> anyhow::Result<Bo
     }
     let median_s = stats::median(&publish_runs_s);
     Ok(Bookkeeping {
+        exporter,
         indexed,
         fill_s,
         scans,
@@ -133,4 +150,46 @@ async fn run_in(slice: &Slice, indexed: usize, jobs: usize) -> anyhow::Result<Bo
             0.0
         },
     })
+}
+
+/// Times the exporter's refresh, summaries only and per certificate;
+/// `due` of each is the number of samples it then exposes.
+async fn exporter_refreshes(state: &State) -> anyhow::Result<Vec<Scan>> {
+    use certfleet_common::exporter::CertMetrics;
+    let mut out = Vec::new();
+    for (label, per_name) in [
+        ("summaries only", false),
+        ("a series per certificate", true),
+    ] {
+        let reg = prometheus::Registry::new();
+        let metrics = CertMetrics::register(&reg)?;
+        let mut runs_ms = Vec::new();
+        for i in 0..=RUNS {
+            let t = Instant::now();
+            metrics
+                .refresh(
+                    state,
+                    None,
+                    OffsetDateTime::now_utc(),
+                    time::Duration::hours(1),
+                    per_name,
+                )
+                .await?;
+            if i > 0 {
+                runs_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let samples = metrics
+            .encode(&reg)?
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .count();
+        out.push(Scan {
+            label: label.to_string(),
+            due: samples,
+            median_ms: stats::median(&runs_ms),
+            runs_ms,
+        });
+    }
+    Ok(out)
 }

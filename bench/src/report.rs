@@ -433,6 +433,13 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
                 s.label, s.due, s.median_ms
             );
         }
+        for s in &b.exporter {
+            let _ = writeln!(
+                md,
+                "| exporter refresh, {} | {} samples | {:.1} ms |",
+                s.label, s.due, s.median_ms
+            );
+        }
         let _ = writeln!(
             md,
             "| bulk publish with confirms | {} jobs | {:.0} jobs/s (runs: {}) |",

@@ -196,6 +196,10 @@ pub struct Bookkeeping {
     pub publish_runs_s: Vec<f64>,
     /// Jobs per second, median run.
     pub publish_jobs_per_s: f64,
+    /// `certfleet exporter`'s refresh over the same index (with validity
+    /// records): `due` holds the series it then exposes.
+    #[serde(default)]
+    pub exporter: Vec<Scan>,
 }
 
 /// The S3 server alone with the worker's requests for new certificates.
