@@ -32,10 +32,13 @@ async fn sigstop_longer_than_the_lease_then_sigcont() -> anyhow::Result<()> {
     init_logging();
     let env = TestEnv::new("fault-freeze").await?;
     let mut events = env.events("cert.#").await?;
+    let a_metrics: std::net::SocketAddr =
+        format!("127.0.0.1:{}", certfleet_tests::private::free_port()?).parse()?;
     let mut a = env
         .command("certfleet-worker")?
         .envs(exec_vars(&env, Some("30"))?)
         .env("CERTFLEET_LEASE_TTL", "3s")
+        .env("CERTFLEET_METRICS_LISTEN", a_metrics.to_string())
         // Prefetch 1: the frozen A holds its one job, and the broker hands
         // the next one to B.
         .env("CERTFLEET_CONCURRENCY", "1")
@@ -95,6 +98,12 @@ async fn sigstop_longer_than_the_lease_then_sigcont() -> anyhow::Result<()> {
     announced.extend(events.collect(1, Duration::from_secs(60)).await);
     announced.extend(events.collect(5, Duration::from_secs(3)).await);
     watcher.abort();
+    // A counted the lease it lost.
+    let lost = crate::issue::metric(&env, a_metrics, "certfleet_leases_lost_total").await?;
+    assert!(
+        lost >= 1.0,
+        "worker A's certfleet_leases_lost_total: {lost}"
+    );
 
     let seen = seen
         .lock()

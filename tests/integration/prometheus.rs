@@ -119,7 +119,9 @@ async fn prometheus_scrapes_expiry_and_the_dashboard_metrics_exist() -> anyhow::
         .context("starting Prometheus")?;
     let worker = env.start_worker(&[]).await?;
 
-    // A certificate, issued for real through Pebble.
+    // A dead letter (garbage is undecodable), and a certificate, issued
+    // for real through Pebble.
+    env.publish_raw("job.issue.http-01", b"not a job").await?;
     let mut events = env.events("cert.#").await?;
     let job = issue_job(&[env.domain("prom").await?])?;
     env.publish_job(&job).await?;
@@ -283,6 +285,14 @@ async fn prometheus_scrapes_expiry_and_the_dashboard_metrics_exist() -> anyhow::
         (hook_ok - 1.0).abs() < f64::EPSILON,
         "hook success {hook_ok}"
     );
+    let dead = query_one(
+        &env,
+        &prom,
+        &format!("certfleet_dead_letter_messages{{group=\"{}\"}}", env.id),
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!((dead - 1.0).abs() < f64::EPSILON, "dead letters: {dead}");
     let worker_ready = query_one(
         &env,
         &prom,

@@ -173,11 +173,11 @@ impl EventWaiter {
 }
 
 /// The progress bar of a wait for `total` jobs: drawn on stderr only when
-/// it is a terminal and there is more than one job (indicatif draws nothing
-/// on anything else); hidden otherwise.
+/// both stdout and stderr are a terminal and there is more than one job;
+/// hidden otherwise (a script reading stdout gets the summary alone).
 fn progress_bar(total: usize, single: bool) -> indicatif::ProgressBar {
     use std::io::IsTerminal as _;
-    if single || !std::io::stderr().is_terminal() {
+    if single || !std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let len = u64::try_from(total).unwrap_or(u64::MAX);
