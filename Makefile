@@ -2,7 +2,8 @@
 #
 #   make demo    the main job end to end on the local stack
 #   make test    everything CI runs: fmt, clippy, the alert rules' promtool
-#                checks and unit tests, unit and integration tests
+#                checks and unit tests, helm lint of the chart, unit and
+#                integration tests
 #   make bench   side-by-side benchmarks (bench/results/)
 #   make soak    minutes of random faults under load (bench/results/soak-*.md)
 #
@@ -17,7 +18,7 @@ STACK := scripts/stack.sh
 # Test threads: integration tests are mostly waiting on the CA.
 TEST_THREADS ?= 8
 
-.PHONY: all build release test lint rules tools man new renew upload download fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
+.PHONY: all build release test lint rules chart tools man new renew upload download fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
 
 all: build
 
@@ -44,6 +45,11 @@ fmt:
 # Man pages of certfleet and each of its commands, into target/man/.
 man:
 	$(CARGO) run -q --locked -p certfleet -- man --dir target/man
+
+# The chart renders with Helm's own engine (PyPI helm-sdkpy), as shipped
+# and with every optional template on.
+chart:
+	tests/helm/lint.sh
 
 # What tests run besides the services: promtool, lego and certbot
 # (Debian packages, installed if missing).
@@ -74,7 +80,7 @@ integration: tools stack-up build
 	eval "$$($(STACK) env)"; \
 	$(CARGO) test --locked --workspace --tests -- --test-threads $(TEST_THREADS)
 
-test: lint rules stack-up build
+test: lint rules chart stack-up build
 	eval "$$($(STACK) env)"; \
 	$(CARGO) test --locked --workspace -- --test-threads $(TEST_THREADS)
 
