@@ -15,6 +15,7 @@ mod issue;
 mod prometheus;
 mod renew;
 mod responder;
+mod secrets;
 mod services;
 mod silent_broker;
 mod soak;
