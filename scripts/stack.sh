@@ -776,7 +776,7 @@ pebble_start() {
     "httpPort": $PEBBLE_HTTP_PORT,
     "tlsPort": $PEBBLE_TLS_PORT,
     "ocspResponderURL": "",
-    "externalAccountBindingRequired": false
+    $(pebble_eab_json)
   }
 }
 EOF
@@ -792,6 +792,19 @@ EOF
   pebble_dnsserver >"$PEBBLE_DIR/pebble.dnsserver"
   start_bg "$PEBBLE_DIR/pebble.pid" "$PEBBLE_DIR/pebble.log" \
     pebble -config "$PEBBLE_DIR/pebble-config.json" -dnsserver "$(pebble_dnsserver)"
+}
+
+# PEBBLE_EAB_KEYS="KID=KEY[,KID=KEY...]" (KEY: base64url HMAC key) makes
+# Pebble require External Account Binding with those MAC keys.
+pebble_eab_json() {
+  if [[ -z ${PEBBLE_EAB_KEYS:-} ]]; then
+    echo '"externalAccountBindingRequired": false'
+    return
+  fi
+  local pair keys=() IFS=,
+  for pair in $PEBBLE_EAB_KEYS; do keys+=("\"${pair%%=*}\": \"${pair#*=}\""); done
+  IFS=', '
+  echo "\"externalAccountBindingRequired\": true, \"externalAccountMACKeys\": {${keys[*]}}"
 }
 
 pebble_stop() {

@@ -6,6 +6,7 @@ mod cli;
 mod clusters;
 mod dns01;
 mod dns_providers;
+mod eab;
 mod faults;
 mod fixtures;
 mod freeze;
