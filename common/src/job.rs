@@ -31,6 +31,17 @@ pub fn routing_key(kind: JobKind, challenge: ChallengeType) -> String {
     format!("job.{}.{}", kind.as_str(), challenge.as_str())
 }
 
+/// RFC 5280 reason names a revoke job may carry (`certfleet revoke
+/// --reason`). A revoke job's `reason` is `<reason> <serial>`.
+pub const REVOCATION_REASONS: [&str; 6] = [
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+];
+
 /// The envelope format this build writes.
 pub const ENVELOPE_VERSION: u16 = 1;
 

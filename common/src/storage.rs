@@ -186,6 +186,21 @@ pub struct Pointer {
     /// ARI certificate identifier (`base64url(AKI).base64url(serial)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ari_id: Option<String>,
+    /// Set once this version was revoked at the CA (`certfleet revoke`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revoked>,
+}
+
+/// A revocation recorded in the pointer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// When the CA accepted it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// RFC 5280 reason name (`keyCompromise`, `superseded`, ...).
+    pub reason: String,
+    /// The revoke job.
+    pub job_id: Uuid,
 }
 
 fn default_challenge() -> crate::job::ChallengeType {

@@ -26,7 +26,7 @@ use crate::exporter::{self, ExporterArgs, ExporterError};
 use crate::output::out;
 use crate::schedule::{self, IndexCommand, ScheduleArgs, ScheduleCmdError};
 use crate::status::{self, StatusError};
-use crate::submit::{self, ImportArgs, IssueArgs, RenewArgs, SubmitArgs, SubmitError};
+use crate::submit::{self, ImportArgs, IssueArgs, RenewArgs, RevokeArgs, SubmitArgs, SubmitError};
 
 /// `certfleet`: issue, renew and distribute TLS certificates through a
 /// fleet of workers.
@@ -98,6 +98,9 @@ pub enum Command {
     /// Serve the fleet's certificate metrics (expiry, renewal, readiness)
     /// for Prometheus until SIGTERM; one per fleet.
     Exporter(ExporterArgs),
+    /// Revoke a certificate's current version at the CA; the name is no
+    /// longer renewed.
+    Revoke(RevokeArgs),
     /// Bring in certificates obtained by lego or certbot: each is stored as
     /// a version and renewed by the fleet from then on.
     Import(ImportArgs),
@@ -128,6 +131,7 @@ impl Command {
             Command::Renew(a) => a.wait,
             Command::Schedule(_) | Command::Watch(_) | Command::Exporter(_) => true,
             Command::Import(a) => a.wait,
+            Command::Revoke(a) => a.wait,
             _ => false,
         }
     }
@@ -260,6 +264,7 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         Command::Watch(args) => agent::watch(&config, args.into(), shutdown).await?,
         Command::Exporter(args) => exporter::run(&config, &args, shutdown).await?,
         Command::Import(args) => submit::import(&config, &args, shutdown).await?,
+        Command::Revoke(args) => submit::revoke(&config, &args, shutdown).await?,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut cmd = Cli::command();
@@ -328,6 +333,8 @@ mod tests {
             &["list", "--expiring-within", "soon"],
             &["completions", "tcsh"],
             &["import", "/tmp"],
+            &["revoke"],
+            &["revoke", "a.example.com", "--reason", "boredom"],
             &["import", "--from", "acme.sh", "/tmp"],
             &["exporter", "--listen", "nowhere"],
             &[

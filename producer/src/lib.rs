@@ -45,6 +45,6 @@ pub use exporter::{ExporterArgs, ExporterError};
 pub use schedule::{IndexCommand, ScheduleArgs, ScheduleCmdError};
 pub use status::StatusError;
 pub use submit::{
-    ImportArgs, ImportSource, IssueArgs, LineError, RenewArgs, RequestError, SubmitArgs,
-    SubmitError,
+    ImportArgs, ImportSource, IssueArgs, LineError, RenewArgs, RequestError, RevokeArgs,
+    SubmitArgs, SubmitError,
 };

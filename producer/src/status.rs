@@ -189,6 +189,11 @@ fn name_json(
         let mut v =
             serde_json::to_value(ListEntry::new(p.clone(), now, failed_at)).unwrap_or_default();
         v["history"] = serde_json::json!(p.history);
+        v["revoked"] = serde_json::json!(p.revoked.as_ref().map(|r| serde_json::json!({
+            "at": when(r.at),
+            "reason": r.reason,
+            "job_id": r.job_id,
+        })));
         v["job_id"] = serde_json::json!(p.job_id);
         v
     });
@@ -291,6 +296,14 @@ fn print_pointer(p: &Pointer, now: OffsetDateTime) {
         when(p.renew_at),
         relative(p.renew_at, now)
     ));
+    if let Some(r) = &p.revoked {
+        out(format_args!(
+            "revoked:     {} ({}, job {}); not renewed",
+            when(r.at),
+            r.reason,
+            r.job_id
+        ));
+    }
     out(format_args!("version:     {}", p.version));
     out(format_args!(
         "stored by:   job {} at {}",

@@ -29,6 +29,7 @@ mod issue;
 mod publish;
 mod renew;
 mod request;
+mod revoke;
 mod wait;
 
 #[cfg(test)]
@@ -39,9 +40,11 @@ pub use error::{LineError, RequestError, SubmitError};
 pub use import::{ImportArgs, ImportSource};
 pub use issue::IssueArgs;
 pub use renew::RenewArgs;
+pub use revoke::RevokeArgs;
 
 pub(crate) use bulk::submit;
 pub(crate) use import::import;
 pub(crate) use issue::issue;
 pub(crate) use publish::state_or_warn;
 pub(crate) use renew::renew;
+pub(crate) use revoke::revoke;

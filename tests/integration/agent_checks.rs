@@ -134,6 +134,7 @@ async fn store(
         updated_at: OffsetDateTime::now_utc(),
         challenge: ChallengeType::Http01,
         ari_id: None,
+        revoked: None,
     };
     store
         .put_json(&store.keys().pointer(name), &pointer, Condition::None)

@@ -454,3 +454,76 @@ async fn expiry_index_round_trip() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// Issue 17, item 4: `certfleet revoke NAME --reason keyCompromise --wait`
+/// revokes the current certificate through the CA (Pebble then reports its
+/// serial revoked), records it in the pointer, announces
+/// `cert.revoked.<name>` and takes the name out of the renewal index.
+#[tokio::test]
+async fn revoke_at_the_ca_recorded_and_announced() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("revoke").await?;
+    let worker = env.start_worker(&[]).await?;
+    let names = issue_all(&env, &["rv"]).await?;
+    let name = &names[0];
+    let store = env.store().await;
+    let (before, _) = store
+        .pointer(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    let mgmt = env.stack.pebble_mgmt.clone();
+    let status_of = |serial: String| {
+        let (http, mgmt) = (env.http.clone(), mgmt.clone());
+        async move {
+            let (status, body) = http
+                .send(
+                    http::Method::GET,
+                    &format!("{mgmt}/cert-status-by-serial/{serial}"),
+                    None,
+                )
+                .await?;
+            anyhow::ensure!(status == 200, "Pebble: {status} {body}");
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            anyhow::Ok(v["Status"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    assert_eq!(status_of(before.serial.clone()).await?, "Valid");
+    let mut events = env.events("cert.revoked.#").await?;
+    env.certfleet(&[
+        "revoke",
+        name.as_str(),
+        "--reason",
+        "keyCompromise",
+        "--wait",
+        "--timeout",
+        "60s",
+    ])
+    .await?;
+    let event = events.next(Duration::from_secs(10)).await?;
+    assert_eq!(event.kind, EventKind::Revoked, "{event:?}");
+    assert_eq!(
+        event.certificate.map(|c| c.serial),
+        Some(certfleet_common::serial_display(&before.serial))
+    );
+    assert_eq!(status_of(before.serial.clone()).await?, "Revoked");
+    let (after, _) = store
+        .pointer(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    let revoked = after
+        .revoked
+        .ok_or_else(|| anyhow::anyhow!("not recorded"))?;
+    assert_eq!(revoked.reason, "keyCompromise");
+    assert_eq!(after.serial, before.serial);
+    let due = env
+        .state()?
+        .index_due(OffsetDateTime::now_utc() + time::Duration::days(3650))
+        .await?;
+    assert!(!due.iter().any(|d| &d.name == name), "no longer renewed");
+    // Again: the CA says it is revoked already; nothing breaks.
+    env.certfleet(&["revoke", name.as_str(), "--wait", "--timeout", "60s"])
+        .await?;
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}

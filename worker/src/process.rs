@@ -44,6 +44,7 @@ use crate::metrics::Outcome;
 use crate::objects::ObjectWrites as _;
 use crate::store::{NewVersion, orphan_of_job, read_pointer, store_version};
 use crate::unwind;
+use rustls_pki_types::pem::PemObject as _;
 
 /// What to do with the delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,14 +369,10 @@ async fn run_job(
     env: &Envelope,
     tried_before: bool,
 ) -> Result<Outcome, JobError> {
-    match env.kind {
-        JobKind::Issue | JobKind::Renew | JobKind::Import => {}
-        JobKind::Revoke => {
-            return Err(JobError::Invalid(
-                "revoke jobs are not supported yet".into(),
-            ));
-        }
-    }
+    let revoke = match env.kind {
+        JobKind::Issue | JobKind::Renew | JobKind::Import => None,
+        JobKind::Revoke => Some(RevokeRequest::parse(&env.job.reason)?),
+    };
     let name = &env.job.name;
     let running = JobStatus::of(env, JobState::Running, "");
     let mut lease = Lease::acquire(
@@ -389,7 +386,12 @@ async fn run_job(
     .ok_or_else(|| JobError::Busy(name.to_string()))?;
     let lost = lease.lost().clone();
     let result = tokio::select! {
-        r = run_leased(ctx, outbox, env, &mut lease, tried_before) => r,
+        r = async {
+            match &revoke {
+                Some(r) => revoke_leased(ctx, outbox, env, &lease, r).await,
+                None => run_leased(ctx, outbox, env, &mut lease, tried_before).await,
+            }
+        } => r,
         _ = lost.cancelled() => Err(JobError::LostLease(name.to_string())),
     };
     lease.release().await;
@@ -560,6 +562,101 @@ async fn run_leased(
     if env.kind == JobKind::Import {
         ctx.forget_import(env).await;
     }
+    Ok(Outcome::Stored)
+}
+
+/// What a revoke job asks: its `reason` field is `<reason> <serial>` (an
+/// RFC 5280 reason name, and the serial it was asked for, in either form).
+struct RevokeRequest {
+    reason: instant_acme::RevocationReason,
+    reason_name: String,
+    serial: String,
+}
+
+impl RevokeRequest {
+    fn parse(text: &str) -> Result<Self, JobError> {
+        use instant_acme::RevocationReason as R;
+        let bad =
+            || JobError::Invalid(format!("revoke job: {text:?} is not \"<reason> <serial>\""));
+        let mut parts = text.split_whitespace();
+        let (Some(name), Some(serial), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        let reason = match name {
+            "unspecified" => R::Unspecified,
+            "keyCompromise" => R::KeyCompromise,
+            "affiliationChanged" => R::AffiliationChanged,
+            "superseded" => R::Superseded,
+            "cessationOfOperation" => R::CessationOfOperation,
+            "privilegeWithdrawn" => R::PrivilegeWithdrawn,
+            _ => return Err(bad()),
+        };
+        if !serial.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        Ok(Self {
+            reason,
+            reason_name: name.to_string(),
+            serial: serial.to_string(),
+        })
+    }
+}
+
+/// Revokes the name's current certificate at the CA if it is the one the
+/// job names, records it in the pointer (fenced, like a version flip),
+/// takes the name out of the renewal index and announces `revoked`.
+async fn revoke_leased(
+    ctx: &Arc<Ctx>,
+    outbox: &Outbox,
+    env: &Envelope,
+    lease: &Lease,
+    req: &RevokeRequest,
+) -> Result<Outcome, JobError> {
+    let name = &env.job.name;
+    let metrics = &ctx.metrics.service;
+    let read = read_pointer(&ctx.store, metrics, name)
+        .await?
+        .ok_or_else(|| {
+            JobError::Invalid(format!("there is no certificate named {name} to revoke"))
+        })?;
+    let pointer = &read.0;
+    let shown = certfleet_common::serial_display;
+    if shown(&pointer.serial) != shown(&req.serial) {
+        return Err(JobError::Invalid(format!(
+            "serial {} is no longer current for {name} (current: {})",
+            shown(&req.serial),
+            shown(&pointer.serial)
+        )));
+    }
+    if pointer.revoked.is_none() {
+        metrics.s3("get");
+        let bundle = ctx.store.bundle(&pointer.bundle_key).await?;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(bundle.cert_pem.as_bytes())
+            .map_err(|e| JobError::Crypto(format!("the stored certificate of {name}: {e}")))?;
+        ctx.acme.revoke(der.as_ref(), req.reason.clone()).await?;
+        let mut revoked = pointer.clone();
+        revoked.revoked = Some(certfleet_common::storage::Revoked {
+            at: OffsetDateTime::now_utc(),
+            reason: req.reason_name.clone(),
+            job_id: env.job_id,
+        });
+        crate::store::rewrite_pointer(&ctx.store, metrics, lease, &read, revoked).await?;
+        info!(serial = %pointer.serial, reason = %req.reason_name, "certificate revoked");
+    }
+    // Not renewed any more: a revoked name comes back with `issue`.
+    ctx.state.index_remove(name).await?;
+    if !ctx.done(env).await? {
+        outbox
+            .event(&ctx.event(env, EventKind::Revoked, pointer, None))
+            .await?;
+        ctx.mark_done(env).await?;
+    }
+    ctx.finish(
+        env,
+        JobState::Done,
+        &format!("revoked serial {}", pointer.serial),
+    )
+    .await;
     Ok(Outcome::Stored)
 }
 

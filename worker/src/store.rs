@@ -138,6 +138,7 @@ pub(crate) async fn store_version(
             updated_at: now,
             challenge: v.challenge,
             ari_id: v.issued.ari_id.clone(),
+            revoked: None,
         };
         // Never fail open: a pointer read without an ETag cannot be
         // replaced conditionally, and an unconditional write could undo a
@@ -175,6 +176,43 @@ pub(crate) async fn store_version(
         }
     }
     Err(StorageError::Conflict(store.keys().pointer(v.name)).into())
+}
+
+/// Replaces the current pointer with `new` (same version, another record:
+/// a revocation) under the same guards as a version flip: our lease is
+/// held, the pointer's fence is not newer than ours, and it is still the
+/// object that was read (`If-Match`).
+///
+/// # Errors
+/// [`JobError::LostLease`] if another writer got there first; storage
+/// errors.
+pub(crate) async fn rewrite_pointer(
+    store: &Store,
+    metrics: &ServiceMetrics,
+    lease: &Lease,
+    read: &(Pointer, ETag),
+    mut new: Pointer,
+) -> Result<Pointer, JobError> {
+    let (current, etag) = read;
+    if !lease.still_held().await? || current.fence > lease.fence() {
+        return Err(JobError::LostLease(current.name.to_string()));
+    }
+    new.fence = lease.fence();
+    new.updated_at = OffsetDateTime::now_utc();
+    metrics.s3("put");
+    match store
+        .put_json(
+            &store.keys().pointer(&current.name),
+            &new,
+            Condition::Matches(etag),
+        )
+        .await
+    {
+        Ok(_) => Ok(new),
+        // Changed since it was read: the job runs again and reads it anew.
+        Err(StorageError::Conflict(_)) => Err(JobError::LostLease(current.name.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A bundle this job stored in an earlier attempt that never became

@@ -127,7 +127,7 @@ impl EventWaiter {
                 continue;
             };
             match event.kind {
-                EventKind::Issued | EventKind::Renewed => {
+                EventKind::Issued | EventKind::Renewed | EventKind::Revoked => {
                     jobs.remove(&event.job_id);
                     if single {
                         eprintln!("{}", stored_summary(&event));
@@ -148,7 +148,6 @@ impl EventWaiter {
                     bar.inc(1);
                     bar.set_message(format!("{} failed", failures.len()));
                 }
-                EventKind::Revoked => {}
             }
         }
         bar.finish_and_clear();

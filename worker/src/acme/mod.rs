@@ -166,6 +166,28 @@ impl Acme {
         Ok(account)
     }
 
+    /// Revokes a certificate (DER) through the fleet's account. A
+    /// certificate the CA reports revoked already counts as revoked.
+    ///
+    /// # Errors
+    /// The CA's problem, or no answer.
+    pub(crate) async fn revoke(
+        &self,
+        cert_der: &[u8],
+        reason: instant_acme::RevocationReason,
+    ) -> Result<(), JobError> {
+        let account = self.account().await?;
+        let der = rustls_pki_types::CertificateDer::from(cert_der.to_vec());
+        let request = instant_acme::RevocationRequest {
+            certificate: &der,
+            reason: Some(reason),
+        };
+        match account.revoke(&request).await.map_err(acme_error) {
+            Err(JobError::Acme(p)) if p.kind == "alreadyRevoked" => Ok(()),
+            other => other,
+        }
+    }
+
     /// Forgets the cached account (the CA no longer knows it) and its record.
     pub(crate) async fn reset_account(&self) {
         *self.account.write().await = None;

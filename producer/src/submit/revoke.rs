@@ -1,0 +1,101 @@
+//! `certfleet revoke NAME [--reason R]`: a revoke job for the name's
+//! current certificate. The job names the serial it was asked for, so a
+//! certificate renewed in between is not revoked by mistake; the worker
+//! revokes it through the fleet's account, records the revocation in the
+//! pointer, stops renewing the name and announces `cert.revoked.<name>`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use certfleet_common::job::REVOCATION_REASONS;
+use certfleet_common::submit::{Dedup, Outcome, Submission};
+use certfleet_common::{CertName, Config, Envelope, Job, JobKind, Store};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::error::SubmitError;
+use super::publish::{open_submitter, state_or_warn};
+use super::wait::{DEFAULT_WAIT_TIMEOUT, EventWaiter};
+use crate::args::duration;
+use crate::broker::close_broker;
+use crate::output::out;
+
+/// `certfleet revoke`.
+#[derive(Debug, Clone, Args)]
+pub struct RevokeArgs {
+    /// The certificate whose current version is revoked.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// RFC 5280 reason: unspecified, keyCompromise, affiliationChanged,
+    /// superseded, cessationOfOperation or privilegeWithdrawn.
+    #[arg(long, value_name = "REASON", default_value = "unspecified",
+          value_parser = clap::builder::PossibleValuesParser::new(REVOCATION_REASONS))]
+    pub reason: String,
+    /// Wait until the CA accepted the revocation.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = duration)]
+    pub timeout: Duration,
+}
+
+/// `certfleet revoke`: prints the job id.
+///
+/// # Errors
+/// An unknown name (usage), storage or broker errors, and with `--wait` a
+/// refused revocation or a timeout.
+pub(crate) async fn revoke(
+    config: &Config,
+    args: &RevokeArgs,
+    shutdown: CancellationToken,
+) -> Result<(), SubmitError> {
+    let name = CertName::parse(&args.name).map_err(SubmitError::Name)?;
+    let store = Store::from_config(config).await;
+    let (pointer, _) = store
+        .pointer(&name)
+        .await
+        .map_err(|source| SubmitError::Storage {
+            name: name.clone(),
+            source,
+        })?
+        .ok_or_else(|| SubmitError::UnknownNames(vec![name.clone()]))?;
+    let envelope = Envelope::new(
+        JobKind::Revoke,
+        Job {
+            name: name.clone(),
+            domains: pointer.domains.clone(),
+            key_type: pointer.key_type,
+            challenge: pointer.challenge,
+            reason: format!("{} {}", args.reason, pointer.serial),
+        },
+        certfleet_common::now_ms(),
+    );
+    let (conn, submitter) = open_submitter(config, state_or_warn(config)).await?;
+    let result = async {
+        let waiter = if args.wait {
+            Some(EventWaiter::open(&conn, &[&name]).await?)
+        } else {
+            None
+        };
+        let outcome = submitter
+            .submit(
+                &[Submission::new(&envelope)],
+                Dedup::Off,
+                "queued (certfleet revoke)",
+            )
+            .await?
+            .pop();
+        if let Some(Outcome::NotAccepted(e)) = outcome {
+            return Err(e.into());
+        }
+        out(envelope.job_id);
+        if let Some(waiter) = waiter {
+            let jobs = HashMap::from([(envelope.job_id, name.clone())]);
+            waiter.wait(jobs, args.timeout, shutdown).await?;
+        }
+        Ok(())
+    }
+    .await;
+    close_broker(&conn).await;
+    result
+}
