@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use certfleet_common::config::parse::format_duration;
 use certfleet_common::event::{Event, EventKind};
-use certfleet_common::{CertName, topology};
+use certfleet_common::{CertName, amqp, topology};
 use futures_util::stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -25,7 +25,7 @@ const MAX_WAIT_BINDINGS: usize = 200;
 /// their jobs are published.
 pub(super) struct EventWaiter {
     consumer: lapin::Consumer,
-    _channel: lapin::Channel,
+    channel: lapin::Channel,
 }
 
 impl EventWaiter {
@@ -59,10 +59,7 @@ impl EventWaiter {
     async fn bind(conn: &lapin::Connection, patterns: Vec<String>) -> lapin::Result<Self> {
         let channel = conn.create_channel().await?;
         let consumer = topology::subscribe_events(&channel, &patterns).await?;
-        Ok(Self {
-            consumer,
-            _channel: channel,
-        })
+        Ok(Self { consumer, channel })
     }
 
     /// Waits for an outcome of every job in `jobs`. With one job, its
@@ -73,6 +70,20 @@ impl EventWaiter {
     /// just the summary.
     pub(super) async fn wait(
         mut self,
+        jobs: HashMap<Uuid, CertName>,
+        timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<(), SubmitError> {
+        let result = self.wait_for(jobs, timeout, shutdown).await;
+        // Closed (and confirmed) here, before the caller closes the
+        // connection: a channel still closing then makes lapin log an
+        // error on stderr, which a script reading the output would see.
+        amqp::close_channel(&self.channel, 200, "done").await;
+        result
+    }
+
+    async fn wait_for(
+        &mut self,
         mut jobs: HashMap<Uuid, CertName>,
         timeout: Duration,
         shutdown: CancellationToken,
