@@ -99,6 +99,21 @@ impl Keys {
     }
 }
 
+/// The CERTIFICATE blocks of a PEM text, each with its BEGIN and END lines
+/// and a final newline (a chain as the CA or a tool wrote it, split).
+pub fn split_certificates(pem: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(end) = rest.find(END) {
+        let block = &rest[..end + END.len()];
+        let start = block.find("-----BEGIN").unwrap_or(0);
+        out.push(format!("{}\n", &block[start..]));
+        rest = &rest[end + END.len()..];
+    }
+    out
+}
+
 /// The stored form of a serial number (pointers, bundles, version ids):
 /// the DER integer's bytes in lower-case hex without leading zero digits
 /// (`915f959810e6736`; `0` for zero). People and scripts get

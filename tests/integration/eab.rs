@@ -29,6 +29,19 @@ async fn issue_with(
     event
 }
 
+/// A `failed` event's detail and the CA's problem type.
+fn failure(event: certfleet_common::Event) -> anyhow::Result<(String, String)> {
+    anyhow::ensure!(event.kind == EventKind::Failed, "not a failure: {event:?}");
+    let error = event.error.ok_or_else(|| anyhow::anyhow!("no error"))?;
+    let problem = error
+        .problem
+        .as_ref()
+        .and_then(|p| p["type"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    Ok((error.detail, problem))
+}
+
 #[tokio::test]
 async fn eab_required_right_key_issues_wrong_key_fails_with_the_problem() -> anyhow::Result<()> {
     init_logging();
@@ -62,34 +75,20 @@ async fn eab_required_right_key_issues_wrong_key_fails_with_the_problem() -> any
         ],
     )
     .await?;
-    assert_eq!(event.kind, EventKind::Failed, "{event:?}");
-    let error = event.error.ok_or_else(|| anyhow::anyhow!("no error"))?;
-    let problem = error
-        .problem
-        .as_ref()
-        .and_then(|p| p["type"].as_str())
-        .unwrap_or_default()
-        .to_string();
+    let (detail, problem) = failure(event)?;
     assert!(
         problem.starts_with("urn:ietf:params:acme:error:"),
-        "the CA's problem: {error:?}"
+        "the CA's problem: {detail}"
     );
-    println!("wrong EAB key: {} ({problem})", error.detail);
+    println!("wrong EAB key: {detail}");
 
     // No binding at all.
     let none = TestEnv::new("eab-none").await?;
     let event = issue_with(&none, &pebble, &[]).await?;
-    assert_eq!(event.kind, EventKind::Failed, "{event:?}");
-    let error = event.error.ok_or_else(|| anyhow::anyhow!("no error"))?;
-    let problem = error
-        .problem
-        .as_ref()
-        .and_then(|p| p["type"].as_str())
-        .unwrap_or_default()
-        .to_string();
+    let (detail, problem) = failure(event)?;
     assert_eq!(
         problem, "urn:ietf:params:acme:error:externalAccountRequired",
-        "{error:?}"
+        "{detail}"
     );
     for env in [good, bad, none] {
         env.cleanup().await;

@@ -68,7 +68,7 @@ pub(crate) fn parse_chain(pem: &str) -> Result<Issued, JobError> {
     let ari_id = instant_acme::CertificateIdentifier::try_from(leaf)
         .ok()
         .map(|id| id.to_string());
-    let mut blocks = split_pem(pem);
+    let mut blocks = certfleet_common::storage::split_certificates(pem);
     let cert_pem = if blocks.is_empty() {
         return Err(bad("no PEM block".into()));
     } else {
@@ -82,19 +82,6 @@ pub(crate) fn parse_chain(pem: &str) -> Result<Issued, JobError> {
         not_after,
         ari_id,
     })
-}
-
-fn split_pem(pem: &str) -> Vec<String> {
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut out = Vec::new();
-    let mut rest = pem;
-    while let Some(end) = rest.find(END) {
-        let block = &rest[..end + END.len()];
-        let start = block.find("-----BEGIN").unwrap_or(0);
-        out.push(format!("{}\n", &block[start..]));
-        rest = &rest[end + END.len()..];
-    }
-    out
 }
 
 /// Whether `key_pem` is the private key of `cert_pem` (compares public keys).
@@ -141,8 +128,14 @@ mod tests {
         let other_key = generate(KeyType::EcdsaP256)?;
         let issuer = self_signed(&other_key, &["ca.example.com"]);
         let issued = parse_chain(&format!("{leaf}{issuer}"))?;
-        assert_eq!(split_pem(&issued.cert_pem).len(), 1);
-        assert_eq!(split_pem(&issued.chain_pem).len(), 1);
+        assert_eq!(
+            certfleet_common::storage::split_certificates(&issued.cert_pem).len(),
+            1
+        );
+        assert_eq!(
+            certfleet_common::storage::split_certificates(&issued.chain_pem).len(),
+            1
+        );
         assert!(issued.not_after > issued.not_before);
         assert!(!issued.serial.is_empty());
         assert!(key_matches(&key, &issued.cert_pem));

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use certfleet_common::domain::{self, CertName};
 use certfleet_common::secret::Secret;
-use certfleet_common::storage::{BUNDLE_SCHEMA, Bundle, version_id};
+use certfleet_common::storage::{BUNDLE_SCHEMA, Bundle, split_certificates, version_id};
 use certfleet_common::submit::{Dedup, Outcome, Submission};
 use certfleet_common::{ChallengeType, Config, Envelope, Job, JobKind, KeyType, Store};
 use clap::{Args, ValueEnum};
@@ -199,22 +199,6 @@ fn scan(from: ImportSource, dir: &Path) -> Result<(Vec<Found>, Vec<Skip>), Submi
     Ok((found, skipped))
 }
 
-/// The PEM blocks of `pem` labelled CERTIFICATE, as text.
-fn cert_blocks(pem: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = pem;
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let tail = &rest[start..];
-        let Some(end) = tail.find("-----END CERTIFICATE-----") else {
-            break;
-        };
-        let end = end + "-----END CERTIFICATE-----".len();
-        out.push(format!("{}\n", &tail[..end]));
-        rest = &tail[end..];
-    }
-    out
-}
-
 /// The DNS names of a certificate: its SANs, else its CN.
 fn names_of(leaf: &X509Certificate<'_>) -> Vec<String> {
     let mut names = Vec::new();
@@ -267,7 +251,7 @@ fn key_type_of(leaf: &X509Certificate<'_>) -> Result<KeyType, String> {
 fn check(f: Found, challenge: ChallengeType, now: OffsetDateTime) -> Result<Checked, Skip> {
     let path = f.path.clone();
     let fail = |why: String| (path.clone(), why);
-    let mut blocks = cert_blocks(&f.cert_pem);
+    let mut blocks = split_certificates(&f.cert_pem);
     if blocks.is_empty() {
         return Err(fail("unreadable: no certificate in the file".into()));
     }
@@ -275,7 +259,7 @@ fn check(f: Found, challenge: ChallengeType, now: OffsetDateTime) -> Result<Chec
     let chain_pem = if f.chain_pem.trim().is_empty() {
         blocks.concat()
     } else {
-        cert_blocks(&f.chain_pem).concat()
+        split_certificates(&f.chain_pem).concat()
     };
     let (_, pem) = x509_parser::pem::parse_x509_pem(leaf_pem.as_bytes())
         .map_err(|e| fail(format!("unreadable: {e}")))?;
@@ -502,9 +486,9 @@ mod tests {
     fn pem_blocks_split() {
         let one = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n";
         let two = format!("{one}\n{one}");
-        assert_eq!(cert_blocks(one).len(), 1);
-        assert_eq!(cert_blocks(&two).len(), 2);
-        assert!(cert_blocks("nothing").is_empty());
+        assert_eq!(split_certificates(one).len(), 1);
+        assert_eq!(split_certificates(&two).len(), 2);
+        assert!(split_certificates("nothing").is_empty());
     }
 
     #[test]

@@ -1,21 +1,17 @@
 //! `certfleet issue`: one certificate from the command line, its job id on
 //! stdout once the broker confirmed it.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use certfleet_common::submit::{Dedup, Outcome, Submission};
 use certfleet_common::{ChallengeType, Config, Envelope, JobKind, KeyType};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::error::SubmitError;
-use super::publish::{REASON_CLI, open_submitter, state_or_warn};
+use super::publish::{REASON_CLI, submit_one};
 use super::request::Request;
-use super::wait::{DEFAULT_WAIT_TIMEOUT, EventWaiter};
+use super::wait::DEFAULT_WAIT_TIMEOUT;
 use crate::args::duration;
-use crate::broker::close_broker;
-use crate::output::out;
 
 /// `certfleet issue`.
 #[derive(Debug, Clone, Args)]
@@ -56,37 +52,17 @@ pub(crate) async fn issue(
         args.key_type,
         args.challenge,
     )?;
-    let (conn, submitter) = open_submitter(config, state_or_warn(config)).await?;
-    let result = async {
-        let waiter = if args.wait {
-            Some(EventWaiter::open(&conn, &[&request.name]).await?)
-        } else {
-            None
-        };
-        let envelope = Envelope::new(
-            JobKind::Issue,
-            request.job(REASON_CLI),
-            certfleet_common::now_ms(),
-        );
-        let outcome = submitter
-            .submit(
-                &[Submission::new(&envelope)],
-                Dedup::Off,
-                "queued (certfleet issue)",
-            )
-            .await?
-            .pop();
-        if let Some(Outcome::NotAccepted(e)) = outcome {
-            return Err(e.into());
-        }
-        out(envelope.job_id);
-        if let Some(waiter) = waiter {
-            let jobs = HashMap::from([(envelope.job_id, request.name.clone())]);
-            waiter.wait(jobs, args.timeout, shutdown).await?;
-        }
-        Ok(())
-    }
-    .await;
-    close_broker(&conn).await;
-    result
+    let envelope = Envelope::new(
+        JobKind::Issue,
+        request.job(REASON_CLI),
+        certfleet_common::now_ms(),
+    );
+    submit_one(
+        config,
+        &envelope,
+        "queued (certfleet issue)",
+        args.wait.then_some(args.timeout),
+        shutdown,
+    )
+    .await
 }

@@ -4,21 +4,17 @@
 //! revokes it through the fleet's account, records the revocation in the
 //! pointer, stops renewing the name and announces `cert.revoked.<name>`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use certfleet_common::job::REVOCATION_REASONS;
-use certfleet_common::submit::{Dedup, Outcome, Submission};
 use certfleet_common::{CertName, Config, Envelope, Job, JobKind, Store};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::error::SubmitError;
-use super::publish::{open_submitter, state_or_warn};
-use super::wait::{DEFAULT_WAIT_TIMEOUT, EventWaiter};
+use super::publish::submit_one;
+use super::wait::DEFAULT_WAIT_TIMEOUT;
 use crate::args::duration;
-use crate::broker::close_broker;
-use crate::output::out;
 
 /// `certfleet revoke`.
 #[derive(Debug, Clone, Args)]
@@ -70,32 +66,12 @@ pub(crate) async fn revoke(
         },
         certfleet_common::now_ms(),
     );
-    let (conn, submitter) = open_submitter(config, state_or_warn(config)).await?;
-    let result = async {
-        let waiter = if args.wait {
-            Some(EventWaiter::open(&conn, &[&name]).await?)
-        } else {
-            None
-        };
-        let outcome = submitter
-            .submit(
-                &[Submission::new(&envelope)],
-                Dedup::Off,
-                "queued (certfleet revoke)",
-            )
-            .await?
-            .pop();
-        if let Some(Outcome::NotAccepted(e)) = outcome {
-            return Err(e.into());
-        }
-        out(envelope.job_id);
-        if let Some(waiter) = waiter {
-            let jobs = HashMap::from([(envelope.job_id, name.clone())]);
-            waiter.wait(jobs, args.timeout, shutdown).await?;
-        }
-        Ok(())
-    }
-    .await;
-    close_broker(&conn).await;
-    result
+    submit_one(
+        config,
+        &envelope,
+        "queued (certfleet revoke)",
+        args.wait.then_some(args.timeout),
+        shutdown,
+    )
+    .await
 }
