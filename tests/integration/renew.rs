@@ -146,6 +146,24 @@ async fn queued_names(env: &TestEnv) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
+/// A `--within` (whole hours) that covers the renewal time of every one
+/// of `names`.
+async fn window_covering(env: &TestEnv, names: &[CertName]) -> anyhow::Result<String> {
+    let store = env.store().await;
+    let mut latest = OffsetDateTime::now_utc();
+    for n in names {
+        let (p, _) = store
+            .pointer(n)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+        latest = latest.max(p.renew_at);
+    }
+    Ok(format!(
+        "{}h",
+        (latest - OffsetDateTime::now_utc()).whole_hours() + 2
+    ))
+}
+
 /// `renew --due --within` queues exactly the certificates due in that
 /// window; two scans at once publish each name once; a second scan while
 /// the jobs wait publishes nothing.
@@ -156,24 +174,12 @@ async fn due_scan_exact_and_deduplicated() -> anyhow::Result<()> {
     let worker = env.start_worker(&[]).await?;
     let names = issue_all(&env, &["d1", "d2", "d3"]).await?;
     worker.stop().await;
-    let store = env.store().await;
-    let mut latest = OffsetDateTime::now_utc();
-    for n in &names {
-        let (p, _) = store
-            .pointer(n)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
-        latest = latest.max(p.renew_at);
-    }
     // Nothing is due now; everything is due within the last renewal time.
     let text = env.certfleet(&["renew", "--due", "--dry-run"]).await?;
     for n in &names {
         assert!(!text.contains(n.as_str()), "{n} is not due yet: {text}");
     }
-    let within = format!(
-        "{}h",
-        (latest - OffsetDateTime::now_utc()).whole_hours() + 2
-    );
+    let within = window_covering(&env, &names).await?;
     let due = ["renew", "--due", "--within", &within];
     let (a, b) = tokio::join!(env.certfleet(&due), env.certfleet(&due));
     a?;
@@ -202,19 +208,8 @@ async fn due_scan_waits_for_its_renewals() -> anyhow::Result<()> {
     let env = TestEnv::new("renew-due-wait").await?;
     let worker = env.start_worker(&[]).await?;
     let names = issue_all(&env, &["w1", "w2"]).await?;
+    let within = window_covering(&env, &names).await?;
     let store = env.store().await;
-    let mut latest = OffsetDateTime::now_utc();
-    for n in &names {
-        let (p, _) = store
-            .pointer(n)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
-        latest = latest.max(p.renew_at);
-    }
-    let within = format!(
-        "{}h",
-        (latest - OffsetDateTime::now_utc()).whole_hours() + 2
-    );
     let out = env
         .certfleet(&[
             "renew",
