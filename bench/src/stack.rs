@@ -371,6 +371,32 @@ impl Slice {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        // Keys as the documented deployment stores them: encrypted to a
+        // server group's recipient (the subscribers hold its identity), the
+        // workers' own key for account and order keys.
+        let keys = std::env::temp_dir().join(format!("certfleet-bench-keys-{id}"));
+        std::fs::create_dir_all(&keys)?;
+        let (identity, recipient) = certfleet_common::seal::recipients::generate();
+        std::fs::write(keys.join("identity"), format!("{}\n", identity.expose()))?;
+        std::fs::write(keys.join("recipients"), format!("* {recipient}\n"))?;
+        for (k, v) in [
+            (
+                "CERTFLEET_IDENTITY_FILE",
+                keys.join("identity").display().to_string(),
+            ),
+            (
+                "CERTFLEET_RECIPIENTS_FILE",
+                keys.join("recipients").display().to_string(),
+            ),
+            (
+                "CERTFLEET_ENCRYPTION_KEY",
+                certfleet_common::seal::new_encryption_key()?
+                    .expose()
+                    .clone(),
+            ),
+        ] {
+            vars.insert(k.into(), v);
+        }
         if let Some(ca) = ca {
             vars.insert("CERTFLEET_ACME_DIRECTORY".into(), ca.directory.clone());
             vars.insert(

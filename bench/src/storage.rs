@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use certfleet_common::{CertName, Store};
-use certfleet_worker::objects::{Condition, ObjectWrites as _};
+use certfleet_worker::objects::Condition;
 use tokio::time::Instant;
 
 use crate::procfs::CpuMeter;

@@ -77,12 +77,54 @@ pub struct StaticCredentials {
     pub secret_access_key: Secret<String>,
 }
 
-/// Private keys at rest.
+/// Private keys at rest ([`crate::seal`]).
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
-    /// Key to seal private keys at rest with AES-256-GCM: the worker seals
-    /// with it, `pull` and `watch` open with it.
+    /// The workers' own key (AES-256-GCM): seals the ACME account key and
+    /// orders' keys; also bundles when there is no recipients file (then
+    /// `pull` and `watch` open with it).
     pub encryption_key: Option<Secret<[u8; 32]>>,
+    /// Which recipients each certificate's key is encrypted to.
+    pub recipients: Option<std::sync::Arc<crate::seal::recipients::Recipients>>,
+    /// The identities this process opens bundles' keys with.
+    pub identities: std::sync::Arc<crate::seal::recipients::Identities>,
+    /// Unencrypted keys allowed (`CERTFLEET_INSECURE_PLAINTEXT_KEYS`).
+    pub insecure_plaintext_keys: bool,
+}
+
+impl StorageConfig {
+    /// What a worker requires before it stores any key: a recipients file
+    /// together with its own key, or (earlier releases' scheme) its own key
+    /// alone, or an explicit `CERTFLEET_INSECURE_PLAINTEXT_KEYS=true`.
+    /// `Ok` carries the warning to log at start, if any.
+    ///
+    /// # Errors
+    /// Keys would be stored in the clear without the explicit setting.
+    pub fn check_for_worker(&self) -> Result<Option<&'static str>, ConfigError> {
+        let insecure = self.insecure_plaintext_keys;
+        match (&self.recipients, &self.encryption_key) {
+            (Some(_), Some(_)) => Ok(None),
+            (None, Some(_)) => Ok(Some(
+                "certificate keys are sealed with the workers' own key (CERTFLEET_ENCRYPTION_KEY), which every webserver then holds: set CERTFLEET_RECIPIENTS_FILE so each server group opens only its own certificates",
+            )),
+            (Some(_), None) if insecure => Ok(Some(
+                "CERTFLEET_INSECURE_PLAINTEXT_KEYS=true: the ACME account key and orders' keys are stored unencrypted (set CERTFLEET_ENCRYPTION_KEY)",
+            )),
+            (None, None) if insecure => Ok(Some(
+                "CERTFLEET_INSECURE_PLAINTEXT_KEYS=true: private keys are stored unencrypted; anyone who can read the bucket or Redis can read them",
+            )),
+            (Some(_), None) => Err(ConfigError::Invalid {
+                origin: Origin::Env(env_name(keys::ENCRYPTION_KEY)),
+                value: None,
+                reason: "not set: the workers' own key seals the ACME account key and orders' keys (32 random bytes, base64: `openssl rand -base64 32`); set it, or CERTFLEET_INSECURE_PLAINTEXT_KEYS=true to store those in the clear".into(),
+            }),
+            (None, None) => Err(ConfigError::Invalid {
+                origin: Origin::Env(env_name(keys::RECIPIENTS_FILE)),
+                value: None,
+                reason: "not set: private keys would be stored readable by anyone who can read the bucket; set it (lines of `pattern age1...`, see `certfleet keys identity`) and CERTFLEET_ENCRYPTION_KEY, or CERTFLEET_INSECURE_PLAINTEXT_KEYS=true".into(),
+            }),
+        }
+    }
 }
 
 /// Log output format.
@@ -176,6 +218,21 @@ impl Config {
         }
         let storage = StorageConfig {
             encryption_key: key_inline.or(key_file).map(Secret::new),
+            recipients: src.parse(keys::RECIPIENTS_FILE, |path| {
+                crate::seal::recipients::Recipients::load(std::path::Path::new(path.trim()))
+                    .map(std::sync::Arc::new)
+            })?,
+            identities: std::sync::Arc::new(
+                src.parse(keys::IDENTITY_FILE, |path| {
+                    crate::seal::recipients::Identities::load(std::path::Path::new(path.trim()))
+                })?
+                .unwrap_or_default(),
+            ),
+            insecure_plaintext_keys: src.parse_or(
+                keys::INSECURE_PLAINTEXT_KEYS,
+                "false",
+                parse_bool,
+            )?,
         };
         let log_format = src.parse_or(keys::LOG_FORMAT, "text", |s| match s.trim() {
             "text" => Ok(LogFormat::Text),

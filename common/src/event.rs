@@ -1,7 +1,7 @@
 //! Events: what workers announce, as JSON any language can read.
 //!
 //! Published to `certfleet.events` with routing key
-//! `cert.<issued|renewed|failed|revoked>.<name>`, content type
+//! `cert.<issued|renewed|failed|revoked|resealed>.<name>`, content type
 //! `application/json`. The schema is documented in `docs/events.md`, and a
 //! checked-in example (`common/tests/fixtures/event-issued-v1.json`) is
 //! parsed by the tests so that a change that would break subscribers fails
@@ -31,6 +31,10 @@ pub enum EventKind {
     Failed,
     /// The certificate of a name was revoked.
     Revoked,
+    /// The stored versions' keys were encrypted anew to the current
+    /// recipients (`certfleet keys reseal`); the certificate is the same.
+    /// A webserver that could not open the version before installs it now.
+    Resealed,
 }
 
 impl EventKind {
@@ -41,6 +45,7 @@ impl EventKind {
             EventKind::Renewed => "renewed",
             EventKind::Failed => "failed",
             EventKind::Revoked => "revoked",
+            EventKind::Resealed => "resealed",
         }
     }
 }

@@ -1,10 +1,24 @@
-//! Encryption at rest for private keys (AES-256-GCM, aws-lc-rs).
+//! Encryption at rest for private keys.
 //!
-//! When the operator sets `CERTFLEET_ENCRYPTION_KEY` (or `_FILE`), every
-//! private key certfleet writes (certificate keys in bundles, keys of orders
-//! in flight, the ACME account key) is sealed with it. The associated data
-//! binds each ciphertext to the place it was written for (for a bundle: its
-//! name and version), so a sealed key copied elsewhere does not open.
+//! Two schemes, for two kinds of reader:
+//! - **Certificate keys in bundles** are encrypted with age to the
+//!   recipients (public keys) of the server groups allowed to read the
+//!   certificate, chosen by name in `CERTFLEET_RECIPIENTS_FILE`
+//!   ([`recipients`]); a webserver opens them with its own identity
+//!   (`CERTFLEET_IDENTITY_FILE`).
+//! - **Keys only workers use** (the ACME account key, keys of orders in
+//!   flight) are sealed with AES-256-GCM under the workers' own key,
+//!   `CERTFLEET_ENCRYPTION_KEY` (or `_FILE`). Without a recipients file,
+//!   bundles are sealed with that key too (the scheme of earlier releases:
+//!   every reader then holds the workers' key); such bundles stay readable.
+//!
+//! Either way the ciphertext is bound to the place it was written for (for
+//! a bundle: its name and version), so a sealed key copied elsewhere does
+//! not open.
+
+pub mod recipients;
+
+use std::sync::Arc;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::digest;
@@ -32,6 +46,25 @@ pub enum SealedKey {
         /// Ciphertext with tag, base64.
         ciphertext: String,
     },
+    /// age, to X25519 recipients ([`recipients`]).
+    Age {
+        /// The recipients it is encrypted to (`age1...`, public), sorted:
+        /// which server groups can open it, and what `keys reseal`
+        /// compares with the recipients file.
+        recipients: Vec<String>,
+        /// The age file (binary format), base64.
+        ciphertext: String,
+    },
+}
+
+impl SealedKey {
+    /// The age recipients it is encrypted to (empty for the other schemes).
+    pub fn age_recipients(&self) -> &[String] {
+        match self {
+            SealedKey::Age { recipients, .. } => recipients,
+            _ => &[],
+        }
+    }
 }
 
 impl std::fmt::Debug for SealedKey {
@@ -39,6 +72,9 @@ impl std::fmt::Debug for SealedKey {
         match self {
             SealedKey::Plain { .. } => f.write_str("SealedKey::Plain(***)"),
             SealedKey::Aes256Gcm { key_id, .. } => write!(f, "SealedKey::Aes256Gcm({key_id})"),
+            SealedKey::Age { recipients, .. } => {
+                write!(f, "SealedKey::Age({} recipients)", recipients.len())
+            }
         }
     }
 }
@@ -69,30 +105,73 @@ pub enum SealError {
     /// who can write to the bucket could have put it there, so it is not
     /// used (see [`Sealer::open_sealed`]).
     #[error(
-        "the private key is stored in the clear but an encryption key is configured (CERTFLEET_ENCRYPTION_KEY, key id {configured}): refused; renew the certificate so that it is stored encrypted"
+        "the private key is stored in the clear but this reader expects encrypted keys ({configured} is configured): refused; renew the certificate so that it is stored encrypted"
     )]
     Plaintext {
-        /// Key id configured.
+        /// What is configured.
         configured: String,
     },
     /// The system random source failed.
     #[error("encryption failed")]
     Crypto,
+    /// No line of the recipients file covers the name.
+    #[error(
+        "no line of the recipients file (CERTFLEET_RECIPIENTS_FILE) covers {name}: add one (`{name} age1...` or `*.ZONE age1...`) so its key can be stored"
+    )]
+    NoRecipient {
+        /// The certificate name.
+        name: String,
+    },
+    /// Encrypted to identities, but none is configured here.
+    #[error(
+        "the private key is encrypted to {recipients} but no identity is configured (CERTFLEET_IDENTITY_FILE)"
+    )]
+    NoIdentity {
+        /// Who can open it.
+        recipients: String,
+    },
+    /// Encrypted to identities, none of them ours.
+    #[error(
+        "the private key is not encrypted to this server's identity ({ours}); it is encrypted to {recipients}: add this server's recipient to the name's line of the recipients file and run `certfleet keys reseal`"
+    )]
+    NotARecipient {
+        /// Who can open it.
+        recipients: String,
+        /// Our recipients.
+        ours: String,
+    },
 }
 
-/// Seals and opens private keys with the configured key, if any.
+/// Seals and opens private keys with the configured keys, if any.
 #[derive(Clone)]
 pub struct Sealer {
     key: Option<(Secret<[u8; 32]>, String)>,
+    recipients: Option<Arc<recipients::Recipients>>,
+    identities: Arc<recipients::Identities>,
 }
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.key {
-            Some((_, id)) => write!(f, "Sealer(aes-256-gcm, key id {id})"),
-            None => f.write_str("Sealer(plain)"),
+            Some((_, id)) => write!(f, "Sealer(aes-256-gcm, key id {id}")?,
+            None => f.write_str("Sealer(no worker key")?,
         }
+        if self.recipients.is_some() {
+            f.write_str(", age recipients")?;
+        }
+        write!(f, ", {:?})", self.identities)
     }
+}
+
+/// A new random workers' key, base64 (what `CERTFLEET_ENCRYPTION_KEY`
+/// takes; `openssl rand -base64 32` makes one as well).
+///
+/// # Errors
+/// The system random source failed.
+pub fn new_encryption_key() -> Result<Secret<String>, SealError> {
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key).map_err(|_| SealError::Crypto)?;
+    Ok(Secret::new(B64.encode(key)))
 }
 
 fn key_id(key: &[u8; 32]) -> String {
@@ -108,7 +187,73 @@ impl Sealer {
                 let id = key_id(k.expose());
                 (k, id)
             }),
+            recipients: None,
+            identities: Arc::default(),
         }
+    }
+
+    /// A sealer as configured: the workers' key, the recipients file (for
+    /// bundles), the identities (to open bundles).
+    pub fn with(
+        key: Option<Secret<[u8; 32]>>,
+        recipients: Option<Arc<recipients::Recipients>>,
+        identities: Arc<recipients::Identities>,
+    ) -> Self {
+        Self {
+            recipients,
+            identities,
+            ..Self::new(key)
+        }
+    }
+
+    /// Whether bundles are encrypted to recipients.
+    pub fn has_recipients(&self) -> bool {
+        self.recipients.is_some()
+    }
+
+    /// The age recipients a bundle of `name` is encrypted to now (sorted),
+    /// `None` without a recipients file.
+    ///
+    /// # Errors
+    /// [`SealError::NoRecipient`]: no line covers the name.
+    pub fn recipients_for(&self, name: &str) -> Result<Option<Vec<String>>, SealError> {
+        let Some(rules) = &self.recipients else {
+            return Ok(None);
+        };
+        let list: Vec<String> = rules
+            .for_name(name)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if list.is_empty() {
+            return Err(SealError::NoRecipient { name: name.into() });
+        }
+        Ok(Some(list))
+    }
+
+    /// Seals a certificate's key for its bundle: to the name's recipients
+    /// when a recipients file is configured, else as [`Sealer::seal`].
+    ///
+    /// # Errors
+    /// No recipient covers the name, or the random source failed.
+    pub fn seal_bundle(
+        &self,
+        name: &str,
+        pem: &str,
+        context: &str,
+    ) -> Result<SealedKey, SealError> {
+        let Some(rules) = &self.recipients else {
+            return self.seal(pem, context);
+        };
+        let list = rules.for_name(name);
+        if list.is_empty() {
+            return Err(SealError::NoRecipient { name: name.into() });
+        }
+        let ciphertext = recipients::encrypt(&list, pem, context)?;
+        Ok(SealedKey::Age {
+            recipients: list.iter().map(ToString::to_string).collect(),
+            ciphertext: B64.encode(ciphertext),
+        })
     }
 
     /// Seals `pem` for the place named by `context`.
@@ -154,10 +299,15 @@ impl Sealer {
         stored: &SealedKey,
         context: &str,
     ) -> Result<Secret<String>, SealError> {
-        if let (SealedKey::Plain { .. }, Some((_, id))) = (stored, &self.key) {
-            return Err(SealError::Plaintext {
-                configured: id.clone(),
-            });
+        if let SealedKey::Plain { .. } = stored {
+            let configured = match &self.key {
+                Some((_, id)) => Some(format!("CERTFLEET_ENCRYPTION_KEY, key id {id},")),
+                None if !self.identities.is_empty() => Some("CERTFLEET_IDENTITY_FILE".into()),
+                None => None,
+            };
+            if let Some(configured) = configured {
+                return Err(SealError::Plaintext { configured });
+            }
         }
         self.open(stored, context)
     }
@@ -169,6 +319,13 @@ impl Sealer {
     pub fn open(&self, stored: &SealedKey, context: &str) -> Result<Secret<String>, SealError> {
         match stored {
             SealedKey::Plain { pem } => Ok(Secret::new(pem.clone())),
+            SealedKey::Age {
+                recipients,
+                ciphertext,
+            } => {
+                let bytes = B64.decode(ciphertext).map_err(|_| SealError::Corrupt)?;
+                recipients::decrypt(&self.identities, &bytes, context, recipients)
+            }
             SealedKey::Aes256Gcm {
                 key_id: stored_id,
                 nonce,

@@ -315,6 +315,17 @@ impl Classify for StorageError {
     }
 }
 
+/// A write condition.
+#[derive(Debug, Clone, Copy)]
+pub enum Condition<'a> {
+    /// Unconditional.
+    None,
+    /// Only if the key does not exist (`If-None-Match: *`).
+    Absent,
+    /// Only if the object still has this ETag (`If-Match`).
+    Matches(&'a ETag),
+}
+
 /// An ETag, for conditional writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ETag(pub String);
@@ -467,7 +478,11 @@ impl Store {
         Self::connect(
             &cfg.s3,
             cfg.s3.credentials.clone(),
-            Sealer::new(cfg.storage.encryption_key.clone()),
+            Sealer::with(
+                cfg.storage.encryption_key.clone(),
+                cfg.storage.recipients.clone(),
+                cfg.storage.identities.clone(),
+            ),
         )
         .await
     }
@@ -496,6 +511,48 @@ impl Store {
     /// go through it; every reader uses the typed reads here.
     pub fn client(&self) -> &aws_sdk_s3::Client {
         &self.client
+    }
+
+    /// Writes a JSON object. `Condition::Absent` refuses to overwrite,
+    /// `Condition::Matches` only replaces the version that was read.
+    ///
+    /// # Errors
+    /// [`StorageError::Conflict`] when the condition fails, or unavailable.
+    pub async fn put_json<T: Serialize + Sync>(
+        &self,
+        key: &str,
+        value: &T,
+        condition: Condition<'_>,
+    ) -> Result<ETag, StorageError> {
+        let body = serde_json::to_vec_pretty(value).map_err(|e| StorageError::Corrupt {
+            key: key.to_string(),
+            what: "JSON value",
+            detail: e.to_string(),
+        })?;
+        let mut req = self
+            .client()
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(aws_sdk_s3::primitives::ByteStream::from(body));
+        req = match condition {
+            Condition::None => req,
+            Condition::Absent => req.if_none_match("*"),
+            Condition::Matches(etag) => req.if_match(etag.0.clone()),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("put", key, e))?;
+        match out.e_tag() {
+            Some(tag) if !tag.trim_matches('"').is_empty() => Ok(ETag(tag.to_string())),
+            _ => Err(StorageError::Unavailable {
+                op: "put",
+                key: key.to_string(),
+                detail: "the answer carries no ETag (conditional writes cannot work)".into(),
+            }),
+        }
     }
 
     /// Reads an object's bytes and ETag.
@@ -664,6 +721,23 @@ impl Store {
             &bundle.key,
             &Bundle::seal_context(&bundle.name, &bundle.version),
         )?)
+    }
+
+    /// What an event says of the version a pointer names.
+    pub fn cert_info(
+        &self,
+        p: &Pointer,
+        previous_serial: Option<String>,
+    ) -> crate::event::CertInfo {
+        crate::event::CertInfo {
+            serial: serial_display(&p.serial),
+            not_before: p.not_before,
+            not_after: p.not_after,
+            renew_at: p.renew_at,
+            version: p.version.clone(),
+            location: self.location(&p.name, &p.version),
+            previous_serial,
+        }
     }
 
     /// Where a version lives, for events.

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{self, PullArgs, WatchArgs, WatchError};
 use crate::dlq::{self, DlqCommand, DlqError};
 use crate::exporter::{self, ExporterArgs, ExporterError};
+use crate::keys::{self, KeysCommand, KeysError};
 use crate::output::out;
 use crate::schedule::{self, IndexCommand, ScheduleArgs, ScheduleCmdError};
 use crate::status::{self, StatusError};
@@ -101,6 +102,13 @@ pub enum Command {
     /// Revoke a certificate's current version at the CA; the name is no
     /// longer renewed.
     Revoke(RevokeArgs),
+    /// Identities for server groups; re-encrypt stored keys for the
+    /// current recipients.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Bring in certificates obtained by lego or certbot: each is stored as
     /// a version and renewed by the fleet from then on.
     Import(ImportArgs),
@@ -159,6 +167,9 @@ pub enum CliError {
     /// `exporter`.
     #[error(transparent)]
     Exporter(#[from] ExporterError),
+    /// `keys`.
+    #[error(transparent)]
+    Keys(#[from] KeysError),
     /// `pull` could not put every certificate in place (the report says
     /// which).
     #[error("pull incomplete: {missing} missing in storage, {failed} failed")]
@@ -184,6 +195,7 @@ impl CliError {
             CliError::Watch(e) => e.is_usage(),
             CliError::Schedule(e) => e.is_usage(),
             CliError::Exporter(e) => e.is_usage(),
+            CliError::Keys(e) => e.is_usage(),
             CliError::Usage(_) => true,
             CliError::PullIncomplete { .. } => false,
         }
@@ -265,6 +277,7 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         Command::Exporter(args) => exporter::run(&config, &args, shutdown).await?,
         Command::Import(args) => submit::import(&config, &args, shutdown).await?,
         Command::Revoke(args) => submit::revoke(&config, &args, shutdown).await?,
+        Command::Keys { command } => keys::run(&config, &command).await?,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut cmd = Cli::command();

@@ -14,6 +14,9 @@
 //!     broker) and `index rebuild`.
 //!   - `exporter`: `exporter`, the fleet's certificate metrics for
 //!     Prometheus (read from Redis by [`certfleet_common::exporter`]).
+//!   - `keys`: `keys identity` (an age identity for a server group) and
+//!     `keys reseal` (stored keys encrypted anew for the current
+//!     recipients).
 //! - [`agent`]: the webserver agent, `pull` and `watch`, which run on each
 //!   webserver and keep its certificate directory up to date.
 //! - Shared by the commands: `broker` (connecting to the broker and closing
@@ -34,6 +37,7 @@ mod broker;
 mod cli;
 mod dlq;
 mod exporter;
+mod keys;
 mod output;
 mod schedule;
 mod status;
@@ -42,6 +46,7 @@ mod submit;
 pub use cli::{Cli, CliError, Command, clap_exit_code, load_config, run};
 pub use dlq::{DlqCommand, DlqError};
 pub use exporter::{ExporterArgs, ExporterError};
+pub use keys::{KeysCommand, KeysError};
 pub use schedule::{IndexCommand, ScheduleArgs, ScheduleCmdError};
 pub use status::StatusError;
 pub use submit::{

@@ -18,7 +18,7 @@ use certfleet_common::{
     topology,
 };
 use certfleet_tests::{TestEnv, init_logging};
-use certfleet_worker::objects::{Condition, ObjectWrites as _};
+use certfleet_worker::objects::Condition;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
     SerialNumber,
@@ -107,7 +107,11 @@ async fn store(
         version: m.version.clone(),
         cert_pem: m.cert_pem.clone(),
         chain_pem: m.chain_pem.clone(),
-        key: sealer.seal(&m.key_pem, &Bundle::seal_context(name, &m.version))?,
+        key: sealer.seal_bundle(
+            name.as_str(),
+            &m.key_pem,
+            &Bundle::seal_context(name, &m.version),
+        )?,
         job_id: Some(job_id),
     };
     let bundle_key = store.keys().bundle(name, &m.version);
@@ -190,7 +194,7 @@ async fn announce(
 }
 
 /// Waits until `file` contains every one of `needles` (a log line).
-async fn wait_for_text(file: &Path, needles: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn wait_for_text(file: &Path, needles: &[&str]) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(file).unwrap_or_default();
@@ -228,13 +232,13 @@ fn files_of(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 /// A `certfleet watch` binary with its stderr in a file.
-struct WatchProcess {
+pub(crate) struct WatchProcess {
     child: tokio::process::Child,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl WatchProcess {
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -245,7 +249,7 @@ impl WatchProcess {
     }
 }
 
-fn spawn_watch(
+pub(crate) fn spawn_watch(
     env: &TestEnv,
     work: &Path,
     certs: &Path,
@@ -287,7 +291,8 @@ async fn agent_installs_only_genuine_versions() -> anyhow::Result<()> {
     let domains = vec![env.domain("gen").await?];
     let name = CertName::from_domain(&domains[0])?;
     let st = env.store().await;
-    let plain = Sealer::new(None);
+    // Sealed as workers seal: to the fleet's recipients.
+    let sealer = st.sealer().clone();
     let work = tempfile::tempdir()?;
     let certs = work.path().join("certs");
     let markers = work.path().join("markers");
@@ -295,7 +300,7 @@ async fn agent_installs_only_genuine_versions() -> anyhow::Result<()> {
     std::fs::create_dir_all(&markers)?;
 
     let v1 = make(&ca, &domains, time::Duration::hours(3), true)?;
-    store(&st, &plain, &name, &domains, &v1, Some(1)).await?;
+    store(&st, &sealer, &name, &domains, &v1, Some(1)).await?;
     let hook = format!("touch {}/\"$CERTFLEET_CERT_VERSION\"", markers.display());
     let watch = spawn_watch(&env, work.path(), &certs, "agent-web", &hook, &[], &[])?;
     let link = wait_for_serial(&certs, &name, &v1.serial).await?;
@@ -305,14 +310,14 @@ async fn agent_installs_only_genuine_versions() -> anyhow::Result<()> {
     // 1. A forged event: the bundle is in storage (a real certificate with
     // its key), but the pointer never named it.
     let forged = make(&ca, &domains, time::Duration::hours(2), true)?;
-    store(&st, &plain, &name, &domains, &forged, None).await?;
+    store(&st, &sealer, &name, &domains, &forged, None).await?;
     announce(&env, &name, &domains, &forged).await?;
     let line = wait_for_text(&watch.log, &[&forged.version, "pointer does not name"]).await?;
     println!("forged event: {line}");
 
     // 2. The pointer names a version whose key is another certificate's.
     let mismatched = make(&ca, &domains, time::Duration::hours(1), false)?;
-    store(&st, &plain, &name, &domains, &mismatched, Some(2)).await?;
+    store(&st, &sealer, &name, &domains, &mismatched, Some(2)).await?;
     announce(&env, &name, &domains, &mismatched).await?;
     let line = wait_for_text(
         &watch.log,
@@ -346,7 +351,7 @@ async fn agent_installs_only_genuine_versions() -> anyhow::Result<()> {
 
     // 3. A genuine version still goes through, hook and all.
     let v4 = make(&ca, &domains, time::Duration::minutes(30), true)?;
-    store(&st, &plain, &name, &domains, &v4, Some(3)).await?;
+    store(&st, &sealer, &name, &domains, &v4, Some(3)).await?;
     announce(&env, &name, &domains, &v4).await?;
     wait_for_serial(&certs, &name, &v4.serial).await?;
     wait_for_file(&markers.join(&v4.version)).await?;

@@ -529,7 +529,7 @@ async fn unanswered_new_order_is_found_not_repeated() -> anyhow::Result<()> {
 #[tokio::test]
 async fn stale_writer_never_replaces_a_newer_pointer() -> anyhow::Result<()> {
     use certfleet_common::storage::POINTER_SCHEMA;
-    use certfleet_worker::objects::{Condition, ObjectWrites as _};
+    use certfleet_worker::objects::Condition;
     init_logging();
     let base = TestEnv::new("fault-fence").await?;
     let pebble = Private::start(Service::Pebble, PEBBLE_WITH_SLEEP).await?;

@@ -10,7 +10,7 @@ use certfleet_common::event::EventKind;
 use certfleet_tests::acme_proxy::AcmeProxy;
 use certfleet_tests::private::{self, PEBBLE_WITH_SLEEP, Private, Service};
 use certfleet_tests::{TestEnv, init_logging};
-use certfleet_worker::objects::{Condition, ObjectWrites as _};
+use certfleet_worker::objects::Condition;
 use deadpool_redis::redis;
 use instant_acme::{
     Account, BodyWrapper, BytesResponse, CertificateIdentifier, HttpClient, Identifier, NewAccount,

@@ -13,6 +13,7 @@ mod freeze;
 mod hostile;
 mod import;
 mod issue;
+mod keys;
 mod prometheus;
 mod renew;
 mod responder;

@@ -74,7 +74,49 @@ async fn redis_dump(env: &TestEnv) -> anyhow::Result<String> {
 }
 
 /// The base64 body of a PEM block, without line breaks.
-fn pem_body(pem: &str) -> String {
+/// Every value under the test's Redis prefix (one output) and every object
+/// under its S3 prefix (one output each), as text.
+pub(crate) async fn stored_outputs(
+    env: &TestEnv,
+    store: &certfleet_common::Store,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut outputs = vec![("redis".to_string(), redis_dump(env).await?)];
+    for key in store.list(&env.vars["CERTFLEET_S3_PREFIX"]).await? {
+        if let Some((v, _)) = store.get_json::<serde_json::Value>(&key, "object").await? {
+            outputs.push((format!("s3 {key}"), v.to_string()));
+        }
+    }
+    Ok(outputs)
+}
+
+/// Panics, showing where, if an output holds a PEM private key or a piece
+/// of one of the secrets.
+pub(crate) fn assert_no_secret(outputs: &[(String, String)], secrets: &[(&str, String)]) {
+    for (what, text) in outputs {
+        assert!(!text.contains("PRIVATE KEY"), "a PEM private key in {what}");
+        for (secret, value) in secrets {
+            // A 40-character piece of a key is as telling as all of it.
+            let needle = if value.len() > 40 {
+                &value[..40]
+            } else {
+                value.as_str()
+            };
+            if let Some(at) = text.find(needle) {
+                let from = (0..=at.saturating_sub(200))
+                    .rev()
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(0);
+                panic!(
+                    "the {secret} appears in {what}: …{}<SECRET>…",
+                    &text[from..at]
+                );
+            }
+        }
+    }
+}
+
+/// The base64 body of a PEM block (what a leak would show).
+pub(crate) fn pem_body(pem: &str) -> String {
     pem.lines().filter(|l| !l.starts_with("-----")).collect()
 }
 
@@ -192,6 +234,10 @@ async fn no_secret_in_logs_events_redis_or_storage() -> anyhow::Result<()> {
         ("broker password", password.clone()),
         ("S3 secret key", s3_secret),
         ("encryption key", encryption_key),
+        (
+            "webserver identity",
+            certfleet_tests::fleet_keys().group.identity.clone(),
+        ),
         ("certificate private key", pem_body(cert_key.expose())),
     ];
     let accounts = store
@@ -229,39 +275,14 @@ async fn no_secret_in_logs_events_redis_or_storage() -> anyhow::Result<()> {
     }
     let log_bytes: usize = outputs.iter().map(|(_, t)| t.len()).sum();
     outputs.push(("events".into(), bodies));
-    outputs.push(("redis".into(), redis_dump(&env).await?));
-    let mut objects = 0;
-    for key in store.list(&env.vars["CERTFLEET_S3_PREFIX"]).await? {
-        if let Some((v, _)) = store.get_json::<serde_json::Value>(&key, "object").await? {
-            outputs.push((format!("s3 {key}"), v.to_string()));
-            objects += 1;
-        }
-    }
+    let stored = stored_outputs(&env, &store).await?;
+    let objects = stored.len() - 1;
+    outputs.extend(stored);
     anyhow::ensure!(
         log_bytes > 100_000,
         "trace logs were written ({log_bytes} bytes)"
     );
-    for (what, text) in &outputs {
-        assert!(!text.contains("PRIVATE KEY"), "a PEM private key in {what}");
-        for (secret, value) in &secrets {
-            // A 40-character piece of a key is as telling as all of it.
-            let needle = if value.len() > 40 {
-                &value[..40]
-            } else {
-                value.as_str()
-            };
-            if let Some(at) = text.find(needle) {
-                let from = (0..=at.saturating_sub(200))
-                    .rev()
-                    .find(|i| text.is_char_boundary(*i))
-                    .unwrap_or(0);
-                panic!(
-                    "the {secret} appears in {what}: …{}<SECRET>…",
-                    &text[from..at]
-                );
-            }
-        }
-    }
+    assert_no_secret(&outputs, &secrets);
     println!(
         "secret scan: {} secrets, {} outputs ({log_bytes} bytes of trace logs, {objects} S3 objects): nothing found",
         secrets.len(),

@@ -6,7 +6,7 @@ use certfleet_common::amqp::{Outgoing, Publisher};
 use certfleet_common::storage::StorageError;
 use certfleet_common::topology;
 use certfleet_tests::TestEnv;
-use certfleet_worker::objects::{Condition, ObjectWrites as _};
+use certfleet_worker::objects::Condition;
 use deadpool_redis::redis;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};

@@ -132,6 +132,77 @@ impl Stack {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// An age identity of a server group, in a file of its own.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// The identity file (`CERTFLEET_IDENTITY_FILE`).
+    pub identity_file: PathBuf,
+    /// Its secret line (to look for in outputs).
+    pub identity: String,
+    /// The public recipient (`age1...`).
+    pub recipient: String,
+}
+
+impl Group {
+    /// A new identity, written under `dir` as `<label>.identity`.
+    pub fn new(dir: &std::path::Path, label: &str) -> anyhow::Result<Self> {
+        let (secret, recipient) = certfleet_common::seal::recipients::generate();
+        let identity_file = dir.join(format!("{label}.identity"));
+        std::fs::write(&identity_file, format!("{}\n", secret.expose()))?;
+        Ok(Self {
+            identity_file,
+            identity: secret.expose().clone(),
+            recipient,
+        })
+    }
+}
+
+/// Every test's keys, as the documented deployment has them: workers hold
+/// a recipients file (`* <the fleet group>`) and their own AES key; pullers
+/// and watchers hold the group's identity. One set per test process.
+#[derive(Debug)]
+pub struct FleetKeys {
+    /// Where the files are.
+    pub dir: PathBuf,
+    /// The group every name is encrypted to.
+    pub group: Group,
+    /// `CERTFLEET_RECIPIENTS_FILE`.
+    pub recipients_file: PathBuf,
+    /// `CERTFLEET_ENCRYPTION_KEY` (base64).
+    pub encryption_key: String,
+}
+
+/// The process's [`FleetKeys`].
+pub fn fleet_keys() -> &'static FleetKeys {
+    static KEYS: std::sync::OnceLock<FleetKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let made = (|| -> anyhow::Result<FleetKeys> {
+            let dir = std::env::temp_dir().join(format!(
+                "certfleet-test-keys-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::create_dir_all(&dir)?;
+            let group = Group::new(&dir, "fleet")?;
+            let recipients_file = dir.join("recipients");
+            std::fs::write(&recipients_file, format!("* {}\n", group.recipient))?;
+            let encryption_key = certfleet_common::seal::new_encryption_key()?
+                .expose()
+                .clone();
+            Ok(FleetKeys {
+                dir,
+                group,
+                recipients_file,
+                encryption_key,
+            })
+        })();
+        match made {
+            Ok(k) => k,
+            Err(e) => panic!("cannot write the test keys: {e:#}"),
+        }
+    })
+}
+
 /// One test's isolated slice of the stack.
 #[derive(Clone)]
 pub struct TestEnv {
@@ -216,6 +287,22 @@ impl TestEnv {
         set(&mut vars, "CERTFLEET_HTTP01_LISTEN", format!("{ip}:5002"));
         set(&mut vars, "CERTFLEET_METRICS_LISTEN", "127.0.0.1:0".into());
         set(&mut vars, "CERTFLEET_SHUTDOWN_GRACE", "10s".into());
+        let keys = fleet_keys();
+        set(
+            &mut vars,
+            "CERTFLEET_RECIPIENTS_FILE",
+            keys.recipients_file.display().to_string(),
+        );
+        set(
+            &mut vars,
+            "CERTFLEET_IDENTITY_FILE",
+            keys.group.identity_file.display().to_string(),
+        );
+        set(
+            &mut vars,
+            "CERTFLEET_ENCRYPTION_KEY",
+            keys.encryption_key.clone(),
+        );
         let env = Self {
             id,
             stack,

@@ -64,6 +64,7 @@ impl Settings {
     /// The first invalid value, naming its variable, flag or file key.
     pub fn load(src: &Sources<'_>) -> Result<Self, ConfigError> {
         let common = Config::load(src)?;
+        common.storage.check_for_worker()?;
         let dns01 = Dns01Settings::load(src, common.s3.credentials.as_ref())?;
         Ok(Self {
             common,
@@ -323,7 +324,9 @@ mod tests {
     use super::*;
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let env: HashMap<&str, &str> = vars.iter().copied().collect();
+        let mut env: HashMap<&str, &str> = vars.iter().copied().collect();
+        env.entry("CERTFLEET_INSECURE_PLAINTEXT_KEYS")
+            .or_insert("true");
         Settings::load(&Sources::new(&env))
     }
 
@@ -370,7 +373,11 @@ mod tests {
             &path,
             "concurrency = 3\nhistory = 7\ns3_path_style = true\n",
         )?;
-        let env: HashMap<&str, &str> = [("CERTFLEET_CONCURRENCY", "5")].into();
+        let env: HashMap<&str, &str> = [
+            ("CERTFLEET_CONCURRENCY", "5"),
+            ("CERTFLEET_INSECURE_PLAINTEXT_KEYS", "true"),
+        ]
+        .into();
         let c = Settings::load(&Sources::new(&env).file(Some(&path))?)?;
         assert_eq!(c.worker.concurrency.get(), 5);
         assert_eq!(c.worker.history, 7);
@@ -385,11 +392,61 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_not_stored_in_the_clear_unless_told() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (_, recipient) = certfleet_common::seal::recipients::generate();
+        let recipients = dir.path().join("recipients");
+        std::fs::write(&recipients, format!("* {recipient}\n"))?;
+        let recipients = recipients.display().to_string();
+        let bare: HashMap<&str, &str> = HashMap::new();
+        let err = Settings::load(&Sources::new(&bare))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("CERTFLEET_RECIPIENTS_FILE"),
+            "{err}"
+        );
+        let only_recipients: HashMap<&str, &str> =
+            [("CERTFLEET_RECIPIENTS_FILE", recipients.as_str())].into();
+        let err = Settings::load(&Sources::new(&only_recipients))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("CERTFLEET_ENCRYPTION_KEY"),
+            "{err}"
+        );
+        let both: HashMap<&str, &str> = [
+            ("CERTFLEET_RECIPIENTS_FILE", recipients.as_str()),
+            (
+                "CERTFLEET_ENCRYPTION_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            ),
+        ]
+        .into();
+        let c = Settings::load(&Sources::new(&both))?;
+        assert_eq!(c.common.storage.check_for_worker()?, None);
+        let insecure: HashMap<&str, &str> = [("CERTFLEET_INSECURE_PLAINTEXT_KEYS", "true")].into();
+        let c = Settings::load(&Sources::new(&insecure))?;
+        assert!(c.common.storage.check_for_worker()?.is_some());
+        let broken = dir.path().join("broken");
+        std::fs::write(&broken, "*.example.com not-a-recipient\n")?;
+        let broken = broken.display().to_string();
+        let env: HashMap<&str, &str> = [("CERTFLEET_RECIPIENTS_FILE", broken.as_str())].into();
+        let err = Settings::load(&Sources::new(&env)).map(|_| ()).unwrap_err();
+        assert!(
+            err.to_string().contains("CERTFLEET_RECIPIENTS_FILE")
+                && err.to_string().contains("line 1"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn file_errors_name_the_file() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "history = \"many\"\n")?;
-        let env: HashMap<&str, &str> = HashMap::new();
+        let env: HashMap<&str, &str> = [("CERTFLEET_INSECURE_PLAINTEXT_KEYS", "true")].into();
         let err = Settings::load(&Sources::new(&env).file(Some(&path))?)
             .map(|_| ())
             .unwrap_err();

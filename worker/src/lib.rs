@@ -60,7 +60,7 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
 pub use error::JobError;
 use metrics::Metrics;
@@ -259,6 +259,9 @@ pub async fn start(
                 }
             }
         });
+    }
+    if let Ok(Some(warning)) = ctx.cfg.common.storage.check_for_worker() {
+        warn!("{warning}");
     }
     info!(
         worker = %id,

@@ -1,23 +1,12 @@
-//! Writes to the bucket. Only workers write (bundles, pointers, the
-//! account record, pruning); every other part of certfleet reads through
-//! [`Store`]'s typed reads. The trait keeps the writes beside the worker
-//! while they use the same client, bucket and error mapping as the reads.
+//! The worker's maintenance of the bucket: deletes (pruning), the start-up
+//! check of conditional writes, creating a missing bucket. Object writes
+//! themselves are [`Store::put_json`] (common: `keys reseal` rewrites
+//! bundles too).
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
-use aws_sdk_s3::primitives::ByteStream;
 use certfleet_common::storage::{ETag, StorageError, Store};
-use serde::Serialize;
 
-/// A write condition.
-#[derive(Debug, Clone, Copy)]
-pub enum Condition<'a> {
-    /// Unconditional.
-    None,
-    /// Only if the key does not exist (`If-None-Match: *`).
-    Absent,
-    /// Only if the object still has this ETag (`If-Match`).
-    Matches(&'a ETag),
-}
+pub use certfleet_common::storage::Condition;
 
 /// The bucket is not usable by a worker: named with its endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -33,18 +22,6 @@ pub struct StorageCheckError {
 
 /// The writes a worker makes on a [`Store`].
 pub trait ObjectWrites {
-    /// Writes a JSON object. `Condition::Absent` refuses to overwrite,
-    /// `Condition::Matches` only replaces the version that was read.
-    ///
-    /// # Errors
-    /// [`StorageError::Conflict`] when the condition fails, or unavailable.
-    fn put_json<T: Serialize + Sync>(
-        &self,
-        key: &str,
-        value: &T,
-        condition: Condition<'_>,
-    ) -> impl Future<Output = Result<ETag, StorageError>> + Send;
-
     /// Deletes an object (a missing one is fine).
     ///
     /// # Errors
@@ -68,43 +45,6 @@ pub trait ObjectWrites {
 }
 
 impl ObjectWrites for Store {
-    async fn put_json<T: Serialize + Sync>(
-        &self,
-        key: &str,
-        value: &T,
-        condition: Condition<'_>,
-    ) -> Result<ETag, StorageError> {
-        let body = serde_json::to_vec_pretty(value).map_err(|e| StorageError::Corrupt {
-            key: key.to_string(),
-            what: "JSON value",
-            detail: e.to_string(),
-        })?;
-        let mut req = self
-            .client()
-            .put_object()
-            .bucket(self.bucket())
-            .key(key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        req = match condition {
-            Condition::None => req,
-            Condition::Absent => req.if_none_match("*"),
-            Condition::Matches(etag) => req.if_match(etag.0.clone()),
-        };
-        let out = req
-            .send()
-            .await
-            .map_err(|e| self.sdk_error("put", key, e))?;
-        match out.e_tag() {
-            Some(tag) if !tag.trim_matches('"').is_empty() => Ok(ETag(tag.to_string())),
-            _ => Err(StorageError::Unavailable {
-                op: "put",
-                key: key.to_string(),
-                detail: "the answer carries no ETag (conditional writes cannot work)".into(),
-            }),
-        }
-    }
-
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.client()
             .delete_object()

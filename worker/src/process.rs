@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certfleet_common::error::{Classify, Disposition};
-use certfleet_common::event::{CertInfo, EVENT_SCHEMA, Event, EventKind, Failure};
+use certfleet_common::event::{EVENT_SCHEMA, Event, EventKind, Failure};
 use certfleet_common::state::{JobState, JobStatus, STATUS_TTL};
 use certfleet_common::topology::{self, backoff, header_i64};
 use certfleet_common::{Envelope, JobKind, Pointer, now_ms};
@@ -799,15 +799,7 @@ impl Ctx {
             job_id: env.job_id,
             attempt: env.attempt,
             at: OffsetDateTime::now_utc(),
-            certificate: Some(CertInfo {
-                serial: certfleet_common::serial_display(&p.serial),
-                not_before: p.not_before,
-                not_after: p.not_after,
-                renew_at: p.renew_at,
-                version: p.version.clone(),
-                location: self.store.location(&p.name, &p.version),
-                previous_serial,
-            }),
+            certificate: Some(self.store.cert_info(p, previous_serial)),
             error: None,
         }
     }

@@ -76,9 +76,11 @@ pub(crate) async fn store_version(
         version: version.clone(),
         cert_pem: v.issued.cert_pem.clone(),
         chain_pem: v.issued.chain_pem.clone(),
-        key: store
-            .sealer()
-            .seal(v.key_pem.expose(), &Bundle::seal_context(v.name, &version))?,
+        key: store.sealer().seal_bundle(
+            v.name.as_str(),
+            v.key_pem.expose(),
+            &Bundle::seal_context(v.name, &version),
+        )?,
         job_id: Some(v.job_id),
     };
     metrics.s3("put");

@@ -71,6 +71,15 @@ settings! {
     ENCRYPTION_KEY = "encryption_key", true;
     /// File holding the encryption key.
     ENCRYPTION_KEY_FILE = "encryption_key_file", false;
+    /// Who may read which certificate's key: lines of `pattern age1...`
+    /// (workers, `import`, `keys reseal`).
+    RECIPIENTS_FILE = "recipients_file", false;
+    /// This server's age identities (`AGE-SECRET-KEY-1...` lines), opening
+    /// the keys encrypted to it (`pull`, `watch`, `keys reseal`).
+    IDENTITY_FILE = "identity_file", false;
+    /// `true`: a worker may store private keys unencrypted (no recipients
+    /// file, no encryption key); it warns at start.
+    INSECURE_PLAINTEXT_KEYS = "insecure_plaintext_keys", false;
     /// Fleet-wide cap on new orders per account: `COUNT/DURATION` or `off`.
     RATE_ORDERS = "rate_orders", false;
     /// Fleet-wide cap on failed validations per hostname: `COUNT/DURATION` or `off`.

@@ -406,7 +406,7 @@ impl Watcher {
         }
         let name = &event.name;
         match event.kind {
-            EventKind::Issued | EventKind::Renewed => {
+            EventKind::Issued | EventKind::Renewed | EventKind::Resealed => {
                 let hint = event.certificate.as_ref().map(|c| c.version.as_str());
                 match self
                     .sync_hinted(name, event.kind.as_str(), hint, shutdown)

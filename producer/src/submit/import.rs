@@ -339,6 +339,14 @@ pub(crate) async fn import(
     args: &ImportArgs,
     shutdown: CancellationToken,
 ) -> Result<(), SubmitError> {
+    // Import stores keys as a worker does: not in the clear unless told.
+    if let Some(warning) = config
+        .storage
+        .check_for_worker()
+        .map_err(|e| SubmitError::Usage(e.to_string()))?
+    {
+        tracing::warn!("{warning}");
+    }
     let (found, mut skipped) = scan(args.from, &args.dir)?;
     let now = OffsetDateTime::now_utc();
     let store = Store::from_config(config).await;
@@ -397,7 +405,8 @@ pub(crate) async fn import(
     for (c, e) in ready.iter().zip(&envelopes) {
         let key = store
             .sealer()
-            .seal(
+            .seal_bundle(
+                c.name.as_str(),
                 c.key_pem.expose(),
                 &Bundle::seal_context(&c.name, &c.version),
             )

@@ -145,6 +145,8 @@ impl EventWaiter {
                     }
                     bar.inc(1);
                 }
+                // Not a job's outcome (`keys reseal` publishes it).
+                EventKind::Resealed => {}
                 EventKind::Failed => {
                     jobs.remove(&event.job_id);
                     let failure = SubmitError::JobFailed {
