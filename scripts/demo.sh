@@ -5,7 +5,9 @@
 # two certificates (one with two names) are issued from Pebble with real
 # http-01 validation, and a wildcard one with dns-01 through the stack's
 # BIND (TSIG-signed updates); watch writes them to disk and runs its reload
-# hook.
+# hook. Keys are stored as in the documented deployment: each certificate's
+# key encrypted to the webserver group's age recipient (the worker holds
+# only that public key), the ACME account key under the workers' own key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/stack.sh env)"
@@ -23,6 +25,15 @@ export CERTFLEET_LOG=${CERTFLEET_LOG:-info}
 # CERTFLEET_DNS01_RESOLVERS come from scripts/stack.sh env).
 export CERTFLEET_DNS01_PROVIDER=rfc2136
 
+# The webserver's identity (secret, only watch reads it), the recipients
+# file naming its public key for every certificate (the worker's), and the
+# workers' own key.
+"$BIN/certfleet" keys identity --out "$DEMO/webservers.identity" >"$DEMO/webservers.recipient"
+echo "* $(cat "$DEMO/webservers.recipient")" >"$DEMO/recipients"
+(umask 077 && openssl rand -base64 32 >"$DEMO/workers.key")
+WORKER_KEYS=(CERTFLEET_RECIPIENTS_FILE="$DEMO/recipients" CERTFLEET_ENCRYPTION_KEY_FILE="$DEMO/workers.key")
+WEB_KEYS=(CERTFLEET_IDENTITY_FILE="$DEMO/webservers.identity")
+
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -31,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting a worker (log: $DEMO/worker.log)"
-"$BIN/certfleet-worker" >"$DEMO/worker.log" 2>&1 &
+env "${WORKER_KEYS[@]}" "$BIN/certfleet-worker" >"$DEMO/worker.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
     curl -sf "http://$CERTFLEET_METRICS_LISTEN/readyz" >/dev/null && break
@@ -41,7 +52,7 @@ curl -sf "http://$CERTFLEET_METRICS_LISTEN/readyz" >/dev/null || {
     echo "the worker did not become ready:"; tail -20 "$DEMO/worker.log"; exit 1; }
 
 echo "== starting certfleet watch into $DEMO/certs (log: $DEMO/watch.log)"
-"$BIN/certfleet" watch --dir "$DEMO/certs" --queue "demo-$RUN" \
+env "${WEB_KEYS[@]}" "$BIN/certfleet" watch --dir "$DEMO/certs" --queue "demo-$RUN" \
     --on-change "echo \"\$(date +%T) reload after \$CERTFLEET_EVENT of \$CERTFLEET_CERT_NAME\" >> '$DEMO/reloads.log'" \
     >"$DEMO/watch.log" 2>&1 &
 pids+=($!)
@@ -69,6 +80,13 @@ for name in site-a.demo.test www.site-b.demo.test site-c.dns01.test; do
     openssl x509 -noout -subject -issuer -serial -dates -ext subjectAltName -in "$dir/cert.pem"
     echo
 done
+echo "== keys are encrypted to the webservers' recipient $(cat "$DEMO/webservers.recipient"):"
+echo "   a pull without that identity (as the worker would) gets no key:"
+if "$BIN/certfleet" pull --dir "$DEMO/no-identity" site-a.demo.test >"$DEMO/no-identity.txt" 2>/dev/null; then
+    echo "a pull without an identity succeeded"; exit 1
+fi
+sed 's/^/   /' "$DEMO/no-identity.txt"
+echo
 echo "== reload hook ran:"
 cat "$DEMO/reloads.log" 2>/dev/null || echo "(not yet)"
 echo
@@ -79,6 +97,8 @@ cat <<EOT
 Try it by hand (the stack keeps running; stop it with make stack-down):
   eval "\$(scripts/stack.sh env)"
   export CERTFLEET_REDIS_PREFIX=$CERTFLEET_REDIS_PREFIX CERTFLEET_S3_PREFIX=$CERTFLEET_S3_PREFIX
+  export CERTFLEET_RECIPIENTS_FILE=$DEMO/recipients CERTFLEET_ENCRYPTION_KEY_FILE=$DEMO/workers.key
+  export CERTFLEET_IDENTITY_FILE=$DEMO/webservers.identity   # on webservers only, in production
   $BIN/certfleet-worker &                          # one or more workers
   $BIN/certfleet issue shop.demo.test --wait        # any name resolves to 127.0.0.1 in Pebble's DNS
   $BIN/certfleet status shop.demo.test

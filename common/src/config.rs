@@ -149,6 +149,8 @@ pub struct Config {
     pub s3: S3Config,
     /// Sealing of private keys.
     pub storage: StorageConfig,
+    /// The RabbitMQ management API, when configured (`server` commands).
+    pub rabbitmq_mgmt_url: Option<SecretUrl>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter from `CERTFLEET_LOG` (else `RUST_LOG`), checked when
@@ -254,10 +256,14 @@ impl Config {
                 None => None,
             },
         };
+        let rabbitmq_mgmt_url = src.parse(keys::RABBITMQ_MGMT_URL, |s| {
+            parse_url(s, &["http", "https"]).map(SecretUrl::new)
+        })?;
         Ok(Self {
             amqp_url,
             redis,
             s3,
+            rabbitmq_mgmt_url,
             storage,
             log_format,
             log_filter,

@@ -296,6 +296,38 @@ pub async fn declare_events(channel: &Channel) -> lapin::Result<()> {
         .await
 }
 
+/// Makes sure the events exchange exists, for a client that may lack the
+/// right to declare it (a webserver's own broker user, `certfleet server
+/// add`): a passive declaration first, which needs no permission; only if
+/// the exchange is missing (a fleet no worker has started yet), the real
+/// declaration. Each on a channel of its own, since a refused declaration
+/// closes its channel.
+///
+/// # Errors
+/// Broker errors, or the declaration refused.
+pub async fn ensure_events(conn: &lapin::Connection) -> lapin::Result<()> {
+    let passive = conn.create_channel().await?;
+    let found = passive
+        .exchange_declare(
+            EVENTS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..durable_exchange()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let _ = passive.close(200, "ok".into()).await;
+    if found.is_ok() {
+        return Ok(());
+    }
+    let active = conn.create_channel().await?;
+    let declared = declare_events(&active).await;
+    let _ = active.close(200, "ok".into()).await;
+    declared
+}
+
 /// Follows events matching `patterns` on a temporary queue of this channel
 /// (server-named, exclusive, deleted with the channel's connection),
 /// without acknowledgements. The queue is bound before this returns, so no
@@ -355,7 +387,6 @@ pub async fn declare_watch_queue(
     queue: &str,
     patterns: &[String],
 ) -> lapin::Result<()> {
-    declare_events(channel).await?;
     channel
         .queue_declare(
             queue.into(),

@@ -50,5 +50,6 @@ mod watch;
 
 pub(crate) use check::check_key;
 pub use error::WatchError;
+pub(crate) use pattern::check_queue_id;
 pub use pull::{PullArgs, PullOutcome, PullReport, pull};
 pub use watch::{WatchArgs, WatchOptions, watch};

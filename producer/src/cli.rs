@@ -26,6 +26,7 @@ use crate::exporter::{self, ExporterArgs, ExporterError};
 use crate::keys::{self, KeysCommand, KeysError};
 use crate::output::out;
 use crate::schedule::{self, IndexCommand, ScheduleArgs, ScheduleCmdError};
+use crate::server::{self, ServerCommand, ServerError};
 use crate::status::{self, StatusError};
 use crate::submit::{self, ImportArgs, IssueArgs, RenewArgs, RevokeArgs, SubmitArgs, SubmitError};
 
@@ -109,6 +110,13 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Broker users for webservers, each allowed to follow only its own
+    /// names' events (RabbitMQ management API).
+    Server {
+        /// What to do.
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
     /// Bring in certificates obtained by lego or certbot: each is stored as
     /// a version and renewed by the fleet from then on.
     Import(ImportArgs),
@@ -170,6 +178,9 @@ pub enum CliError {
     /// `keys`.
     #[error(transparent)]
     Keys(#[from] KeysError),
+    /// `server`.
+    #[error(transparent)]
+    Server(#[from] ServerError),
     /// `pull` could not put every certificate in place (the report says
     /// which).
     #[error("pull incomplete: {missing} missing in storage, {failed} failed")]
@@ -196,6 +207,7 @@ impl CliError {
             CliError::Schedule(e) => e.is_usage(),
             CliError::Exporter(e) => e.is_usage(),
             CliError::Keys(e) => e.is_usage(),
+            CliError::Server(e) => e.is_usage(),
             CliError::Usage(_) => true,
             CliError::PullIncomplete { .. } => false,
         }
@@ -278,6 +290,7 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         Command::Import(args) => submit::import(&config, &args, shutdown).await?,
         Command::Revoke(args) => submit::revoke(&config, &args, shutdown).await?,
         Command::Keys { command } => keys::run(&config, &command).await?,
+        Command::Server { command } => server::run(&config, &command).await?,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut cmd = Cli::command();

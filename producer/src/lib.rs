@@ -17,6 +17,8 @@
 //!   - `keys`: `keys identity` (an age identity for a server group) and
 //!     `keys reseal` (stored keys encrypted anew for the current
 //!     recipients).
+//!   - `server`: `server add|list|remove`, a broker user per webserver
+//!     that may follow only its names' events (RabbitMQ management API).
 //! - [`agent`]: the webserver agent, `pull` and `watch`, which run on each
 //!   webserver and keep its certificate directory up to date.
 //! - Shared by the commands: `broker` (connecting to the broker and closing
@@ -40,6 +42,7 @@ mod exporter;
 mod keys;
 mod output;
 mod schedule;
+mod server;
 mod status;
 mod submit;
 
@@ -48,6 +51,7 @@ pub use dlq::{DlqCommand, DlqError};
 pub use exporter::{ExporterArgs, ExporterError};
 pub use keys::{KeysCommand, KeysError};
 pub use schedule::{IndexCommand, ScheduleArgs, ScheduleCmdError};
+pub use server::{ServerCommand, ServerError};
 pub use status::StatusError;
 pub use submit::{
     ImportArgs, ImportSource, IssueArgs, LineError, RenewArgs, RequestError, RevokeArgs,

@@ -2,7 +2,8 @@
 # Lints helm/certfleet with Helm's own engine (PyPI helm-sdkpy, its Go
 # library): every template must render (no template or YAML error), once
 # with the values as shipped and once with every optional template on
-# (ServiceMonitor, PrometheusRule, Grafana dashboard, Ingress, CronJob).
+# (ServiceMonitor, PrometheusRule, Grafana dashboard, Ingress, CronJob,
+# the recipients file's ConfigMap).
 # The alert rules' content is checked by promtool (`make rules`).
 #
 # helm-sdkpy declares Python >= 3.12 but runs on Debian 12's 3.11: it is
@@ -28,6 +29,10 @@ s = open(p).read()
 for block in ("serviceMonitor", "prometheusRule", "dashboard"):
     s, n = re.subn(rf"(\n  {block}:\n    enabled: )false", r"\1true", s)
     assert n == 1, f"values.yaml: no metrics.{block}.enabled"
+# The recipients file (its ConfigMap, mount and variable).
+s, n = re.subn(r'\n  recipients: ""\n',
+               "\n  recipients: |\n    *.shop.example.com age1shop age1admin\n    * age1admin\n", s)
+assert n == 1, "values.yaml: no encryption.recipients"
 open(p, "w").write(s)
 PY
 

@@ -18,6 +18,7 @@ mod prometheus;
 mod renew;
 mod responder;
 mod secrets;
+mod servers;
 mod services;
 mod silent_broker;
 mod soak;

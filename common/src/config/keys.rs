@@ -84,6 +84,10 @@ settings! {
     RATE_ORDERS = "rate_orders", false;
     /// Fleet-wide cap on failed validations per hostname: `COUNT/DURATION` or `off`.
     RATE_FAILED_VALIDATIONS = "rate_failed_validations", false;
+    /// RabbitMQ management API (`server add|list|remove`), e.g.
+    /// `http://127.0.0.1:15672`; credentials in it, else the broker URL's.
+    /// Default: the broker's host, port 15672 (https for amqps).
+    RABBITMQ_MGMT_URL = "rabbitmq_mgmt_url", true;
     /// `text` or `json` logs.
     LOG_FORMAT = "log_format", false;
     /// Log filter (`tracing` directives such as `info,certfleet=debug`);

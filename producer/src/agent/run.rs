@@ -192,6 +192,7 @@ impl Watcher {
     async fn open(&self, config: &Config) -> Result<(Connection, Channel), BrokerError> {
         let conn = amqp::connect(&config.amqp_url, &amqp::connection_name(PROGRAM)).await?;
         let setup = async {
+            topology::ensure_events(&conn).await?;
             let channel = conn.create_channel().await?;
             channel
                 .basic_qos(PREFETCH, BasicQosOptions::default())
