@@ -46,6 +46,11 @@
 # PEBBLE_WFE_NONCEREJECT, PEBBLE_AUTHZREUSE, ...) are passed to pebble.
 # Per service, config, logs, pid files and data are in $STACK_DIR/SERVICE/.
 # bind: adding BIND_ADDR to lo needs root (it stays there after `down`).
+# STACK_TLS=1: Redis, RabbitMQ (single node) and the S3 gateway serve only
+# TLS on their ports (plain listeners closed), with a local CA, a server certificate for
+# localhost/127.0.0.1 and a client certificate in $STACK_DIR/tls/ (ca.pem,
+# cert.pem, key.pem, client.pem, client.key); `env` then prints rediss://
+# and amqps:// URLs and the CERTFLEET_*_CA_FILE variables.
 # `nsupdate -k $STACK_DIR/bind/tsig.key` updates its zones by hand. A program
 # that looks the zones' NS names up through the system resolver (lego's
 # propagation check does) gets bind as its resolver with
@@ -68,6 +73,7 @@ RABBITMQ_DIST_PORT=${RABBITMQ_DIST_PORT:-25672}
 RABBITMQ_NODENAME=${RABBITMQ_NODENAME:-certfleet@localhost}
 REDIS_PORT=${REDIS_PORT:-6379}
 REDIS_APPENDONLY=${REDIS_APPENDONLY:-no}
+STACK_TLS=${STACK_TLS:-0}
 S3_PORT=${S3_PORT:-9000}
 # SeaweedFS's own ports (master, volume, filer, and each one's gRPC port).
 S3_GRPC_PORT=${S3_GRPC_PORT:-9001}
@@ -260,17 +266,22 @@ RMQ_DIR=$STACK_DIR/rabbitmq
 # scripts, not Debian's /usr/sbin wrappers, which `su rabbitmq` and use
 # /var/lib/rabbitmq. HOME holds this instance's .erlang.cookie; epmd, Erlang
 # distribution and the CLI tools' own node listen on loopback only.
-rmq_cmd() { rmq_node_cmd "$RMQ_DIR" "$RMQ_DIR/home" "$RABBITMQ_NODENAME" "$RABBITMQ_PORT" "$RABBITMQ_DIST_PORT" "$@"; }
+rmq_cmd() {
+  local port=$RABBITMQ_PORT
+  if tls_on; then port=; fi
+  rmq_node_cmd "$RMQ_DIR" "$RMQ_DIR/home" "$RABBITMQ_NODENAME" "$port" "$RABBITMQ_DIST_PORT" "$@"
+}
 
 # rmq_node_cmd DIR HOME NODENAME PORT DIST_PORT CMD ARGS...: RMQ_CMD for any
-# node (the single one, or one of the cluster's).
+# node (the single one, or one of the cluster's). An empty PORT leaves the
+# listeners to rabbitmq.conf (STACK_TLS: TLS only).
 rmq_node_cmd() {
   local dir=$1 home=$2 node=$3 port=$4 dist=$5; shift 5
   local bin dist_if='-kernel inet_dist_use_interface {127,0,0,1}'
   bin=$(dirname "$(readlink -f "$(command -v rabbitmq-server)")")
   RMQ_CMD=(env HOME="$home"
     RABBITMQ_NODENAME="$node" RABBITMQ_DIST_PORT="$dist"
-    RABBITMQ_NODE_IP_ADDRESS="$LO" RABBITMQ_NODE_PORT="$port"
+    ${port:+RABBITMQ_NODE_IP_ADDRESS="$LO" RABBITMQ_NODE_PORT="$port"}
     RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf"
     RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf"
     RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
@@ -320,7 +331,11 @@ rmq_conf() {
   } >"$dir/rabbitmq.conf"
 }
 rabbitmq_pid() { pid_in "$RMQ_DIR/launcher.pid"; }
-rabbitmq_addr() { echo "amqp://$LO:$RABBITMQ_PORT mgmt http://$LO:$RABBITMQ_MGMT_PORT node $RABBITMQ_NODENAME"; }
+rabbitmq_addr() {
+  local scheme=amqp
+  if tls_on; then scheme=amqps; fi
+  echo "$scheme://$LO:$RABBITMQ_PORT mgmt http://$LO:$RABBITMQ_MGMT_PORT node $RABBITMQ_NODENAME"
+}
 rabbitmq_ready() {
   curl -fsS -m 3 -o /dev/null -u guest:guest \
     "http://$LO:$RABBITMQ_MGMT_PORT/api/health/checks/port-listener/$RABBITMQ_PORT" 2>/dev/null
@@ -330,7 +345,16 @@ rabbitmq_logs() { tail -n 30 "$RMQ_DIR/launcher.log" "$RMQ_DIR/log/$RABBITMQ_NOD
 rabbitmq_start() {
   ensure_port_free "$RABBITMQ_PORT" "$RABBITMQ_MGMT_PORT" "$RABBITMQ_DIST_PORT"
   rmq_cookie "$RMQ_DIR/home"
-  rmq_conf "$RMQ_DIR" "$RABBITMQ_MGMT_PORT"
+  local tls=()
+  if tls_on; then
+    # TLS only: no plain AMQP listener; client certificates optional.
+    local_certs "$TLS_DIR"
+    tls=("listeners.tcp = none" "listeners.ssl.1 = $LO:$RABBITMQ_PORT"
+      "ssl_options.cacertfile = $TLS_DIR/ca.pem" "ssl_options.certfile = $TLS_DIR/cert.pem"
+      "ssl_options.keyfile = $TLS_DIR/key.pem" "ssl_options.verify = verify_peer"
+      "ssl_options.fail_if_no_peer_cert = false")
+  fi
+  rmq_conf "$RMQ_DIR" "$RABBITMQ_MGMT_PORT" ${tls[@]+"${tls[@]}"}
   rmq_cmd rabbitmq-server
   start_bg "$RMQ_DIR/launcher.pid" "$RMQ_DIR/launcher.log" "${RMQ_CMD[@]}"
 }
@@ -426,8 +450,17 @@ rabbitmq-cluster_stop() {
 
 REDIS_DIR=$STACK_DIR/redis
 redis_pid() { pid_in "$REDIS_DIR/redis.pid"; }
-redis_addr() { echo "redis://$LO:$REDIS_PORT/0"; }
-redis_ready() { [[ $(redis-cli -h "$LO" -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+TLS_DIR=$STACK_DIR/tls
+tls_on() { [[ $STACK_TLS == 1 ]]; }
+redis_addr() { if tls_on; then echo "rediss://$LO:$REDIS_PORT/0"; else echo "redis://$LO:$REDIS_PORT/0"; fi; }
+rcli() {   # redis-cli against this instance, over TLS with STACK_TLS=1
+  if tls_on; then
+    redis-cli --tls --cacert "$TLS_DIR/ca.pem" -h "$LO" -p "$REDIS_PORT" "$@"
+  else
+    redis-cli -h "$LO" -p "$REDIS_PORT" "$@"
+  fi
+}
+redis_ready() { [[ $(rcli ping 2>/dev/null) == PONG ]]; }
 redis_logs() { tail -n 30 "$REDIS_DIR/start.log" "$REDIS_DIR/redis.log" 2>/dev/null || true; }
 redis_start() {
   ensure_port_free "$REDIS_PORT"
@@ -436,14 +469,22 @@ redis_start() {
   # starts (a self-daemonizing redis writes its pidfile only after the fork,
   # and a check in between would see no process). No snapshots; with
   # REDIS_APPENDONLY=yes data survives a restart (AOF in the state dir).
+  local listen=(--port "$REDIS_PORT")
+  if tls_on; then
+    # TLS only: the plain port is closed; client certificates optional.
+    local_certs "$TLS_DIR"
+    listen=(--port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$TLS_DIR/cert.pem"
+      --tls-key-file "$TLS_DIR/key.pem" --tls-ca-cert-file "$TLS_DIR/ca.pem"
+      --tls-auth-clients optional)
+  fi
   start_bg "$REDIS_DIR/redis.pid" "$REDIS_DIR/start.log" \
-    redis-server --bind "$LO" --port "$REDIS_PORT" --daemonize no \
+    redis-server --bind "$LO" "${listen[@]}" --daemonize no \
     --logfile "$REDIS_DIR/redis.log" \
     --dir "$REDIS_DIR" --save "" --appendonly "$REDIS_APPENDONLY"
 }
 redis_stop() {
   if alive "$(redis_pid)"; then
-    redis-cli -h "$LO" -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    rcli shutdown nosave >/dev/null 2>&1 || true
     stop_pid "$REDIS_DIR/redis.pid"
   fi
   rm -f "$REDIS_DIR/redis.pid"
@@ -526,10 +567,13 @@ sentinel_stop() {
 
 S3_DIR=$STACK_DIR/s3
 s3_pid() { pid_in "$S3_DIR/weed.pid"; }
-s3_addr() { echo "http://$LO:$S3_PORT bucket $S3_BUCKET (SeaweedFS)"; }
+# With STACK_TLS=1 the S3 gateway serves https only.
+s3_url() { if tls_on; then echo "https://$LO:$S3_PORT"; else echo "http://$LO:$S3_PORT"; fi; }
+s3_curl() { if tls_on; then curl --cacert "$TLS_DIR/ca.pem" "$@"; else curl "$@"; fi; }
+s3_addr() { echo "$(s3_url) bucket $S3_BUCKET (SeaweedFS)"; }
 # Ready: the S3 gateway answers and the master knows the volume server.
 s3_ready() {
-  [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://$LO:$S3_PORT/healthz") == 200 ]] &&
+  [[ $(s3_curl -s -o /dev/null -m 2 -w '%{http_code}' "$(s3_url)/healthz") == 200 ]] &&
     curl -s -m 2 "http://$LO:$WEED_MASTER_PORT/dir/status" | grep -q "\"Url\":\"$LO:$WEED_VOLUME_PORT\""
 }
 s3_logs() { tail -n 30 "$S3_DIR/weed.log" 2>/dev/null || true; }
@@ -543,6 +587,11 @@ s3_start() {
   "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
 EOF
   chmod 600 "$S3_DIR/s3.json"
+  local tls=()
+  if tls_on; then
+    local_certs "$TLS_DIR"
+    tls=(-s3.cert.file="$TLS_DIR/cert.pem" -s3.key.file="$TLS_DIR/key.pem")
+  fi
   # master + volume + filer + S3 gateway in one process, on loopback only;
   # small volumes (the default 30 GB preallocation would not fit), many of
   # them; data (and so every object) survives a restart (in 3.5 s: no
@@ -563,14 +612,15 @@ EOF
     -filer.localSocket="$S3_DIR/filer.sock" \
     -s3 -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC_PORT" -s3.port.iceberg=0 -s3.port.lance=0 \
     -filer.saveToFilerLimit=65536 \
-    -s3.localSocket="$S3_DIR/s3.sock" -s3.config="$S3_DIR/s3.json" -s3.autoCreateBucket=false -s3.iam=false
+    -s3.localSocket="$S3_DIR/s3.sock" -s3.config="$S3_DIR/s3.json" -s3.autoCreateBucket=false -s3.iam=false \
+    ${tls[@]+"${tls[@]}"}
 }
 # The bucket (kept across restarts: 409 when it exists already).
 s3_post() {
   local code i
   for ((i = 0; i < 50; i++)); do
-    code=$(curl -s -o /dev/null -m 10 -w '%{http_code}' --aws-sigv4 "aws:amz:us-east-1:s3" \
-      -u "$S3_ACCESS_KEY:$S3_SECRET_KEY" -X PUT "http://$LO:$S3_PORT/$S3_BUCKET")
+    code=$(s3_curl -s -o /dev/null -m 10 -w '%{http_code}' --aws-sigv4 "aws:amz:us-east-1:s3" \
+      -u "$S3_ACCESS_KEY:$S3_SECRET_KEY" -X PUT "$(s3_url)/$S3_BUCKET")
     [[ $code == 200 || $code == 409 ]] && return 0
     sleep 0.2
   done
@@ -745,21 +795,36 @@ pebble_logs() { tail -n 30 "$PEBBLE_DIR/pebble.log" "$PEBBLE_DIR/challtestsrv.lo
 
 # TLS for pebble's own listeners: a local CA and a localhost/127.0.0.1/::1
 # server certificate, kept across restarts so clients can keep trusting ca.pem.
-pebble_certs() {
-  [[ -s $PEBBLE_DIR/ca.pem && -s $PEBBLE_DIR/cert.pem && -s $PEBBLE_DIR/key.pem ]] && return 0
-  local d=$PEBBLE_DIR
+pebble_certs() { local_certs "$PEBBLE_DIR"; }
+
+# local_certs DIR: a local CA (ca.pem, ca.key), a localhost/127.0.0.1/::1
+# server certificate (cert.pem, key.pem) and a client certificate
+# (client.pem, client.key, PKCS#8), made once and kept.
+local_certs() {
+  local d=$1
+  [[ -s $d/ca.pem && -s $d/cert.pem && -s $d/key.pem && -s $d/client.pem ]] && return 0
+  mkdir -p "$d"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
     -keyout "$d/ca.key" -out "$d/ca.pem" -subj "/CN=certfleet stack local CA" \
     -addext 'basicConstraints=critical,CA:TRUE' \
     -addext 'keyUsage=critical,keyCertSign,cRLSign' 2>/dev/null
-  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$d/key.pem" -out "$d/cert.csr" -subj "/CN=localhost" 2>/dev/null
-  printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature' \
-    'extendedKeyUsage=serverAuth' 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1' \
-    'subjectKeyIdentifier=hash' 'authorityKeyIdentifier=keyid' >"$d/cert.ext"
-  openssl x509 -req -in "$d/cert.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
-    -days 825 -extfile "$d/cert.ext" -out "$d/cert.pem" 2>/dev/null
-  rm -f "$d/cert.csr" "$d/cert.ext"
+  local kind
+  for kind in server client; do
+    local cert=$d/cert.pem key=$d/key.pem cn=localhost
+    local ext=('extendedKeyUsage=serverAuth' 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1')
+    if [[ $kind == client ]]; then
+      cert=$d/client.pem key=$d/client.key cn=certfleet-client
+      ext=('extendedKeyUsage=clientAuth')
+    fi
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout "$key" -out "$d/$kind.csr" -subj "/CN=$cn" 2>/dev/null
+    printf '%s\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature' \
+      "${ext[@]}" 'subjectKeyIdentifier=hash' 'authorityKeyIdentifier=keyid' >"$d/$kind.ext"
+    openssl x509 -req -in "$d/$kind.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 825 -extfile "$d/$kind.ext" -out "$cert" 2>/dev/null
+    rm -f "$d/$kind.csr" "$d/$kind.ext"
+  done
+  chmod 644 "$d"/*.pem "$d/key.pem" "$d/client.key"
 }
 
 pebble_start() {
@@ -905,10 +970,10 @@ cmd_status() {
 cmd_env() {
   local v
   for v in \
-    "CERTFLEET_AMQP_URL=amqp://guest:guest@$LO:$RABBITMQ_PORT/%2f" \
-    "CERTFLEET_REDIS_URL=redis://$LO:$REDIS_PORT/0" \
+    "CERTFLEET_AMQP_URL=$(if tls_on; then echo amqps; else echo amqp; fi)://guest:guest@$LO:$RABBITMQ_PORT/%2f" \
+    "CERTFLEET_REDIS_URL=$(redis_addr)" \
     "CERTFLEET_S3_BUCKET=$S3_BUCKET" \
-    "CERTFLEET_S3_ENDPOINT=http://$LO:$S3_PORT" \
+    "CERTFLEET_S3_ENDPOINT=$(s3_url)" \
     "CERTFLEET_S3_REGION=us-east-1" \
     "CERTFLEET_S3_PATH_STYLE=true" \
     "AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY" \
@@ -933,6 +998,10 @@ cmd_env() {
     "CERTFLEET_TEST_STACK_DIR=$STACK_DIR"; do
     printf 'export %s=%q\n' "${v%%=*}" "${v#*=}"
   done
+  if tls_on; then
+    printf 'export %s=%q\n' CERTFLEET_AMQP_CA_FILE "$TLS_DIR/ca.pem" CERTFLEET_REDIS_CA_FILE "$TLS_DIR/ca.pem" \
+      CERTFLEET_S3_CA_FILE "$TLS_DIR/ca.pem"
+  fi
 }
 
 usage() {

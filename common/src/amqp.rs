@@ -177,6 +177,8 @@ pub struct BrokerUrls {
     urls: std::sync::Arc<[SecretUrl]>,
     /// Index of the node that answered last.
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// CA and client certificate for `amqps://` nodes.
+    tls: std::sync::Arc<crate::config::tls::TlsFiles>,
 }
 
 impl BrokerUrls {
@@ -189,7 +191,15 @@ impl BrokerUrls {
         Self {
             urls: urls.into(),
             current: std::sync::Arc::default(),
+            tls: std::sync::Arc::default(),
         }
+    }
+
+    /// With a CA file and client certificate for `amqps://` nodes.
+    #[must_use]
+    pub fn with_tls(mut self, tls: crate::config::tls::TlsFiles) -> Self {
+        self.tls = std::sync::Arc::new(tls);
+        self
     }
 
     /// One node.
@@ -243,7 +253,7 @@ pub async fn connect(urls: &BrokerUrls, connection_name: &str) -> Result<Connect
     let mut last = None;
     for i in 0..n {
         let at = (start + i) % n;
-        match connect_node(&urls.urls[at], connection_name).await {
+        match connect_node(&urls.urls[at], &urls.tls, connection_name).await {
             Ok(conn) => {
                 if at != start {
                     if let Some(e) = &last {
@@ -266,12 +276,35 @@ pub async fn connect(urls: &BrokerUrls, connection_name: &str) -> Result<Connect
 }
 
 /// Connects once to one node within [`RECONNECT`]'s connect timeout.
-async fn connect_node(url: &SecretUrl, connection_name: &str) -> Result<Connection, BrokerError> {
+async fn connect_node(
+    url: &SecretUrl,
+    tls: &crate::config::tls::TlsFiles,
+    connection_name: &str,
+) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(connection_name.as_bytes().to_vec()));
     let timeout = RECONNECT.connect_timeout;
     let uri = with_heartbeat(url.expose());
-    match tokio::time::timeout(timeout, Connection::connect(&uri, props)).await {
+    let connect = async {
+        if !tls.is_set() {
+            return Connection::connect(&uri, props).await;
+        }
+        // amqps:// with a private CA (added to the public roots) and/or a
+        // client certificate.
+        let config = lapin::tcp::OwnedTLSConfig {
+            identity: tls
+                .client
+                .as_ref()
+                .map(|(cert, key)| lapin::tcp::OwnedIdentity::PKCS8 {
+                    pem: cert.clone().into_bytes(),
+                    key: key.expose().clone().into_bytes(),
+                }),
+            cert_chain: tls.ca_pem.clone(),
+        };
+        Connection::connect_with_config(&uri, props, config, lapin::runtime::default_runtime()?)
+            .await
+    };
+    match tokio::time::timeout(timeout, connect).await {
         Ok(result) => result.map_err(|source| BrokerError::Connect {
             url: url.redacted(),
             source,

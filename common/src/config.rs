@@ -22,6 +22,7 @@
 pub mod keys;
 pub mod parse;
 pub mod sources;
+pub mod tls;
 
 use crate::secret::{Secret, SecretUrl};
 
@@ -47,6 +48,8 @@ pub struct RedisConfig {
     pub url: crate::redis_pool::RedisTarget,
     /// Prefix of every key, so several fleets (or tests) share one Redis.
     pub prefix: String,
+    /// TLS files for `rediss://`.
+    pub tls: tls::TlsFiles,
 }
 
 /// Object storage settings.
@@ -62,6 +65,9 @@ pub struct S3Config {
     pub path_style: bool,
     /// Prefix of every object key.
     pub prefix: String,
+    /// PEM CA certificates trusted for an `https://` endpoint, besides the
+    /// public roots.
+    pub ca_pem: Option<String>,
     /// Static credentials when `AWS_ACCESS_KEY_ID` and
     /// `AWS_SECRET_ACCESS_KEY` are in the given environment; otherwise the
     /// AWS default chain (profiles, web identity, instance roles) applies.
@@ -165,11 +171,20 @@ impl Config {
     /// The first invalid value, naming its variable, flag or file key.
     pub fn load(src: &Sources<'_>) -> Result<Self, ConfigError> {
         use parse::*;
-        let amqp_url = crate::amqp::BrokerUrls::new(src.parse_or(
+        let amqp_nodes = src.parse_or(keys::AMQP_URL, DEFAULT_AMQP_URL, parse_broker_urls)?;
+        let amqp_tls = tls::TlsFiles::amqp(src)?;
+        tls::only_with_tls(
+            &amqp_tls,
+            amqp_nodes.iter().all(|u| u.url().scheme() == "amqps"),
             keys::AMQP_URL,
-            DEFAULT_AMQP_URL,
-            parse_broker_urls,
-        )?);
+            if amqp_tls.ca_pem.is_some() {
+                keys::AMQP_CA_FILE
+            } else {
+                keys::AMQP_CLIENT_CERT_FILE
+            },
+            "amqps",
+        )?;
+        let amqp_url = crate::amqp::BrokerUrls::new(amqp_nodes).with_tls(amqp_tls);
         let redis = RedisConfig {
             url: {
                 let sentinel_password = src.parse(keys::REDIS_SENTINEL_PASSWORD, |s| {
@@ -180,7 +195,19 @@ impl Config {
                 })?
             },
             prefix: src.parse_or(keys::REDIS_PREFIX, DEFAULT_REDIS_PREFIX, parse_prefix)?,
+            tls: tls::TlsFiles::redis(src)?,
         };
+        tls::only_with_tls(
+            &redis.tls,
+            redis.url.is_tls(),
+            keys::REDIS_URL,
+            if redis.tls.ca_pem.is_some() {
+                keys::REDIS_CA_FILE
+            } else {
+                keys::REDIS_CLIENT_CERT_FILE
+            },
+            "rediss",
+        )?;
         let s3 = S3Config {
             bucket: src.parse_or(keys::S3_BUCKET, DEFAULT_S3_BUCKET, parse_bucket)?,
             endpoint: src.parse(keys::S3_ENDPOINT, |s| parse_url(s, &["http", "https"]))?,
@@ -194,6 +221,15 @@ impl Config {
                     format!("{p}/")
                 })
             })?,
+            ca_pem: src.parse(keys::S3_CA_FILE, |path| {
+                let text = std::fs::read_to_string(path.trim())
+                    .map_err(|e| format!("cannot read it: {e}"))?;
+                if text.contains("-----BEGIN CERTIFICATE-----") {
+                    Ok(text)
+                } else {
+                    Err("holds no PEM certificate".into())
+                }
+            })?,
             credentials: match (
                 src.env_var("AWS_ACCESS_KEY_ID"),
                 src.env_var("AWS_SECRET_ACCESS_KEY"),
@@ -205,6 +241,16 @@ impl Config {
                 _ => None,
             },
         };
+        if s3.ca_pem.is_some() && s3.endpoint.as_ref().is_none_or(|e| e.scheme() != "https") {
+            return Err(ConfigError::Invalid {
+                origin: Origin::Env(env_name(keys::S3_CA_FILE)),
+                value: None,
+                reason: format!(
+                    "set, but {} is not an https:// endpoint",
+                    env_name(keys::S3_ENDPOINT)
+                ),
+            });
+        }
         let key_inline = src.parse(keys::ENCRYPTION_KEY, parse_key256)?;
         let key_file = src.parse(keys::ENCRYPTION_KEY_FILE, |path| {
             let text = std::fs::read_to_string(path.trim())

@@ -66,6 +66,11 @@ impl RedisTarget {
         Ok(Self::Url(SecretUrl::new(url)))
     }
 
+    /// Whether it is reached over TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Self::Url(u) if u.url().scheme() == "rediss")
+    }
+
     /// The URL with passwords hidden.
     pub fn redacted(&self) -> String {
         match self {
@@ -282,13 +287,40 @@ impl RedisPool {
     ///
     /// # Errors
     /// An unusable target (already validated by the configuration).
-    pub fn new(target: &RedisTarget, max_size: usize) -> Result<Self, String> {
+    pub fn new(
+        target: &RedisTarget,
+        tls: &crate::config::tls::TlsFiles,
+        max_size: usize,
+    ) -> Result<Self, String> {
         let mut pc = PoolConfig::new(max_size.max(4));
         pc.timeouts.wait = Some(Duration::from_secs(5));
         // For a Sentinel pool this includes asking the sentinels.
         pc.timeouts.create = Some(Duration::from_secs(3));
         pc.timeouts.recycle = Some(Duration::from_secs(2));
         match target {
+            RedisTarget::Url(url) if url.url().scheme() == "rediss" => {
+                // The TLS parameters (CA, client certificate) travel in the
+                // connection info the pool's manager connects with.
+                let certs = deadpool_redis::redis::TlsCertificates {
+                    client_tls: tls.client.as_ref().map(|(cert, key)| {
+                        deadpool_redis::redis::ClientTlsConfig {
+                            client_cert: cert.clone().into_bytes(),
+                            client_key: key.expose().clone().into_bytes(),
+                        }
+                    }),
+                    root_cert: tls.ca_pem.clone().map(String::into_bytes),
+                };
+                let client = deadpool_redis::redis::Client::build_with_tls(url.expose(), certs)
+                    .map_err(|e| format!("TLS settings of {}: {e}", url.redacted()))?;
+                let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+                    .map_err(|e| e.to_string())?;
+                deadpool_redis::Pool::builder(manager)
+                    .config(pc)
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map(Self::Plain)
+                    .map_err(|e| e.to_string())
+            }
             RedisTarget::Url(url) => {
                 let mut c = deadpool_redis::Config::from_url(url.expose());
                 c.pool = Some(pc);

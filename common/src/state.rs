@@ -58,7 +58,7 @@ impl Classify for StateError {
 /// # Errors
 /// An unusable URL (already validated by the configuration).
 pub fn pool(cfg: &RedisConfig, max_size: usize) -> Result<RedisPool, StateError> {
-    RedisPool::new(&cfg.url, max_size).map_err(StateError::Pool)
+    RedisPool::new(&cfg.url, &cfg.tls, max_size).map_err(StateError::Pool)
 }
 
 /// Shared Redis state.

@@ -326,6 +326,28 @@ pub enum Condition<'a> {
     Matches(&'a ETag),
 }
 
+/// The SDK's HTTPS client (rustls on aws-lc-rs) trusting `ca_pem` besides
+/// the system's roots (`CERTFLEET_S3_CA_FILE`, checked to hold a PEM
+/// certificate when the configuration loaded). A bundle rustls refuses is
+/// logged, and the default trust applies: the connection then fails with a
+/// certificate error naming the endpoint.
+fn https_client_trusting(ca_pem: &str) -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::default().with_pem_certificate(ca_pem.as_bytes()))
+        .build()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "CERTFLEET_S3_CA_FILE is not usable; trusting the system's roots only");
+            TlsContext::default()
+        });
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https()
+}
+
 /// An ETag, for conditional writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ETag(pub String);
@@ -460,6 +482,9 @@ impl Store {
             );
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+        }
+        if let Some(ca) = &cfg.ca_pem {
+            builder = builder.http_client(https_client_trusting(ca));
         }
         Self {
             client: aws_sdk_s3::Client::from_conf(builder.build()),

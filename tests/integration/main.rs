@@ -23,4 +23,5 @@ mod services;
 mod silent_broker;
 mod soak;
 mod storage;
+mod tls;
 mod watch;

@@ -166,6 +166,11 @@ pub struct Private {
     members: Vec<(&'static str, u16)>,
 }
 
+/// `extra_env` for [`Private::start`]: Redis, RabbitMQ or S3 serves only
+/// TLS (`stack.sh`'s `STACK_TLS=1`); the instance's URL and variables
+/// follow.
+pub const TLS_ONLY: (&str, &str) = ("STACK_TLS", "1");
+
 /// Members of a [`Service::Sentinel`] instance, as `stack.sh` names them.
 pub const SENTINEL_MEMBERS: [&str; 5] = ["primary", "replica", "s1", "s2", "s3"];
 
@@ -460,8 +465,11 @@ impl Private {
     pub fn url(&self) -> String {
         let p = self.port;
         match self.kind {
+            Service::RabbitMq if self.tls() => format!("amqps://guest:guest@127.0.0.1:{p}/%2f"),
             Service::RabbitMq => format!("amqp://guest:guest@127.0.0.1:{p}/%2f"),
+            Service::Redis if self.tls() => format!("rediss://127.0.0.1:{p}/0"),
             Service::Redis => format!("redis://127.0.0.1:{p}/0"),
+            Service::S3 if self.tls() => format!("https://127.0.0.1:{p}"),
             Service::S3 => format!("http://127.0.0.1:{p}"),
             Service::Pebble => format!("https://127.0.0.1:{p}/dir"),
             Service::Prometheus => format!("http://127.0.0.1:{p}"),
@@ -479,6 +487,18 @@ impl Private {
                 format!("redis+sentinel://{}/certfleet/0", sentinels.join(","))
             }
         }
+    }
+
+    /// Whether it serves only TLS ([`TLS_ONLY`]).
+    pub fn tls(&self) -> bool {
+        self.env
+            .iter()
+            .any(|(k, v)| k == TLS_ONLY.0 && v == TLS_ONLY.1)
+    }
+
+    /// The local CA of a [`TLS_ONLY`] instance.
+    pub fn tls_ca(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.pem")
     }
 
     /// RabbitCluster: the AMQP ports of the nodes, node 1 first.
@@ -610,6 +630,19 @@ impl Private {
                 }
             }
             Service::Redis | Service::Sentinel => set("CERTFLEET_REDIS_URL", self.url()),
+            _ => {}
+        }
+        if self.tls() {
+            let ca = self.tls_ca().display().to_string();
+            match self.kind {
+                Service::RabbitMq => set("CERTFLEET_AMQP_CA_FILE", ca),
+                Service::Redis => set("CERTFLEET_REDIS_CA_FILE", ca),
+                Service::S3 => set("CERTFLEET_S3_CA_FILE", ca),
+                _ => {}
+            }
+        }
+        match self.kind {
+            Service::RabbitMq | Service::RabbitCluster | Service::Redis | Service::Sentinel => {}
             Service::S3 => {
                 set("CERTFLEET_S3_ENDPOINT", self.url());
                 set("CERTFLEET_S3_BUCKET", self.bucket.clone());
@@ -902,7 +935,14 @@ pub async fn env_for(env: &TestEnv, private: &[&Private]) -> anyhow::Result<Test
         let port = p.port();
         match p.kind() {
             Service::RabbitMq => {
-                stack.amqp_base = format!("amqp://guest:guest@127.0.0.1:{port}");
+                let scheme = if p.tls() { "amqps" } else { "amqp" };
+                stack.amqp_base = format!("{scheme}://guest:guest@127.0.0.1:{port}");
+                if p.tls() {
+                    vars.insert(
+                        "CERTFLEET_AMQP_CA_FILE".into(),
+                        p.tls_ca().display().to_string(),
+                    );
+                }
                 if let Some(m) = p.mgmt_url() {
                     stack.rabbitmq_mgmt = url::Url::parse(&m)?;
                 }

@@ -25,6 +25,20 @@ settings! {
     /// Password of the sentinels themselves (`requirepass` on each
     /// sentinel), when `redis_url` is a `redis+sentinel://` one.
     REDIS_SENTINEL_PASSWORD = "redis_sentinel_password", true;
+    /// PEM CA file trusted for `rediss://` (besides the public roots).
+    REDIS_CA_FILE = "redis_ca_file", false;
+    /// Client certificate (PEM) for `rediss://`.
+    REDIS_CLIENT_CERT_FILE = "redis_client_cert_file", false;
+    /// Its private key (PEM).
+    REDIS_CLIENT_KEY_FILE = "redis_client_key_file", false;
+    /// PEM CA file trusted for `amqps://` (besides the public roots).
+    AMQP_CA_FILE = "amqp_ca_file", false;
+    /// Client certificate (PEM) for `amqps://`.
+    AMQP_CLIENT_CERT_FILE = "amqp_client_cert_file", false;
+    /// Its private key (PEM, PKCS#8).
+    AMQP_CLIENT_KEY_FILE = "amqp_client_key_file", false;
+    /// PEM CA file trusted for an `https://` S3 endpoint.
+    S3_CA_FILE = "s3_ca_file", false;
     /// Prefix of every Redis key (default `certfleet:`).
     REDIS_PREFIX = "redis_prefix", false;
     /// Bucket holding certificates and account data.
