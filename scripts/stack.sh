@@ -49,8 +49,10 @@
 # STACK_TLS=1: Redis, RabbitMQ (single node) and the S3 gateway serve only
 # TLS on their ports (plain listeners closed), with a local CA, a server certificate for
 # localhost/127.0.0.1 and a client certificate in $STACK_DIR/tls/ (ca.pem,
-# cert.pem, key.pem, client.pem, client.key); `env` then prints rediss://
-# and amqps:// URLs and the CERTFLEET_*_CA_FILE variables.
+# cert.pem, key.pem, client.pem, client.key); `env` then prints rediss://,
+# amqps:// and https:// URLs and the CERTFLEET_*_CA_FILE variables. With
+# STACK_TLS_CLIENT_CERTS=1 as well, each requires a client certificate
+# signed by that CA (client.pem, client.key).
 # `nsupdate -k $STACK_DIR/bind/tsig.key` updates its zones by hand. A program
 # that looks the zones' NS names up through the system resolver (lego's
 # propagation check does) gets bind as its resolver with
@@ -74,6 +76,7 @@ RABBITMQ_NODENAME=${RABBITMQ_NODENAME:-certfleet@localhost}
 REDIS_PORT=${REDIS_PORT:-6379}
 REDIS_APPENDONLY=${REDIS_APPENDONLY:-no}
 STACK_TLS=${STACK_TLS:-0}
+STACK_TLS_CLIENT_CERTS=${STACK_TLS_CLIENT_CERTS:-0}
 S3_PORT=${S3_PORT:-9000}
 # SeaweedFS's own ports (master, volume, filer, and each one's gRPC port).
 S3_GRPC_PORT=${S3_GRPC_PORT:-9001}
@@ -352,7 +355,7 @@ rabbitmq_start() {
     tls=("listeners.tcp = none" "listeners.ssl.1 = $LO:$RABBITMQ_PORT"
       "ssl_options.cacertfile = $TLS_DIR/ca.pem" "ssl_options.certfile = $TLS_DIR/cert.pem"
       "ssl_options.keyfile = $TLS_DIR/key.pem" "ssl_options.verify = verify_peer"
-      "ssl_options.fail_if_no_peer_cert = false")
+      "ssl_options.fail_if_no_peer_cert = $(if tls_client_certs; then echo true; else echo false; fi)")
   fi
   rmq_conf "$RMQ_DIR" "$RABBITMQ_MGMT_PORT" ${tls[@]+"${tls[@]}"}
   rmq_cmd rabbitmq-server
@@ -452,10 +455,12 @@ REDIS_DIR=$STACK_DIR/redis
 redis_pid() { pid_in "$REDIS_DIR/redis.pid"; }
 TLS_DIR=$STACK_DIR/tls
 tls_on() { [[ $STACK_TLS == 1 ]]; }
+tls_client_certs() { [[ $STACK_TLS_CLIENT_CERTS == 1 ]]; }
 redis_addr() { if tls_on; then echo "rediss://$LO:$REDIS_PORT/0"; else echo "redis://$LO:$REDIS_PORT/0"; fi; }
 rcli() {   # redis-cli against this instance, over TLS with STACK_TLS=1
   if tls_on; then
-    redis-cli --tls --cacert "$TLS_DIR/ca.pem" -h "$LO" -p "$REDIS_PORT" "$@"
+    redis-cli --tls --cacert "$TLS_DIR/ca.pem" --cert "$TLS_DIR/client.pem" --key "$TLS_DIR/client.key" \
+      -h "$LO" -p "$REDIS_PORT" "$@"
   else
     redis-cli -h "$LO" -p "$REDIS_PORT" "$@"
   fi
@@ -475,7 +480,7 @@ redis_start() {
     local_certs "$TLS_DIR"
     listen=(--port 0 --tls-port "$REDIS_PORT" --tls-cert-file "$TLS_DIR/cert.pem"
       --tls-key-file "$TLS_DIR/key.pem" --tls-ca-cert-file "$TLS_DIR/ca.pem"
-      --tls-auth-clients optional)
+      --tls-auth-clients "$(if tls_client_certs; then echo yes; else echo optional; fi)")
   fi
   start_bg "$REDIS_DIR/redis.pid" "$REDIS_DIR/start.log" \
     redis-server --bind "$LO" "${listen[@]}" --daemonize no \
@@ -569,7 +574,13 @@ S3_DIR=$STACK_DIR/s3
 s3_pid() { pid_in "$S3_DIR/weed.pid"; }
 # With STACK_TLS=1 the S3 gateway serves https only.
 s3_url() { if tls_on; then echo "https://$LO:$S3_PORT"; else echo "http://$LO:$S3_PORT"; fi; }
-s3_curl() { if tls_on; then curl --cacert "$TLS_DIR/ca.pem" "$@"; else curl "$@"; fi; }
+s3_curl() {
+  if tls_on; then
+    curl --cacert "$TLS_DIR/ca.pem" --cert "$TLS_DIR/client.pem" --key "$TLS_DIR/client.key" "$@"
+  else
+    curl "$@"
+  fi
+}
 s3_addr() { echo "$(s3_url) bucket $S3_BUCKET (SeaweedFS)"; }
 # Ready: the S3 gateway answers and the master knows the volume server.
 s3_ready() {
@@ -591,6 +602,7 @@ EOF
   if tls_on; then
     local_certs "$TLS_DIR"
     tls=(-s3.cert.file="$TLS_DIR/cert.pem" -s3.key.file="$TLS_DIR/key.pem")
+    if tls_client_certs; then tls+=(-s3.cacert.file="$TLS_DIR/ca.pem" -s3.tlsVerifyClientCert); fi
   fi
   # master + volume + filer + S3 gateway in one process, on loopback only;
   # small volumes (the default 30 GB preallocation would not fit), many of

@@ -65,9 +65,9 @@ pub struct S3Config {
     pub path_style: bool,
     /// Prefix of every object key.
     pub prefix: String,
-    /// PEM CA certificates trusted for an `https://` endpoint, besides the
-    /// public roots.
-    pub ca_pem: Option<String>,
+    /// For an `https://` endpoint: a CA trusted besides the public roots,
+    /// a client certificate.
+    pub tls: tls::TlsFiles,
     /// Static credentials when `AWS_ACCESS_KEY_ID` and
     /// `AWS_SECRET_ACCESS_KEY` are in the given environment; otherwise the
     /// AWS default chain (profiles, web identity, instance roles) applies.
@@ -221,15 +221,12 @@ impl Config {
                     format!("{p}/")
                 })
             })?,
-            ca_pem: src.parse(keys::S3_CA_FILE, |path| {
-                let text = std::fs::read_to_string(path.trim())
-                    .map_err(|e| format!("cannot read it: {e}"))?;
-                if text.contains("-----BEGIN CERTIFICATE-----") {
-                    Ok(text)
-                } else {
-                    Err("holds no PEM certificate".into())
-                }
-            })?,
+            tls: tls::TlsFiles::load(
+                src,
+                keys::S3_CA_FILE,
+                keys::S3_CLIENT_CERT_FILE,
+                keys::S3_CLIENT_KEY_FILE,
+            )?,
             credentials: match (
                 src.env_var("AWS_ACCESS_KEY_ID"),
                 src.env_var("AWS_SECRET_ACCESS_KEY"),
@@ -241,14 +238,28 @@ impl Config {
                 _ => None,
             },
         };
-        if s3.ca_pem.is_some() && s3.endpoint.as_ref().is_none_or(|e| e.scheme() != "https") {
+        tls::only_with_tls(
+            &s3.tls,
+            s3.endpoint.as_ref().is_some_and(|e| e.scheme() == "https"),
+            keys::S3_ENDPOINT,
+            if s3.tls.ca_pem.is_some() {
+                keys::S3_CA_FILE
+            } else {
+                keys::S3_CLIENT_CERT_FILE
+            },
+            "https",
+        )?;
+        if s3.tls.is_set()
+            && let Err(reason) = crate::s3_https::client(&s3.tls)
+        {
             return Err(ConfigError::Invalid {
-                origin: Origin::Env(env_name(keys::S3_CA_FILE)),
+                origin: Origin::Env(env_name(if s3.tls.client.is_some() {
+                    keys::S3_CLIENT_CERT_FILE
+                } else {
+                    keys::S3_CA_FILE
+                })),
                 value: None,
-                reason: format!(
-                    "set, but {} is not an https:// endpoint",
-                    env_name(keys::S3_ENDPOINT)
-                ),
+                reason,
             });
         }
         let key_inline = src.parse(keys::ENCRYPTION_KEY, parse_key256)?;

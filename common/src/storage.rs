@@ -326,28 +326,6 @@ pub enum Condition<'a> {
     Matches(&'a ETag),
 }
 
-/// The SDK's HTTPS client (rustls on aws-lc-rs) trusting `ca_pem` besides
-/// the system's roots (`CERTFLEET_S3_CA_FILE`, checked to hold a PEM
-/// certificate when the configuration loaded). A bundle rustls refuses is
-/// logged, and the default trust applies: the connection then fails with a
-/// certificate error naming the endpoint.
-fn https_client_trusting(ca_pem: &str) -> aws_sdk_s3::config::SharedHttpClient {
-    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-    let context = TlsContext::builder()
-        .with_trust_store(TrustStore::default().with_pem_certificate(ca_pem.as_bytes()))
-        .build()
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "CERTFLEET_S3_CA_FILE is not usable; trusting the system's roots only");
-            TlsContext::default()
-        });
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::AwsLc,
-        ))
-        .tls_context(context)
-        .build_https()
-}
-
 /// An ETag, for conditional writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ETag(pub String);
@@ -483,8 +461,13 @@ impl Store {
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
         }
-        if let Some(ca) = &cfg.ca_pem {
-            builder = builder.http_client(https_client_trusting(ca));
+        if cfg.tls.is_set() {
+            match crate::s3_https::client(&cfg.tls) {
+                Ok(client) => builder = builder.http_client(client),
+                // Checked when the configuration loaded; the default client
+                // then fails with a certificate error naming the endpoint.
+                Err(e) => tracing::error!(error = %e, "S3 TLS settings not usable"),
+            }
         }
         Self {
             client: aws_sdk_s3::Client::from_conf(builder.build()),

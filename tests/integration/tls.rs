@@ -5,25 +5,27 @@
 use std::time::Duration;
 
 use certfleet_common::CertName;
-use certfleet_tests::private::{self, Private, Service, TLS_ONLY};
+use certfleet_tests::private::{self, Private, Service, TLS_CLIENT_CERTS, TLS_ONLY};
 use certfleet_tests::{TestEnv, init_logging};
 
 use crate::agent_checks::spawn_watch;
 use crate::watch::wait_for_serial;
 
-/// A private Redis, RabbitMQ and SeaweedFS serving only TLS: a plain
-/// connection to each is refused; the worker, `certfleet issue --wait` and
+/// A private Redis, RabbitMQ and SeaweedFS serving only TLS and requiring
+/// a client certificate: a plain connection to each is refused, and so is
+/// a TLS one without the client certificate; the worker, `certfleet issue --wait` and
 /// `certfleet watch` reach them over rediss://, amqps:// and https:// (the
-/// local CA in CERTFLEET_REDIS_CA_FILE, _AMQP_CA_FILE, _S3_CA_FILE), and
-/// the certificate reaches the watcher's directory.
+/// local CA in CERTFLEET_REDIS_CA_FILE, _AMQP_CA_FILE, _S3_CA_FILE, the
+/// client certificate in their _CLIENT_CERT_FILE and _CLIENT_KEY_FILE),
+/// and the certificate reaches the watcher's directory.
 #[tokio::test]
 async fn issue_and_watch_with_every_service_over_tls() -> anyhow::Result<()> {
     init_logging();
     let base = TestEnv::new("tls-only").await?;
     let (redis, rabbit, s3) = tokio::try_join!(
-        Private::start(Service::Redis, &[TLS_ONLY]),
-        Private::start(Service::RabbitMq, &[TLS_ONLY]),
-        Private::start(Service::S3, &[TLS_ONLY]),
+        Private::start(Service::Redis, &[TLS_ONLY, TLS_CLIENT_CERTS]),
+        Private::start(Service::RabbitMq, &[TLS_ONLY, TLS_CLIENT_CERTS]),
+        Private::start(Service::S3, &[TLS_ONLY, TLS_CLIENT_CERTS]),
     )?;
     let env = private::env_for(&base, &[&redis, &rabbit, &s3]).await?;
     for (var, scheme) in [
@@ -58,6 +60,39 @@ async fn issue_and_watch_with_every_service_over_tls() -> anyhow::Result<()> {
     assert!(
         !plain_s3.contains("200"),
         "plain HTTP to S3 answered: {plain_s3}"
+    );
+
+    // TLS with the right CA but no client certificate: refused by each.
+    let mut no_cert = env.vars.clone();
+    no_cert.retain(|k, _| !k.contains("_CLIENT_"));
+    let cfg = certfleet_common::Config::load(&certfleet_common::config::Sources::new(&no_cert))?;
+    let redis_ping = tokio::time::timeout(Duration::from_secs(10), async {
+        let state = certfleet_common::state::State::from_config(&cfg, 1)?;
+        let mut c = state.conn().await?;
+        let pong: String = deadpool_redis::redis::cmd("PING")
+            .query_async(&mut *c)
+            .await?;
+        anyhow::Ok(pong)
+    })
+    .await;
+    assert!(
+        !matches!(redis_ping, Ok(Ok(_))),
+        "Redis answered a client without a certificate"
+    );
+    assert!(
+        certfleet_common::amqp::connect(&cfg.amqp_url, "no-cert")
+            .await
+            .is_err(),
+        "RabbitMQ accepted a client without a certificate"
+    );
+    let listed = tokio::time::timeout(
+        Duration::from_secs(20),
+        certfleet_common::Store::from_config(&cfg).await.list("t/"),
+    )
+    .await;
+    assert!(
+        !matches!(listed, Ok(Ok(_))),
+        "S3 answered a client without a certificate"
     );
 
     let worker = env.start_worker(&[]).await?;

@@ -171,6 +171,11 @@ pub struct Private {
 /// follow.
 pub const TLS_ONLY: (&str, &str) = ("STACK_TLS", "1");
 
+/// With [`TLS_ONLY`]: the service also requires a client certificate
+/// (`STACK_TLS_CLIENT_CERTS=1`); [`Private::vars`] names the one `stack.sh`
+/// made.
+pub const TLS_CLIENT_CERTS: (&str, &str) = ("STACK_TLS_CLIENT_CERTS", "1");
+
 /// Members of a [`Service::Sentinel`] instance, as `stack.sh` names them.
 pub const SENTINEL_MEMBERS: [&str; 5] = ["primary", "replica", "s1", "s2", "s3"];
 
@@ -633,12 +638,17 @@ impl Private {
             _ => {}
         }
         if self.tls() {
-            let ca = self.tls_ca().display().to_string();
-            match self.kind {
-                Service::RabbitMq => set("CERTFLEET_AMQP_CA_FILE", ca),
-                Service::Redis => set("CERTFLEET_REDIS_CA_FILE", ca),
-                Service::S3 => set("CERTFLEET_S3_CA_FILE", ca),
-                _ => {}
+            let prefix = match self.kind {
+                Service::RabbitMq => "CERTFLEET_AMQP",
+                Service::Redis => "CERTFLEET_REDIS",
+                Service::S3 => "CERTFLEET_S3",
+                _ => "",
+            };
+            if !prefix.is_empty() {
+                let file = |f: &str| self.dir.path().join("tls").join(f).display().to_string();
+                set(&format!("{prefix}_CA_FILE"), file("ca.pem"));
+                set(&format!("{prefix}_CLIENT_CERT_FILE"), file("client.pem"));
+                set(&format!("{prefix}_CLIENT_KEY_FILE"), file("client.key"));
             }
         }
         match self.kind {
@@ -938,10 +948,7 @@ pub async fn env_for(env: &TestEnv, private: &[&Private]) -> anyhow::Result<Test
                 let scheme = if p.tls() { "amqps" } else { "amqp" };
                 stack.amqp_base = format!("{scheme}://guest:guest@127.0.0.1:{port}");
                 if p.tls() {
-                    vars.insert(
-                        "CERTFLEET_AMQP_CA_FILE".into(),
-                        p.tls_ca().display().to_string(),
-                    );
+                    vars.extend(p.vars().into_iter().filter(|(k, _)| k.ends_with("_FILE")));
                 }
                 if let Some(m) = p.mgmt_url() {
                     stack.rabbitmq_mgmt = url::Url::parse(&m)?;

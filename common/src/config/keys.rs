@@ -39,6 +39,10 @@ settings! {
     AMQP_CLIENT_KEY_FILE = "amqp_client_key_file", false;
     /// PEM CA file trusted for an `https://` S3 endpoint.
     S3_CA_FILE = "s3_ca_file", false;
+    /// Client certificate (PEM) for an `https://` S3 endpoint.
+    S3_CLIENT_CERT_FILE = "s3_client_cert_file", false;
+    /// Its private key (PEM).
+    S3_CLIENT_KEY_FILE = "s3_client_key_file", false;
     /// Prefix of every Redis key (default `certfleet:`).
     REDIS_PREFIX = "redis_prefix", false;
     /// Bucket holding certificates and account data.
