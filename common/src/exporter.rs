@@ -94,6 +94,8 @@ pub struct CertMetrics {
     not_before: GaugeVec,
     renewal: GaugeVec,
     ready: GaugeVec,
+    rollout_behind: GaugeVec,
+    rollout_oldest: GaugeVec,
     certificates: IntGauge,
     expiring: IntGaugeVec,
     overdue: IntGauge,
@@ -148,6 +150,14 @@ impl CertMetrics {
                     ),
                     &["name", "condition"],
                 )?,
+            )?,
+            rollout_behind: name_vec(
+                "certfleet_rollout_servers_behind",
+                "Servers that reported on the certificate and do not serve its current version (older version, or its hook failed)",
+            )?,
+            rollout_oldest: name_vec(
+                "certfleet_rollout_oldest_unloaded_seconds",
+                "How long the current version has existed (since its notBefore) while some server does not serve it; 0 when all do",
             )?,
             certificates: register(
                 reg,
@@ -323,6 +333,7 @@ impl CertMetrics {
             per = Some(read_names(state, &mut c).await?);
         }
         drop(c);
+        let rollout = rollout_lag(state, t).await?;
 
         let _swap = self
             .swap
@@ -343,8 +354,21 @@ impl CertMetrics {
             &self.not_before,
             &self.renewal,
             &self.ready,
+            &self.rollout_behind,
+            &self.rollout_oldest,
         ] {
             v.reset();
+        }
+        for (name, (behind, age)) in &rollout {
+            #[allow(clippy::cast_precision_loss)]
+            {
+                self.rollout_behind
+                    .with_label_values(&[name])
+                    .set(*behind as f64);
+                self.rollout_oldest
+                    .with_label_values(&[name])
+                    .set(*age as f64);
+            }
         }
         if per_name && let Some(data) = per {
             for (name, d) in &data {
@@ -369,6 +393,49 @@ impl CertMetrics {
         }
         Ok(summary)
     }
+}
+
+/// Per name that servers reported on: how many do not serve its current
+/// version (by notBefore, from the validity records), and how long that
+/// version has existed while one does not (0 when all do). Reads every
+/// server's reports: as many as servers × their names.
+async fn rollout_lag(state: &State, now: i64) -> Result<HashMap<String, (u64, i64)>, StateError> {
+    let servers = state.servers().await?;
+    let mut names: Vec<String> = servers
+        .iter()
+        .flat_map(|(_, _, rs)| rs.iter().map(|r| r.name.to_string()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = HashMap::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    let mut c = state.conn().await?;
+    let validity: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(state.keys().validity())
+        .arg(&names)
+        .query_async(&mut *c)
+        .await?;
+    let not_before: HashMap<&str, i64> = names
+        .iter()
+        .zip(validity)
+        .filter_map(|(n, v)| Some((n.as_str(), parse_validity(&v?)?.0)))
+        .collect();
+    for (_, _, reports) in &servers {
+        for r in reports {
+            let Some(nb) = not_before.get(r.name.as_str()) else {
+                continue;
+            };
+            let entry = out.entry(r.name.to_string()).or_insert((0u64, 0i64));
+            let loaded = crate::report::version_time(&r.version).is_some_and(|t| t >= *nb);
+            if !loaded || !r.hook.is_ok() {
+                entry.0 += 1;
+                entry.1 = (now - nb).max(0);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn gauge_i64(n: u64) -> i64 {

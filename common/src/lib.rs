@@ -42,6 +42,7 @@ pub mod job;
 pub mod logging;
 pub mod redis_keys;
 pub mod redis_pool;
+pub mod report;
 pub mod s3_https;
 pub mod schedule;
 pub mod seal;

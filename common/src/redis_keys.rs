@@ -55,6 +55,21 @@ impl RedisKeys {
         format!("{}http01:{token}", self.prefix)
     }
 
+    /// A name's rollout: hash server id → its latest report (JSON).
+    pub fn rollout(&self, name: &CertName) -> String {
+        format!("{}rollout:{name}", self.prefix)
+    }
+
+    /// A server's reports: hash name → its latest report (JSON).
+    pub fn server(&self, id: &str) -> String {
+        format!("{}server:{id}", self.prefix)
+    }
+
+    /// The servers that reported: hash id → time of the last report (Unix s).
+    pub fn servers(&self) -> String {
+        format!("{}servers", self.prefix)
+    }
+
     /// The expiry index: sorted set of names scored by renewal time (Unix s).
     pub fn expiry(&self) -> String {
         format!("{}expiry", self.prefix)

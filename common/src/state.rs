@@ -527,6 +527,116 @@ impl State {
     }
 }
 
+/// Records a server's report unless a newer one is there: KEYS = rollout
+/// hash, server hash, servers hash; ARGV = server, name, `<at ms>\t<json>`,
+/// at ms. Values start with the report's time so the comparison needs no
+/// JSON decoding.
+const RECORD_REPORT: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local t = tonumber(string.match(cur, '^(%d+)'))
+  if t and t > tonumber(ARGV[4]) then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local last = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+if tonumber(ARGV[4]) > last then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
+return 1
+"#;
+
+/// The reports of a hash's values (`<at ms>\t<json>`); unreadable ones are
+/// skipped.
+fn reports_of(values: impl IntoIterator<Item = String>) -> Vec<crate::report::Report> {
+    values
+        .into_iter()
+        .filter_map(|v| {
+            let (_, json) = v.split_once('\t')?;
+            crate::report::Report::from_json(json.as_bytes()).ok()
+        })
+        .collect()
+}
+
+impl State {
+    /// Records a server's report (newest wins; a duplicate or an older one
+    /// changes nothing). Returns whether it was recorded.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn record_report(&self, r: &crate::report::Report) -> Result<bool, StateError> {
+        let at_ms = i64::try_from(r.at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let json = serde_json::to_string(r).map_err(|e| StateError::Corrupt {
+            key: self.keys.rollout(&r.name),
+            detail: e.to_string(),
+        })?;
+        let mut c = self.conn().await?;
+        let done: i64 = redis::Script::new(RECORD_REPORT)
+            .key(self.keys.rollout(&r.name))
+            .key(self.keys.server(&r.server))
+            .key(self.keys.servers())
+            .arg(&r.server)
+            .arg(r.name.as_str())
+            .arg(format!("{at_ms}\t{json}"))
+            .arg(at_ms)
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// The latest report of every server that reported on `name`.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn rollout(&self, name: &CertName) -> Result<Vec<crate::report::Report>, StateError> {
+        let mut c = self.conn().await?;
+        let values: Vec<String> = c.hvals(self.keys.rollout(name)).await?;
+        let mut reports = reports_of(values);
+        reports.sort_by(|a, b| a.server.cmp(&b.server));
+        Ok(reports)
+    }
+
+    /// Every server that reported, with the time of its last report, and
+    /// its latest report per name.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn servers(
+        &self,
+    ) -> Result<Vec<(String, OffsetDateTime, Vec<crate::report::Report>)>, StateError> {
+        let mut c = self.conn().await?;
+        let ids: Vec<(String, i64)> = c.hgetall(self.keys.servers()).await?;
+        let mut out = Vec::new();
+        for (id, at_ms) in ids {
+            let values: Vec<String> = c.hvals(self.keys.server(&id)).await?;
+            let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            out.push((id, at, reports_of(values)));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Forgets a server: its reports, and its entry in every rollout.
+    /// Returns whether it was known.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn forget_server(&self, id: &str) -> Result<bool, StateError> {
+        let mut c = self.conn().await?;
+        let names: Vec<String> = c.hkeys(self.keys.server(id)).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for n in &names {
+            if let Ok(name) = CertName::parse(n) {
+                pipe.hdel(self.keys.rollout(&name), id).ignore();
+            }
+        }
+        pipe.del(self.keys.server(id)).ignore();
+        pipe.hdel(self.keys.servers(), id);
+        let (known,): (i64,) = pipe.query_async(&mut *c).await?;
+        Ok(known > 0 || !names.is_empty())
+    }
+}
+
 /// Deletes `KEYS[1]` only if it still holds `ARGV[1]`.
 pub const COMPARE_AND_DELETE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then

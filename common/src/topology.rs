@@ -38,6 +38,11 @@ pub const DEAD_QUEUE: &str = "certfleet.dead";
 pub const EVENTS_EXCHANGE: &str = "certfleet.events";
 /// Prefix of each webserver's durable event queue.
 pub const WATCH_QUEUE_PREFIX: &str = "certfleet.watch.";
+/// Topic exchange for webservers' reports (`server.<kind>.<name>`, see
+/// [`crate::report`]).
+pub const REPORTS_EXCHANGE: &str = "certfleet.reports";
+/// The workers' queue of reports (quorum, bound `server.#`).
+pub const REPORTS_QUEUE: &str = "certfleet.reports";
 
 /// Header on a retried job: which delay queue it goes through; the retry
 /// exchange (headers) routes on it. It must not start with `x-`: RabbitMQ's
@@ -306,10 +311,19 @@ pub async fn declare_events(channel: &Channel) -> lapin::Result<()> {
 /// # Errors
 /// Broker errors, or the declaration refused.
 pub async fn ensure_events(conn: &lapin::Connection) -> lapin::Result<()> {
+    ensure_exchange(conn, EVENTS_EXCHANGE).await
+}
+
+/// Like [`ensure_events`], for any of the fleet's topic exchanges
+/// (`watch` publishes to [`REPORTS_EXCHANGE`]).
+///
+/// # Errors
+/// Broker errors, or the declaration refused.
+pub async fn ensure_exchange(conn: &lapin::Connection, exchange: &str) -> lapin::Result<()> {
     let passive = conn.create_channel().await?;
     let found = passive
         .exchange_declare(
-            EVENTS_EXCHANGE.into(),
+            exchange.into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 passive: true,
@@ -323,9 +337,48 @@ pub async fn ensure_events(conn: &lapin::Connection) -> lapin::Result<()> {
         return Ok(());
     }
     let active = conn.create_channel().await?;
-    let declared = declare_events(&active).await;
+    let declared = active
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await;
     let _ = active.close(200, "ok".into()).await;
     declared
+}
+
+/// Declares the reports exchange, the workers' reports queue (quorum) and
+/// its binding `server.#`.
+///
+/// # Errors
+/// Any broker error.
+pub async fn declare_reports(channel: &Channel) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            REPORTS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            REPORTS_QUEUE.into(),
+            durable(),
+            table(&[("x-queue-type", text("quorum"))]),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            REPORTS_QUEUE.into(),
+            REPORTS_EXCHANGE.into(),
+            "server.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Follows events matching `patterns` on a temporary queue of this channel

@@ -25,6 +25,7 @@ use crate::dlq::{self, DlqCommand, DlqError};
 use crate::exporter::{self, ExporterArgs, ExporterError};
 use crate::keys::{self, KeysCommand, KeysError};
 use crate::output::out;
+use crate::rollout::{self, RolloutArgs, RolloutError, ServersArgs};
 use crate::schedule::{self, IndexCommand, ScheduleArgs, ScheduleCmdError};
 use crate::server::{self, ServerCommand, ServerError};
 use crate::status::{self, StatusError};
@@ -117,6 +118,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ServerCommand,
     },
+    /// Which servers serve a certificate's current version (from their
+    /// reports); --wait until all do.
+    Rollout(RolloutArgs),
+    /// The servers that report, their last report and the names they are
+    /// behind on; `servers forget ID`.
+    Servers(ServersArgs),
     /// Bring in certificates obtained by lego or certbot: each is stored as
     /// a version and renewed by the fleet from then on.
     Import(ImportArgs),
@@ -148,6 +155,7 @@ impl Command {
             Command::Schedule(_) | Command::Watch(_) | Command::Exporter(_) => true,
             Command::Import(a) => a.wait,
             Command::Revoke(a) => a.wait,
+            Command::Rollout(a) => a.wait,
             _ => false,
         }
     }
@@ -181,6 +189,9 @@ pub enum CliError {
     /// `server`.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// `rollout`, `servers`.
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
     /// `pull` could not put every certificate in place (the report says
     /// which).
     #[error("pull incomplete: {missing} missing in storage, {failed} failed")]
@@ -208,6 +219,7 @@ impl CliError {
             CliError::Exporter(e) => e.is_usage(),
             CliError::Keys(e) => e.is_usage(),
             CliError::Server(e) => e.is_usage(),
+            CliError::Rollout(e) => e.is_usage(),
             CliError::Usage(_) => true,
             CliError::PullIncomplete { .. } => false,
         }
@@ -276,7 +288,8 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         },
         Command::Pull(args) => {
             let names = parse_names(&args.names)?;
-            let report = agent::pull(&config, &args.dir, &names).await?;
+            let report =
+                agent::pull_as(&config, &args.dir, &names, args.server_id.as_deref()).await?;
             out(report.to_string().trim_end());
             if !report.is_complete() {
                 return Err(CliError::PullIncomplete {
@@ -291,6 +304,8 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         Command::Revoke(args) => submit::revoke(&config, &args, shutdown).await?,
         Command::Keys { command } => keys::run(&config, &command).await?,
         Command::Server { command } => server::run(&config, &command).await?,
+        Command::Rollout(args) => rollout::rollout(&config, &args, shutdown).await?,
+        Command::Servers(args) => rollout::servers(&config, &args).await?,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut cmd = Cli::command();

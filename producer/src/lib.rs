@@ -17,6 +17,8 @@
 //!   - `keys`: `keys identity` (an age identity for a server group) and
 //!     `keys reseal` (stored keys encrypted anew for the current
 //!     recipients).
+//!   - `rollout`: `rollout NAME [--wait]` and `servers [forget ID]`, from
+//!     the webservers' reports the workers keep in Redis.
 //!   - `server`: `server add|list|remove`, a broker user per webserver
 //!     that may follow only its names' events (RabbitMQ management API).
 //! - [`agent`]: the webserver agent, `pull` and `watch`, which run on each
@@ -41,6 +43,7 @@ mod dlq;
 mod exporter;
 mod keys;
 mod output;
+mod rollout;
 mod schedule;
 mod server;
 mod status;
@@ -50,6 +53,7 @@ pub use cli::{Cli, CliError, Command, clap_exit_code, load_config, run};
 pub use dlq::{DlqCommand, DlqError};
 pub use exporter::{ExporterArgs, ExporterError};
 pub use keys::{KeysCommand, KeysError};
+pub use rollout::{RolloutArgs, RolloutError, ServersArgs, ServersCommand};
 pub use schedule::{IndexCommand, ScheduleArgs, ScheduleCmdError};
 pub use server::{ServerCommand, ServerError};
 pub use status::StatusError;

@@ -11,7 +11,10 @@
 //! - topic permissions on `certfleet.events`: `write` nothing, `read` (the
 //!   binding keys a queue may be bound with) exactly the keys of its names:
 //!   `cert.*.NAME` for a name, `cert.*.*.#.ZONE` for `*.ZONE` (every name
-//!   under ZONE), `cert.#` for `*`.
+//!   under ZONE), `cert.#` for `*`;
+//! - write on `certfleet.reports`, with a topic permission allowing only
+//!   reports on its own names (`server.<kind>.<name>`, what `rollout`
+//!   shows).
 //!
 //! It prints the credentials once (text, or `--json`: `{"id", "user",
 //! "password", "amqp_url", "filters", "s3_policy"}`; with `--out FILE` the
@@ -116,6 +119,24 @@ fn pattern_of(key: &str) -> Option<String> {
         return Some(format!("*.{zone}"));
     }
     key.strip_prefix("cert.*.").map(str::to_string)
+}
+
+/// The routing keys of the reports a server may publish: its own names'.
+fn report_keys(patterns: &[NamePattern]) -> String {
+    let names: Vec<String> = patterns
+        .iter()
+        .map(|p| match p {
+            NamePattern::All => "[a-z0-9._-]+".to_string(),
+            NamePattern::Under(zone) => {
+                format!("[a-z0-9_-][a-z0-9._-]*\\.{}", zone.replace('.', "\\."))
+            }
+            NamePattern::Exact(name) => name.replace('.', "\\."),
+        })
+        .collect();
+    format!(
+        "^server\\.(loaded|hook_failed|holds)\\.({})$",
+        names.join("|")
+    )
 }
 
 /// A regular expression (Erlang `re`) matching exactly these strings.
@@ -285,6 +306,7 @@ async fn add(
     let password = new_password()?;
     let queue = topology::watch_queue(id);
     let own = exactly(std::slice::from_ref(&queue));
+    let write = exactly(&[queue.clone(), topology::REPORTS_EXCHANGE.to_string()]);
     mgmt.put(
         &format!("users/{}", segment(&user)),
         serde_json::json!({ "password": password, "tags": "" }),
@@ -295,7 +317,7 @@ async fn add(
             &format!("permissions/{}/{}", segment(&vhost), segment(&user)),
             serde_json::json!({
                 "configure": own,
-                "write": own,
+                "write": write,
                 "read": exactly(&[queue.clone(), topology::EVENTS_EXCHANGE.to_string()]),
             }),
         )
@@ -306,6 +328,15 @@ async fn add(
                 "exchange": topology::EVENTS_EXCHANGE,
                 "write": "^$",
                 "read": exactly(&filters),
+            }),
+        )
+        .await?;
+        mgmt.put(
+            &format!("topic-permissions/{}/{}", segment(&vhost), segment(&user)),
+            serde_json::json!({
+                "exchange": topology::REPORTS_EXCHANGE,
+                "write": report_keys(&patterns),
+                "read": "^$",
             }),
         )
         .await

@@ -17,6 +17,7 @@ mod keys;
 mod prometheus;
 mod renew;
 mod responder;
+mod rollout;
 mod secrets;
 mod servers;
 mod services;

@@ -90,6 +90,34 @@ async fn server_user_follows_only_its_names() -> anyhow::Result<()> {
             .map_err(|e| certfleet_common::error::chain(&e));
         refused(&format!("publishing to {exchange}"), sent)?;
     }
+    // Reports: on its own names only.
+    let report = |name: &CertName| {
+        format!(
+            r#"{{"schema":"certfleet.report.v1","kind":"holds","server":"{id}","name":"{name}","version":"20261203T000000Z-01","serial":"01","hook":{{"outcome":"none"}},"at":"2026-12-03T00:00:00Z"}}"#
+        )
+    };
+    for (n, allowed) in [(&mine, true), (&other, false)] {
+        let publisher = Publisher::new(&conn).await?;
+        let body = report(n);
+        let key = format!("server.holds.{n}");
+        let sent = publisher
+            .publish(Outgoing {
+                exchange: topology::REPORTS_EXCHANGE,
+                routing_key: &key,
+                body: body.as_bytes(),
+                content_type: "application/json",
+                message_id: None,
+                headers: None,
+                mandatory: false,
+            })
+            .await
+            .map_err(|e| certfleet_common::error::chain(&e));
+        if allowed {
+            sent.map_err(|e| anyhow::anyhow!("its own report refused: {e}"))?;
+        } else {
+            refused(&format!("a report on {other}"), sent)?;
+        }
+    }
     let ch = conn.create_channel().await?;
     let declared = ch
         .exchange_declare(
@@ -134,6 +162,25 @@ async fn server_user_follows_only_its_names() -> anyhow::Result<()> {
     assert!(!certs.join(other.as_str()).exists());
     let log = std::fs::read_to_string(&watch.log)?;
     assert!(!log.contains("ACCESS_REFUSED"), "{log}");
+    // Its watch reported, as that user, what it loaded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r: serde_json::Value =
+            serde_json::from_str(&env.certfleet(&["rollout", mine.as_str(), "--json"]).await?)?;
+        let reported = r["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["server"] == id.as_str() && s["current"] == true);
+        if reported {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no report from {id}: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     watch.stop().await?;
 
     // Removed: the user no longer connects.

@@ -43,6 +43,7 @@ pub mod objects;
 pub(crate) mod process;
 pub(crate) mod ratelimit;
 pub mod renewal;
+mod reports;
 pub(crate) use certfleet_common::serve;
 pub(crate) mod store;
 pub(crate) mod unwind;
@@ -316,12 +317,15 @@ pub async fn start(
             .await;
         })
     });
+    // Webservers' reports into Redis (`certfleet rollout`).
+    let reports = tokio::spawn(reports::run(ctx.clone(), shutdown.clone()));
     let task = tokio::spawn(
         async move {
             consumer::run(ctx, shutdown).await;
             if let Some(s) = schedule {
                 let _ = s.await;
             }
+            let _ = reports.await;
             // The responder stays up until the jobs are drained: a job in
             // its grace period may still be validating.
             servers.cancel();

@@ -252,6 +252,8 @@ pub(crate) struct HookFailure {
     pub(crate) status: String,
     /// The end of its stderr.
     pub(crate) stderr_tail: String,
+    /// Its exit code, when it exited with one.
+    pub(crate) exit_code: Option<i32>,
 }
 
 fn tail(bytes: &[u8]) -> String {
@@ -352,6 +354,7 @@ pub(crate) async fn run_once(
     .map_err(|e| HookFailure {
         status: format!("could not start sh: {e}"),
         stderr_tail: String::new(),
+        exit_code: None,
     })?;
     // The hook leads its group: its pid is the group id.
     let group = ProcessGroup::of(&child);
@@ -369,6 +372,7 @@ pub(crate) async fn run_once(
             return Err(HookFailure {
                 status: format!("still running after {timeout:?}, killed with its process group"),
                 stderr_tail: tail(&collected(stderr).await),
+                exit_code: None,
             });
         }
         Ok(Err(e)) => {
@@ -376,6 +380,7 @@ pub(crate) async fn run_once(
             return Err(HookFailure {
                 status: format!("could not wait for it: {e}"),
                 stderr_tail: String::new(),
+                exit_code: None,
             });
         }
         Ok(Ok(status)) => status,
@@ -392,6 +397,7 @@ pub(crate) async fn run_once(
         Err(HookFailure {
             status: status.to_string(),
             stderr_tail: tail(&err),
+            exit_code: status.code(),
         })
     }
 }
@@ -414,6 +420,8 @@ struct Inner {
     timeout: Duration,
     /// `watch --metrics-listen`: each run's outcome per name.
     metrics: Option<Arc<super::metrics::AgentMetrics>>,
+    /// Each run's outcome, reported to the fleet.
+    reporter: Option<super::report::Reporter>,
     /// One entry per name whose task is running, to wake it on a newer
     /// change. The lock also orders marker writes, file switches and marker
     /// reads (see the module doc).
@@ -471,6 +479,7 @@ impl Hooks {
                 retry_max,
                 timeout,
                 metrics: None,
+                reporter: None,
                 tasks: Mutex::new(HashMap::new()),
             }),
         }
@@ -482,6 +491,19 @@ impl Hooks {
             inner.metrics = Some(metrics);
         }
         self
+    }
+
+    /// Reports each run's outcome to the fleet (before any hook ran).
+    pub(crate) fn with_reporter(mut self, reporter: super::report::Reporter) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.reporter = Some(reporter);
+        }
+        self
+    }
+
+    /// Whether a change of `name` waits for its hook.
+    pub(crate) fn is_pending(&self, name: &CertName) -> bool {
+        marker_path(&self.inner.dir, name).exists()
     }
 
     /// Records a change and switches its files: writes the marker, runs
@@ -629,6 +651,7 @@ async fn drive(inner: Arc<Inner>, name: CertName, notify: Arc<Notify>) {
                 let failure = HookFailure {
                     status: format!("not run, the marker could not be read: {e}"),
                     stderr_tail: String::new(),
+                    exit_code: None,
                 };
                 (None, Err(failure))
             }
@@ -666,6 +689,26 @@ async fn drive(inner: Arc<Inner>, name: CertName, notify: Arc<Notify>) {
         if let (Some(m), Some(_)) = (&inner.metrics, &pending) {
             m.hook(&name, outcome.is_ok());
         }
+        if let (Some(r), Some(p)) = (&inner.reporter, &pending) {
+            use certfleet_common::report::{HookState, ReportKind};
+            let (kind, hook) = match &outcome {
+                Ok(()) => (
+                    ReportKind::Loaded,
+                    HookState {
+                        outcome: "ok".into(),
+                        exit_code: None,
+                    },
+                ),
+                Err(f) => (
+                    ReportKind::HookFailed,
+                    HookState {
+                        outcome: "failed".into(),
+                        exit_code: f.exit_code,
+                    },
+                ),
+            };
+            r.send(kind, &name, &p.version, &p.serial, hook);
+        }
         let failure = match (outcome, &pending) {
             (Ok(()), Some(pending)) => {
                 if failures > 0 {
@@ -684,6 +727,7 @@ async fn drive(inner: Arc<Inner>, name: CertName, notify: Arc<Notify>) {
                             "succeeded, but the marker could not be removed ({e}); it will run again"
                         ),
                         stderr_tail: String::new(),
+                        exit_code: None,
                     },
                 }
             }

@@ -20,6 +20,10 @@ pub struct PullArgs {
     /// Certificates to pull (default: every one).
     #[arg(value_name = "NAME")]
     pub names: Vec<String>,
+    /// Report to the fleet as this server (what `certfleet rollout` shows);
+    /// the id `watch --queue` would take.
+    #[arg(long, value_name = "ID")]
+    pub server_id: Option<String>,
 }
 
 /// What happened to one name in a [`pull`].
@@ -132,6 +136,26 @@ pub async fn pull(
     dir: &Path,
     names: &[CertName],
 ) -> Result<PullReport, WatchError> {
+    pull_as(config, dir, names, None).await
+}
+
+/// [`pull`], reporting to the fleet as server `server` (`pull --server-id`)
+/// what it wrote and what it holds.
+///
+/// # Errors
+/// As [`pull`].
+pub async fn pull_as(
+    config: &Config,
+    dir: &Path,
+    names: &[CertName],
+    server: Option<&str>,
+) -> Result<PullReport, WatchError> {
+    if let Some(id) = server {
+        super::pattern::check_queue_id(id).map_err(|reason| WatchError::QueueId {
+            id: id.to_string(),
+            reason,
+        })?;
+    }
     let path = dir.to_path_buf();
     let dir = files::blocking(move || CertDir::open(&path)).await?;
     let store = Store::from_config(config).await;
@@ -146,11 +170,14 @@ pub async fn pull(
         }
         unique
     };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let reporting = server.map(|id| super::report::Reporter::start(config, id, stop.clone()));
     let syncer = Syncer {
         store,
         dir,
         hooks: None,
         metrics: None,
+        reporter: reporting.as_ref().map(|(r, _)| r.clone()),
     };
     let mut report = PullReport::default();
     for name in names {
@@ -160,7 +187,16 @@ pub async fn pull(
                 reason: certfleet_common::error::chain(&e),
             },
         };
+        if matches!(outcome, PullOutcome::Unchanged { .. }) {
+            syncer.report_held(&name).await;
+        }
         report.push(name, outcome);
+    }
+    // The reports go out before pull ends (a few seconds at most).
+    drop(syncer);
+    if let Some((_, task)) = reporting {
+        stop.cancel();
+        let _ = task.await;
     }
     Ok(report)
 }

@@ -312,7 +312,13 @@ impl Watcher {
         for name in &followed {
             match self.sync(name, "sync", shutdown).await {
                 Synced::Written => written += 1,
-                Synced::Unchanged | Synced::Missing => unchanged += 1,
+                Synced::Unchanged => {
+                    unchanged += 1;
+                    // What this server holds (a version just written is
+                    // reported once its hook ran).
+                    self.syncer.report_held(name).await;
+                }
+                Synced::Missing => unchanged += 1,
                 Synced::Failed => failed += 1,
                 Synced::Shutdown => return Some(Ended::Shutdown),
             }
@@ -465,6 +471,7 @@ mod tests {
             dir: CertDir::open(dir).expect("dir"),
             hooks: None,
             metrics: None,
+            reporter: None,
         };
         let filters: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
         Watcher::new(syncer, Filters::parse(&filters).expect("filters"), "web-1")

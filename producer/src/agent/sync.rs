@@ -63,6 +63,8 @@ pub(super) struct Syncer {
     pub(super) hooks: Option<Hooks>,
     /// `watch --metrics-listen`.
     pub(super) metrics: Option<std::sync::Arc<super::metrics::AgentMetrics>>,
+    /// Reports to the fleet (`watch`; `pull --server-id`).
+    pub(super) reporter: Option<super::report::Reporter>,
 }
 
 impl Syncer {
@@ -71,6 +73,33 @@ impl Syncer {
     pub(super) fn observed(&self, name: &CertName, written: bool) {
         if let Some(m) = &self.metrics {
             m.synced(name, &self.dir.link(name), written);
+        }
+    }
+
+    /// Reports what the disk holds for `name` (a server starting, or
+    /// `pull`): not while its hook is pending (the hook's run reports).
+    pub(super) async fn report_held(&self, name: &CertName) {
+        let Some(r) = &self.reporter else {
+            return;
+        };
+        let hook = match &self.hooks {
+            Some(h) if h.is_pending(name) => return,
+            Some(_) => certfleet_common::report::HookState {
+                outcome: "ok".into(),
+                exit_code: None,
+            },
+            None => certfleet_common::report::HookState::none(),
+        };
+        let dir = self.dir.clone();
+        let n = name.clone();
+        if let Ok(Some(d)) = files::blocking(move || dir.current(&n)).await {
+            r.send(
+                certfleet_common::report::ReportKind::Holds,
+                name,
+                &d.version,
+                &d.serial,
+                hook,
+            );
         }
     }
 
@@ -177,7 +206,24 @@ impl Syncer {
     ) -> Result<PathBuf, WatchError> {
         let dir = self.dir.clone();
         match &self.hooks {
-            None => files::blocking(move || dir.write(&material)).await,
+            None => {
+                let (name, version, serial) = (
+                    material.name.clone(),
+                    material.version.clone(),
+                    material.serial.clone(),
+                );
+                let written = files::blocking(move || dir.write(&material)).await?;
+                if let Some(r) = &self.reporter {
+                    r.send(
+                        certfleet_common::report::ReportKind::Loaded,
+                        &name,
+                        &version,
+                        &serial,
+                        certfleet_common::report::HookState::none(),
+                    );
+                }
+                Ok(written)
+            }
             Some(hooks) => {
                 let pending = Pending {
                     event: event.to_string(),

@@ -14,6 +14,7 @@ use super::error::WatchError;
 use super::files::{self, CertDir};
 use super::hook::{HookEnv, Hooks};
 use super::metrics::AgentMetrics;
+use super::report::Reporter;
 use super::sync::Syncer;
 use super::{pattern, run};
 
@@ -117,11 +118,16 @@ pub async fn watch(
         None => None,
     };
     let store = Store::from_config(config).await;
+    // Reports to the fleet: the last ones (hooks ending at shutdown) still
+    // go out, so its token is cancelled after the hooks are done.
+    let reports_stop = CancellationToken::new();
+    let (reporter, reports_task) = Reporter::start(config, &opts.queue_id, reports_stop.clone());
     // The hook tasks get their own token, cancelled once the watcher is done.
     let hooks_stop = shutdown.child_token();
     let hooks = opts.on_change.clone().map(|cmd| {
         let env = HookEnv::from_process(&opts.hook_env);
-        let hooks = Hooks::new(cmd, env, dir.clone(), hooks_stop.clone());
+        let hooks =
+            Hooks::new(cmd, env, dir.clone(), hooks_stop.clone()).with_reporter(reporter.clone());
         match &metrics {
             Some(m) => hooks.with_metrics(m.clone()),
             None => hooks,
@@ -135,6 +141,7 @@ pub async fn watch(
         dir,
         hooks: hooks.clone(),
         metrics,
+        reporter: Some(reporter),
     };
     let result = run::Watcher::new(syncer, filters, &opts.queue_id)
         .run(config, &shutdown)
@@ -143,6 +150,8 @@ pub async fn watch(
     if let Some(h) = hooks {
         h.wait().await;
     }
+    reports_stop.cancel();
+    let _ = reports_task.await;
     result
 }
 
