@@ -52,9 +52,11 @@ chart:
 	tests/helm/lint.sh
 
 # What tests run besides the services: promtool, lego and certbot
-# (Debian packages, installed if missing).
+# (Debian packages, installed if missing), Debian's chromium and
+# playwright-core for the dashboard's browser test.
 tools:
 	$(STACK) install prometheus lego certbot
+	tests/browser/setup.sh >/dev/null
 
 # The alert rules the chart ships: valid, and each alert's unit tests pass
 # (promtool, from Debian's prometheus package, installed if missing).

@@ -428,14 +428,103 @@ async fn rollout_lag(state: &State, now: i64) -> Result<HashMap<String, (u64, i6
                 continue;
             };
             let entry = out.entry(r.name.to_string()).or_insert((0u64, 0i64));
-            let loaded = crate::report::version_time(&r.version).is_some_and(|t| t >= *nb);
-            if !loaded || !r.hook.is_ok() {
+            if !serves_current(r, *nb) {
                 entry.0 += 1;
                 entry.1 = (now - nb).max(0);
             }
         }
     }
     Ok(out)
+}
+
+/// Whether a report shows the server serving the version whose notBefore
+/// is `not_before` (or a newer one), its hook ok or none.
+fn serves_current(r: &crate::report::Report, not_before: i64) -> bool {
+    crate::report::version_time(&r.version).is_some_and(|t| t >= not_before) && r.hook.is_ok()
+}
+
+/// One certificate as the dashboard shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertRow {
+    /// The name.
+    pub name: String,
+    /// Planned renewal, Unix seconds.
+    pub renew_at: i64,
+    /// notBefore, when recorded.
+    pub not_before: Option<i64>,
+    /// notAfter, when recorded.
+    pub not_after: Option<i64>,
+    /// The last job failed for good.
+    pub failed: bool,
+    /// `True`, `False` or `Unknown` (as `certfleet_certificate_ready_status`).
+    pub ready: &'static str,
+    /// The servers that reported on it.
+    pub rollout: Vec<ServerRow>,
+}
+
+/// One server's latest report on a certificate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerRow {
+    /// The server.
+    pub server: String,
+    /// The serial it serves.
+    pub serial: String,
+    /// The hook's outcome.
+    pub hook: String,
+    /// Its exit code, when it failed with one.
+    pub exit_code: Option<i32>,
+    /// When it reported, Unix seconds.
+    pub at: i64,
+    /// Whether it serves the current version.
+    pub current: bool,
+}
+
+/// Every indexed certificate with its validity, failure mark and rollout
+/// (`certfleet dashboard`), sorted by name.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn fleet_view(state: &State, now: OffsetDateTime) -> Result<Vec<CertRow>, StateError> {
+    let t = now.unix_timestamp();
+    let mut c = state.conn().await?;
+    let names = read_names(state, &mut c).await?;
+    drop(c);
+    let mut rollout: HashMap<String, Vec<crate::report::Report>> = HashMap::new();
+    for (_, _, reports) in state.servers().await? {
+        for r in reports {
+            rollout.entry(r.name.to_string()).or_default().push(r);
+        }
+    }
+    let mut rows: Vec<CertRow> = names
+        .into_iter()
+        .map(|(name, d)| {
+            let nb = d.validity.map(|(nb, _)| nb);
+            let servers = rollout
+                .remove(&name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| ServerRow {
+                    current: nb.is_some_and(|nb| serves_current(&r, nb)),
+                    server: r.server,
+                    serial: r.serial,
+                    hook: r.hook.outcome,
+                    exit_code: r.hook.exit_code,
+                    at: r.at.unix_timestamp(),
+                })
+                .collect();
+            CertRow {
+                ready: d.condition(t),
+                renew_at: d.renew_at,
+                not_before: nb,
+                not_after: d.validity.map(|(_, na)| na),
+                failed: d.failed,
+                rollout: servers,
+                name,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(rows)
 }
 
 fn gauge_i64(n: u64) -> i64 {

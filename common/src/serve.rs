@@ -59,8 +59,11 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>>
     rsp
 }
 
-/// Serves `handler` on `listener` until `shutdown`.
-pub async fn serve<H, Fut>(
+/// Serves `handler` on `listener` until `shutdown`. Answers are whole
+/// bodies (`Full`), or any body a `Full` converts into (a streamed one, for
+/// `certfleet dashboard`'s event stream: [`RESPONSE_TIMEOUT`] bounds the
+/// time to the response head, not the stream).
+pub async fn serve<H, Fut, B>(
     listener: TcpListener,
     name: &'static str,
     max_connections: usize,
@@ -68,7 +71,9 @@ pub async fn serve<H, Fut>(
     shutdown: CancellationToken,
 ) where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + From<Full<Bytes>> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = Arc::new(Semaphore::new(max_connections.max(1)));
     loop {
@@ -103,7 +108,7 @@ pub async fn serve<H, Fut>(
                         let rsp = tokio::time::timeout(RESPONSE_TIMEOUT, handler(req))
                             .await
                             .unwrap_or_else(|_| {
-                                text(StatusCode::SERVICE_UNAVAILABLE, "timed out\n")
+                                text(StatusCode::SERVICE_UNAVAILABLE, "timed out\n").map(B::from)
                             });
                         Ok::<_, Infallible>(rsp)
                     }

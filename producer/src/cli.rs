@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, PullArgs, WatchArgs, WatchError};
+use crate::dashboard::{self, DashboardArgs, DashboardError};
 use crate::dlq::{self, DlqCommand, DlqError};
 use crate::exporter::{self, ExporterArgs, ExporterError};
 use crate::keys::{self, KeysCommand, KeysError};
@@ -124,6 +125,9 @@ pub enum Command {
     /// The servers that report, their last report and the names they are
     /// behind on; `servers forget ID`.
     Servers(ServersArgs),
+    /// Serve a live, read-only web page of the fleet (`dashboard token`
+    /// prints a one-time URL for it).
+    Dashboard(DashboardArgs),
     /// Bring in certificates obtained by lego or certbot: each is stored as
     /// a version and renewed by the fleet from then on.
     Import(ImportArgs),
@@ -156,6 +160,7 @@ impl Command {
             Command::Import(a) => a.wait,
             Command::Revoke(a) => a.wait,
             Command::Rollout(a) => a.wait,
+            Command::Dashboard(a) => a.command.is_none(),
             _ => false,
         }
     }
@@ -192,6 +197,9 @@ pub enum CliError {
     /// `rollout`, `servers`.
     #[error(transparent)]
     Rollout(#[from] RolloutError),
+    /// `dashboard`.
+    #[error(transparent)]
+    Dashboard(#[from] DashboardError),
     /// `pull` could not put every certificate in place (the report says
     /// which).
     #[error("pull incomplete: {missing} missing in storage, {failed} failed")]
@@ -220,6 +228,7 @@ impl CliError {
             CliError::Keys(e) => e.is_usage(),
             CliError::Server(e) => e.is_usage(),
             CliError::Rollout(e) => e.is_usage(),
+            CliError::Dashboard(e) => e.is_usage(),
             CliError::Usage(_) => true,
             CliError::PullIncomplete { .. } => false,
         }
@@ -306,6 +315,7 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
         Command::Server { command } => server::run(&config, &command).await?,
         Command::Rollout(args) => rollout::rollout(&config, &args, shutdown).await?,
         Command::Servers(args) => rollout::servers(&config, &args).await?,
+        Command::Dashboard(args) => dashboard::run(&config, &args, shutdown).await?,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut cmd = Cli::command();

@@ -19,6 +19,8 @@
 //!     recipients).
 //!   - `rollout`: `rollout NAME [--wait]` and `servers [forget ID]`, from
 //!     the webservers' reports the workers keep in Redis.
+//!   - `dashboard`: a live, read-only web page of the fleet (Server-Sent
+//!     Events), opened with one-time tokens kept in Redis.
 //!   - `server`: `server add|list|remove`, a broker user per webserver
 //!     that may follow only its names' events (RabbitMQ management API).
 //! - [`agent`]: the webserver agent, `pull` and `watch`, which run on each
@@ -39,6 +41,7 @@ pub mod agent;
 mod args;
 mod broker;
 mod cli;
+mod dashboard;
 mod dlq;
 mod exporter;
 mod keys;
@@ -50,6 +53,7 @@ mod status;
 mod submit;
 
 pub use cli::{Cli, CliError, Command, clap_exit_code, load_config, run};
+pub use dashboard::{DashboardArgs, DashboardCommand, DashboardError};
 pub use dlq::{DlqCommand, DlqError};
 pub use exporter::{ExporterArgs, ExporterError};
 pub use keys::{KeysCommand, KeysError};

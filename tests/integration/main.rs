@@ -4,6 +4,7 @@
 mod agent_checks;
 mod cli;
 mod clusters;
+mod dashboard;
 mod dns01;
 mod dns_providers;
 mod eab;
