@@ -378,6 +378,7 @@ if [[ -n ${CERTFLEET_TEST_MOTO_URL:-} ]] && scripts/stack.sh status moto >/dev/n
     "$BIN/bench-step" storage --concurrency "$C" --n 600 --label "s3moto-$RUN" --out "$OUT/storage-moto.json" || true
 fi
 step bookkeeping "$BIN/bench-step" bookkeeping --label "book-$RUN" --out "$OUT/bookkeeping.json" || true
+step dashboard "$BIN/bench-step" dashboard --label "dash-$RUN" --out "$OUT/dashboard.json" || true
 
 if ((${#STALLS[@]})); then
   echo "CA stalls (Pebble's lock-order deadlock; the step ran again on a restarted Pebble): $(printf '%s; ' "${STALLS[@]}")" >>"$OUT/settings.txt"

@@ -25,6 +25,7 @@
 pub mod bookkeeping;
 pub mod ceiling;
 pub mod chart;
+pub mod dashboard;
 pub mod fanout;
 pub mod jobs;
 pub mod lego;

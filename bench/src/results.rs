@@ -228,6 +228,19 @@ fn one() -> u32 {
     1
 }
 
+/// `certfleet dashboard`'s first view in a browser.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DashboardView {
+    /// Certificates in the fleet shown.
+    pub certificates: usize,
+    /// Servers reporting on each.
+    pub servers: usize,
+    /// Navigation start → every row rendered, per timed run (ms).
+    pub runs_ms: Vec<f64>,
+    /// Their median.
+    pub median_ms: f64,
+}
+
 /// One result file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "lowercase")]
@@ -240,6 +253,8 @@ pub enum Record {
     Bookkeeping(Bookkeeping),
     /// The storage ceiling.
     Storage(StorageCeiling),
+    /// The dashboard's first view.
+    Dashboard(DashboardView),
 }
 
 /// Every record in `dir` (files ending in `.json`), in file-name order.

@@ -27,7 +27,8 @@ fn row<'a>(r: &'a serde_json::Value, server: &str) -> Option<&'a serde_json::Val
 /// shows two current with hook ok and the third with the failed hook and
 /// its exit code; `rollout --wait` exits 1 naming it; once its hook is
 /// fixed and the name renewed, `rollout --wait` exits 0 and `servers`
-/// shows nobody behind.
+/// shows nobody behind; a watcher that starts again reports what it holds,
+/// `pull --server-id` reports, and `servers forget` removes a server.
 #[tokio::test]
 async fn rollout_shows_each_server_and_waits_for_all() -> anyhow::Result<()> {
     init_logging();
@@ -128,10 +129,51 @@ async fn rollout_shows_each_server_and_waits_for_all() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("{id} not in {servers}"))?;
         assert_eq!(s["behind"], serde_json::json!([]), "{s}");
     }
-    // Forgotten: gone from the rollout.
+    // A watcher that starts again reports what it holds; `pull
+    // --server-id` reports too.
+    let mut watchers = watchers.into_iter();
+    if let Some(first) = watchers.next() {
+        first.stop().await?;
+    }
+    let restarted = spawn_watch(
+        &env,
+        work.path(),
+        &work.path().join(&ids[0]),
+        &ids[0],
+        "true",
+        &[],
+        &[],
+    )?;
+    let pulled = work.path().join("pulled");
+    env.command("certfleet")?
+        .args(["pull", "--server-id", "puller-1", "--dir"])
+        .arg(&pulled)
+        .arg(name.as_str())
+        .status()
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = rollout(&env, &name).await?;
+        let holds =
+            row(&r, &ids[0]).is_some_and(|s| s["report"] == "holds" && s["current"] == true);
+        let puller =
+            row(&r, "puller-1").is_some_and(|s| s["current"] == true && s["hook"] == "none");
+        if holds && puller {
+            assert_eq!(r["total"], 4, "{r}");
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no holds report from {} or none from puller-1: {r}",
+            ids[0]
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Forgotten (once stopped): gone from the rollout.
+    restarted.stop().await?;
     env.certfleet(&["servers", "forget", &ids[0]]).await?;
     let forgotten = rollout(&env, &name).await?;
-    assert_eq!(forgotten["total"], 2, "{forgotten}");
+    assert_eq!(forgotten["total"], 3, "{forgotten}");
     for w in watchers {
         w.stop().await?;
     }

@@ -35,6 +35,18 @@ enum Step {
     Storage(StorageArgs),
     /// Due-scan over a large expiry index and bulk submission with confirms.
     Bookkeeping(BookkeepingArgs),
+    /// `certfleet dashboard`'s first view in a browser.
+    Dashboard(DashboardArgs),
+}
+
+#[derive(Debug, Args)]
+struct DashboardArgs {
+    /// Certificates in the fleet shown.
+    #[arg(long, default_value_t = certfleet_bench::dashboard::CERTIFICATES)]
+    certificates: usize,
+    /// Label (prefixes).
+    #[arg(long)]
+    label: String,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +138,25 @@ async fn run() -> anyhow::Result<()> {
                 r.publish_jobs, r.publish_jobs_per_s
             );
             Record::Bookkeeping(r)
+        }
+        Step::Dashboard(a) => {
+            let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            let r = certfleet_bench::dashboard::run(
+                &stack,
+                &a.label,
+                a.certificates,
+                &certfleet_bench::worker::default_bin_dir(),
+                &repo,
+            )
+            .await?;
+            eprintln!(
+                "dashboard with {} certificates: first view median {:.0} ms",
+                r.certificates, r.median_ms
+            );
+            Record::Dashboard(r)
         }
     };
     certfleet_bench::write_json(out, &record)

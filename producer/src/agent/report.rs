@@ -90,6 +90,28 @@ async fn publish_all(
             Ok::<_, amqp::BrokerError>((conn, publisher))
         };
         let Some((conn, publisher)) = RECONNECT.session(&shutdown, "reports", open).await else {
+            // Stopped before a connection (a short `pull`): one last try,
+            // bounded, for what waits.
+            while let Ok(r) = rx.try_recv() {
+                waiting.insert(r.name.clone(), r);
+            }
+            if !waiting.is_empty() {
+                let last = async {
+                    let (conn, publisher) = open().await?;
+                    for r in waiting.values() {
+                        publish(&publisher, r).await?;
+                    }
+                    amqp::close(&conn, 200, "bye").await;
+                    Ok::<_, amqp::BrokerError>(())
+                };
+                match tokio::time::timeout(FLUSH_AT_SHUTDOWN, last).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, reports = waiting.len(), "reports not sent")
+                    }
+                    Err(_) => tracing::warn!(reports = waiting.len(), "reports not sent in time"),
+                }
+            }
             break;
         };
         'session: loop {
