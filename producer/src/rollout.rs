@@ -1,6 +1,8 @@
 //! `certfleet rollout NAME` and `certfleet servers`: which servers serve
 //! which version, from the webservers' reports ([`certfleet_common::report`])
-//! kept in Redis by the workers.
+//! kept in Redis by the workers. `servers` also lists the servers that have
+//! a watch queue but have not reported (management API; skipped with a
+//! note when it cannot be reached).
 //!
 //! A server serves a name's current version when its latest report names
 //! the version the pointer names and its hook succeeded (or it has none).
@@ -242,7 +244,23 @@ pub(crate) async fn servers(config: &Config, args: &ServersArgs) -> Result<(), R
     let store = Store::from_config(config).await;
     let mut current: std::collections::HashMap<CertName, Option<String>> = Default::default();
     let mut rows = Vec::new();
-    for (id, last, reports) in state.servers().await? {
+    let mut known = state.servers().await?;
+    // Servers with a watch queue that have not reported (yet).
+    match crate::server::watch_queue_ids(config).await {
+        Ok(ids) => {
+            for id in ids {
+                if !known.iter().any(|(k, _, _)| *k == id) {
+                    known.push((id, OffsetDateTime::UNIX_EPOCH, Vec::new()));
+                }
+            }
+            known.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Err(e) => eprintln!(
+            "servers with a watch queue but no report are not listed: {}",
+            certfleet_common::error::chain(&e)
+        ),
+    }
+    for (id, last, reports) in known {
         let mut behind = Vec::new();
         for r in &reports {
             let version = match current.get(&r.name) {
@@ -263,9 +281,13 @@ pub(crate) async fn servers(config: &Config, args: &ServersArgs) -> Result<(), R
         out(serde_json::Value::Array(
             rows.iter()
                 .map(|(id, last, names, behind)| {
+                    let last_report = (*last != OffsetDateTime::UNIX_EPOCH).then(|| {
+                        last.format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default()
+                    });
                     serde_json::json!({
                         "id": id,
-                        "last_report": last.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                        "last_report": last_report,
                         "names": names,
                         "behind": behind,
                     })
@@ -279,9 +301,13 @@ pub(crate) async fn servers(config: &Config, args: &ServersArgs) -> Result<(), R
     }
     let now = OffsetDateTime::now_utc();
     for (id, last, names, behind) in rows {
+        let last_report = if last == OffsetDateTime::UNIX_EPOCH {
+            "no report yet".to_string()
+        } else {
+            format!("last report {}s ago", (now - last).whole_seconds().max(0))
+        };
         out(format_args!(
-            "{id}  last report {}s ago  {names} names  {} behind{}",
-            (now - last).whole_seconds().max(0),
+            "{id}  {last_report}  {names} names  {} behind{}",
             behind.len(),
             if behind.is_empty() {
                 String::new()

@@ -445,6 +445,29 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), ServerError> 
     })
 }
 
+/// The servers that have a watch queue on the fleet's vhost (their ids),
+/// from the management API: `certfleet servers` knows a server from its
+/// queue even before it reports.
+///
+/// # Errors
+/// The management API unreachable or refusing.
+pub(crate) async fn watch_queue_ids(config: &Config) -> Result<Vec<String>, ServerError> {
+    let (mgmt, vhost) = connect(config)?;
+    let queues = mgmt
+        .get(&format!("queues/{}?columns=name", segment(&vhost)))
+        .await?;
+    let mut ids: Vec<String> = queues
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|q| q["name"].as_str())
+        .filter_map(|n| n.strip_prefix(topology::WATCH_QUEUE_PREFIX))
+        .map(str::to_string)
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
 async fn list(config: &Config, json: bool) -> Result<(), ServerError> {
     let (mgmt, vhost) = connect(config)?;
     let users = mgmt.get("users").await?;

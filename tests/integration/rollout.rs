@@ -28,7 +28,8 @@ fn row<'a>(r: &'a serde_json::Value, server: &str) -> Option<&'a serde_json::Val
 /// its exit code; `rollout --wait` exits 1 naming it; once its hook is
 /// fixed and the name renewed, `rollout --wait` exits 0 and `servers`
 /// shows nobody behind; a watcher that starts again reports what it holds,
-/// `pull --server-id` reports, and `servers forget` removes a server.
+/// `pull --server-id` reports, and `servers forget` removes a server's
+/// reports (its queue still makes it known, with no report).
 #[tokio::test]
 async fn rollout_shows_each_server_and_waits_for_all() -> anyhow::Result<()> {
     init_logging();
@@ -174,6 +175,17 @@ async fn rollout_shows_each_server_and_waits_for_all() -> anyhow::Result<()> {
     env.certfleet(&["servers", "forget", &ids[0]]).await?;
     let forgotten = rollout(&env, &name).await?;
     assert_eq!(forgotten["total"], 3, "{forgotten}");
+    // Still known from its queue, with no report.
+    let servers: serde_json::Value =
+        serde_json::from_str(&env.certfleet(&["servers", "--json"]).await?)?;
+    let by_queue = servers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["id"] == ids[0].as_str())
+        .ok_or_else(|| anyhow::anyhow!("{} (its queue remains) not in {servers}", ids[0]))?;
+    assert!(by_queue["last_report"].is_null(), "{by_queue}");
+    assert_eq!(by_queue["names"], 0, "{by_queue}");
     for w in watchers {
         w.stop().await?;
     }
