@@ -333,7 +333,13 @@ impl CertMetrics {
             per = Some(read_names(state, &mut c).await?);
         }
         drop(c);
-        let rollout = rollout_lag(state, t).await?;
+        // Series per name: not with --summary-only (reading every server's
+        // reports costs servers × names).
+        let rollout = if per_name {
+            rollout_lag(state, t).await?
+        } else {
+            HashMap::new()
+        };
 
         let _swap = self
             .swap

@@ -56,6 +56,8 @@ const DEFAULT_ADDR: &str = "127.0.0.1:9700";
 const RECENT: usize = 50;
 /// A comment on the event stream this often keeps proxies from closing it.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often the queue depths are counted.
+const DEPTHS_EVERY: Duration = Duration::from_secs(5);
 /// Longest token lifetime.
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -207,6 +209,9 @@ struct Shared {
     config: Config,
     state: State,
     recent: Mutex<VecDeque<serde_json::Value>>,
+    /// Jobs in the work queue and the dead-letter queue, as last counted
+    /// (`None`: unknown), refreshed every [`DEPTHS_EVERY`].
+    depths: Mutex<(Option<u32>, Option<u32>)>,
     stream: broadcast::Sender<Bytes>,
     shutdown: CancellationToken,
 }
@@ -225,10 +230,12 @@ async fn serve_page(
         config: config.clone(),
         state,
         recent: Mutex::new(VecDeque::new()),
+        depths: Mutex::new((None, None)),
         stream: tx,
         shutdown: shutdown.clone(),
     });
     let follower = tokio::spawn(follow(shared.clone()));
+    let counter = tokio::spawn(count_depths(shared.clone()));
     tracing::info!(%addr, "dashboard serving (certfleet dashboard token prints a URL)");
     let handler = {
         let shared = shared.clone();
@@ -239,6 +246,7 @@ async fn serve_page(
     };
     serve::serve(listener, "dashboard", 64, handler, shutdown).await;
     let _ = follower.await;
+    let _ = counter.await;
     Ok(())
 }
 
@@ -453,7 +461,10 @@ async fn state_json(shared: &Shared) -> Response<DashBody> {
             );
         }
     };
-    let (queued, dead) = queue_depths(&shared.config).await;
+    let (queued, dead) = *shared
+        .depths
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let recent: Vec<serde_json::Value> = shared
         .recent
         .lock()
@@ -470,40 +481,50 @@ async fn state_json(shared: &Shared) -> Response<DashBody> {
     reply(StatusCode::OK, "application/json", body.to_string())
 }
 
-/// Messages in the work queue and the dead-letter queue (`None` when the
-/// broker cannot tell).
-async fn queue_depths(config: &Config) -> (Option<u32>, Option<u32>) {
-    let Ok(conn) = amqp::connect(
-        &config.amqp_url,
-        &amqp::connection_name("certfleet-dashboard-depths"),
-    )
-    .await
-    else {
-        return (None, None);
-    };
-    let mut depths = [None, None];
-    for (i, queue) in [topology::WORK_QUEUE, topology::DEAD_QUEUE]
-        .iter()
-        .enumerate()
-    {
-        // A failed passive declare closes its channel: one each.
-        if let Ok(ch) = conn.create_channel().await
-            && let Ok(q) = ch
-                .queue_declare(
-                    (*queue).into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-        {
-            depths[i] = Some(q.message_count());
+/// Counts the work queue and the dead-letter queue every [`DEPTHS_EVERY`]
+/// on a connection kept open (reopened after a failure), for `/api/state`.
+async fn count_depths(shared: Arc<Shared>) {
+    let name = amqp::connection_name("certfleet-dashboard-depths");
+    while !shared.shutdown.is_cancelled() {
+        let open = || amqp::connect(&shared.config.amqp_url, &name);
+        let Some(conn) = RECONNECT.session(&shared.shutdown, "dashboard", open).await else {
+            return;
+        };
+        while conn.status().connected() {
+            let mut depths = [None, None];
+            for (i, queue) in [topology::WORK_QUEUE, topology::DEAD_QUEUE]
+                .iter()
+                .enumerate()
+            {
+                // A failed passive declare closes its channel: one each.
+                if let Ok(ch) = conn.create_channel().await {
+                    if let Ok(q) = ch
+                        .queue_declare(
+                            (*queue).into(),
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                    {
+                        depths[i] = Some(q.message_count());
+                    }
+                    let _ = ch.close(200, "ok".into()).await;
+                }
+            }
+            *shared
+                .depths
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = (depths[0], depths[1]);
+            tokio::select! {
+                () = shared.shutdown.cancelled() => break,
+                () = tokio::time::sleep(DEPTHS_EVERY) => {}
+            }
         }
+        amqp::close(&conn, 200, "bye").await;
     }
-    amqp::close(&conn, 200, "bye").await;
-    (depths[0], depths[1])
 }
 
 /// The live stream: events and reports as they come, a keep-alive comment
