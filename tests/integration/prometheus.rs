@@ -140,11 +140,20 @@ async fn prometheus_scrapes_expiry_and_the_dashboard_metrics_exist() -> anyhow::
     let state = env.state()?;
     let keys = state.keys().clone();
     let mut c = state.conn().await?;
-    let recorded: Option<String> = redis::cmd("HGET")
-        .arg(keys.validity())
-        .arg(&name)
-        .query_async(&mut *c)
-        .await?;
+    // The worker indexes a version right after its event is confirmed
+    // (`Ctx::complete`): the record may land just after the event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let recorded = loop {
+        let recorded: Option<String> = redis::cmd("HGET")
+            .arg(keys.validity())
+            .arg(&name)
+            .query_async(&mut *c)
+            .await?;
+        if recorded.is_some() || tokio::time::Instant::now() >= deadline {
+            break recorded;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         recorded,
         Some(format!(
