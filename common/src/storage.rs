@@ -241,6 +241,10 @@ pub struct Bundle {
     /// stored but could not make current, instead of ordering again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<Uuid>,
+    /// Revoked after it was superseded (`certfleet revoke --reissue`); a
+    /// revoked current version is marked in its pointer instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revoked>,
 }
 
 impl Bundle {

@@ -113,6 +113,7 @@ async fn store(
             &Bundle::seal_context(name, &m.version),
         )?,
         job_id: Some(job_id),
+        revoked: None,
     };
     let bundle_key = store.keys().bundle(name, &m.version);
     store

@@ -450,6 +450,89 @@ async fn expiry_index_round_trip() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What Pebble's management API says of a serial: `Valid` or `Revoked`.
+async fn pebble_status(env: &TestEnv, serial: String) -> anyhow::Result<String> {
+    let (status, body) = env
+        .http
+        .send(
+            http::Method::GET,
+            &format!("{}/cert-status-by-serial/{serial}", env.stack.pebble_mgmt),
+            None,
+        )
+        .await?;
+    anyhow::ensure!(status == 200, "Pebble: {status} {body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(v["Status"].as_str().unwrap_or_default().to_string())
+}
+
+/// Issue 17, item 4: `certfleet revoke NAME --reissue --wait` renews first,
+/// then revokes the superseded serial at the CA: Pebble reports the old
+/// serial revoked and the new one valid, the pointer names the new
+/// version (not revoked), the old bundle is marked revoked, the event
+/// names the old serial, and the name stays in the renewal schedule.
+#[tokio::test]
+async fn revoke_reissue_renews_first_then_revokes_the_old() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("revoke-reissue").await?;
+    let worker = env.start_worker(&[]).await?;
+    let names = issue_all(&env, &["rr"]).await?;
+    let name = &names[0];
+    let store = env.store().await;
+    let (before, _) = store
+        .pointer(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    let mut events = env.events("cert.revoked.#").await?;
+    env.certfleet(&[
+        "revoke",
+        name.as_str(),
+        "--reissue",
+        "--reason",
+        "superseded",
+        "--wait",
+        "--timeout",
+        "90s",
+    ])
+    .await?;
+    let (after, _) = store
+        .pointer(name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    assert_ne!(after.serial, before.serial, "renewed first");
+    assert!(after.revoked.is_none(), "the new version is not revoked");
+    assert!(
+        after.history.contains(&before.version),
+        "{:?}",
+        after.history
+    );
+    assert_eq!(pebble_status(&env, before.serial.clone()).await?, "Revoked");
+    assert_eq!(pebble_status(&env, after.serial.clone()).await?, "Valid");
+    let old = store
+        .bundle(&store.keys().bundle(name, &before.version))
+        .await?;
+    assert_eq!(
+        old.revoked.map(|r| r.reason),
+        Some("superseded".to_string())
+    );
+    let event = events.next(Duration::from_secs(10)).await?;
+    assert_eq!(event.kind, EventKind::Revoked, "{event:?}");
+    assert_eq!(
+        event.certificate.map(|c| (c.serial, c.version)),
+        Some((
+            certfleet_common::serial_display(&before.serial),
+            before.version.clone()
+        ))
+    );
+    let due = env
+        .state()?
+        .index_due(OffsetDateTime::now_utc() + time::Duration::days(3650))
+        .await?;
+    assert!(due.iter().any(|d| &d.name == name), "still renewed");
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
 /// Issue 17, item 4: `certfleet revoke NAME --reason keyCompromise --wait`
 /// revokes the current certificate through the CA (Pebble then reports its
 /// serial revoked), records it in the pointer, announces
@@ -466,22 +549,7 @@ async fn revoke_at_the_ca_recorded_and_announced() -> anyhow::Result<()> {
         .pointer(name)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
-    let mgmt = env.stack.pebble_mgmt.clone();
-    let status_of = |serial: String| {
-        let (http, mgmt) = (env.http.clone(), mgmt.clone());
-        async move {
-            let (status, body) = http
-                .send(
-                    http::Method::GET,
-                    &format!("{mgmt}/cert-status-by-serial/{serial}"),
-                    None,
-                )
-                .await?;
-            anyhow::ensure!(status == 200, "Pebble: {status} {body}");
-            let v: serde_json::Value = serde_json::from_str(&body)?;
-            anyhow::Ok(v["Status"].as_str().unwrap_or_default().to_string())
-        }
-    };
+    let status_of = |serial: String| pebble_status(&env, serial);
     assert_eq!(status_of(before.serial.clone()).await?, "Valid");
     let mut events = env.events("cert.revoked.#").await?;
     env.certfleet(&[

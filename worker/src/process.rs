@@ -571,6 +571,9 @@ struct RevokeRequest {
     reason: instant_acme::RevocationReason,
     reason_name: String,
     serial: String,
+    /// `revoke --reissue`: the serial is a superseded version (the name
+    /// was renewed first and stays scheduled).
+    reissued: bool,
 }
 
 impl RevokeRequest {
@@ -579,8 +582,15 @@ impl RevokeRequest {
         let bad =
             || JobError::Invalid(format!("revoke job: {text:?} is not \"<reason> <serial>\""));
         let mut parts = text.split_whitespace();
-        let (Some(name), Some(serial), None) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(name), Some(serial), flag, None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad());
+        };
+        let reissued = match flag {
+            None => false,
+            Some("reissued") => true,
+            Some(_) => return Err(bad()),
         };
         let reason = match name {
             "unspecified" => R::Unspecified,
@@ -598,6 +608,7 @@ impl RevokeRequest {
             reason,
             reason_name: name.to_string(),
             serial: serial.to_string(),
+            reissued,
         })
     }
 }
@@ -621,6 +632,9 @@ async fn revoke_leased(
         })?;
     let pointer = &read.0;
     let shown = certfleet_common::serial_display;
+    if req.reissued {
+        return revoke_superseded(ctx, outbox, env, pointer, req).await;
+    }
     if shown(&pointer.serial) != shown(&req.serial) {
         return Err(JobError::Invalid(format!(
             "serial {} is no longer current for {name} (current: {})",
@@ -655,6 +669,89 @@ async fn revoke_leased(
         env,
         JobState::Done,
         &format!("revoked serial {}", pointer.serial),
+    )
+    .await;
+    Ok(Outcome::Stored)
+}
+
+/// `revoke --reissue`: the name was renewed first; revokes the superseded
+/// version with the job's serial (one of the pointer's history), marks its
+/// bundle revoked (replaced under `If-Match`), keeps the name scheduled and
+/// announces `revoked` with that version.
+async fn revoke_superseded(
+    ctx: &Arc<Ctx>,
+    outbox: &Outbox,
+    env: &Envelope,
+    pointer: &Pointer,
+    req: &RevokeRequest,
+) -> Result<Outcome, JobError> {
+    let name = &env.job.name;
+    let shown = certfleet_common::serial_display;
+    if shown(&pointer.serial) == shown(&req.serial) {
+        return Err(JobError::Invalid(format!(
+            "serial {} is still current for {name}: it was not reissued",
+            shown(&req.serial)
+        )));
+    }
+    let wanted = req.serial.to_ascii_lowercase();
+    let version = pointer
+        .history
+        .iter()
+        .find(|v| {
+            v.rsplit_once('-')
+                .is_some_and(|(_, s)| s.eq_ignore_ascii_case(&wanted))
+        })
+        .ok_or_else(|| {
+            JobError::Invalid(format!(
+                "serial {} is not a stored version of {name}",
+                shown(&req.serial)
+            ))
+        })?
+        .clone();
+    let key = ctx.store.keys().bundle(name, &version);
+    ctx.metrics.service.s3("get");
+    let (mut bundle, etag) = ctx
+        .store
+        .get_json::<certfleet_common::Bundle>(&key, "bundle")
+        .await?
+        .ok_or_else(|| JobError::Invalid(format!("version {version} of {name} is gone")))?;
+    let issued = crate::keys::parse_chain(&format!("{}{}", bundle.cert_pem, bundle.chain_pem))?;
+    if bundle.revoked.is_none() {
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(bundle.cert_pem.as_bytes())
+            .map_err(|e| JobError::Crypto(format!("version {version} of {name}: {e}")))?;
+        ctx.acme.revoke(der.as_ref(), req.reason.clone()).await?;
+        bundle.revoked = Some(certfleet_common::storage::Revoked {
+            at: OffsetDateTime::now_utc(),
+            reason: req.reason_name.clone(),
+            job_id: env.job_id,
+        });
+        ctx.metrics.service.s3("put");
+        match ctx
+            .store
+            .put_json(&key, &bundle, crate::objects::Condition::Matches(&etag))
+            .await
+        {
+            // Revoked at the CA either way; the mark waits for a retry.
+            Ok(_) | Err(certfleet_common::storage::StorageError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        info!(serial = %shown(&req.serial), %version, reason = %req.reason_name, "superseded certificate revoked");
+    }
+    if !ctx.done(env).await? {
+        let mut old = pointer.clone();
+        old.version = version.clone();
+        old.serial = issued.serial.clone();
+        old.not_before = issued.not_before;
+        old.not_after = issued.not_after;
+        outbox
+            .event(&ctx.event(env, EventKind::Revoked, &old, None))
+            .await?;
+        ctx.mark_done(env).await?;
+    }
+    ctx.finish(
+        env,
+        JobState::Done,
+        &format!("revoked superseded serial {}", shown(&req.serial)),
     )
     .await;
     Ok(Outcome::Stored)

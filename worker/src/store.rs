@@ -82,6 +82,7 @@ pub(crate) async fn store_version(
             &Bundle::seal_context(v.name, &version),
         )?,
         job_id: Some(v.job_id),
+        revoked: None,
     };
     metrics.s3("put");
     match store

@@ -419,6 +419,7 @@ pub(crate) async fn import(
             chain_pem: c.chain_pem.clone(),
             key,
             job_id: Some(e.job_id),
+            revoked: None,
         };
         store
             .stage_import(&e.job_id, &bundle)

@@ -27,6 +27,11 @@ pub struct RevokeArgs {
     #[arg(long, value_name = "REASON", default_value = "unspecified",
           value_parser = clap::builder::PossibleValuesParser::new(REVOCATION_REASONS))]
     pub reason: String,
+    /// Renew first and revoke the old certificate only once the new one is
+    /// stored, so webservers never go without a valid one (the name stays
+    /// in the renewal schedule).
+    #[arg(long)]
+    pub reissue: bool,
     /// Wait until the CA accepted the revocation.
     #[arg(long)]
     pub wait: bool,
@@ -55,6 +60,30 @@ pub(crate) async fn revoke(
             source,
         })?
         .ok_or_else(|| SubmitError::UnknownNames(vec![name.clone()]))?;
+    let mut reason = format!("{} {}", args.reason, pointer.serial);
+    if args.reissue {
+        // The new certificate first, waited for: the old one is revoked
+        // only once webservers can have its successor.
+        let renewal = Envelope::renewal(
+            name.clone(),
+            pointer.challenge,
+            "reissue before revocation",
+            certfleet_common::now_ms(),
+        );
+        eprintln!(
+            "renewing {name} before revoking serial {}",
+            certfleet_common::serial_display(&pointer.serial)
+        );
+        submit_one(
+            config,
+            &renewal,
+            "queued (certfleet revoke --reissue)",
+            Some(args.timeout),
+            shutdown.clone(),
+        )
+        .await?;
+        reason.push_str(" reissued");
+    }
     let envelope = Envelope::new(
         JobKind::Revoke,
         Job {
@@ -62,7 +91,7 @@ pub(crate) async fn revoke(
             domains: pointer.domains.clone(),
             key_type: pointer.key_type,
             challenge: pointer.challenge,
-            reason: format!("{} {}", args.reason, pointer.serial),
+            reason,
         },
         certfleet_common::now_ms(),
     );

@@ -94,6 +94,7 @@ fn version(spec: Spec<'_>, issuer: &CertifiedIssuer<'static, KeyPair>) -> Versio
                 pem: key_pem.clone(),
             },
             job_id: Some(job_id),
+            revoked: None,
         },
         key: Secret::new(key_pem),
     }
