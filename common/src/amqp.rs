@@ -402,6 +402,25 @@ impl<'a> Outgoing<'a> {
         }
     }
 
+    /// A JSON message (an event, a server report): not mandatory, as a
+    /// message nobody follows is fine.
+    pub fn json(
+        exchange: &'a str,
+        routing_key: &'a str,
+        body: &'a [u8],
+        message_id: Option<&'a str>,
+    ) -> Self {
+        Self {
+            exchange,
+            routing_key,
+            body,
+            content_type: crate::event::CONTENT_TYPE_JSON,
+            message_id,
+            headers: None,
+            mandatory: false,
+        }
+    }
+
     fn properties(&self) -> BasicProperties {
         let mut p = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)

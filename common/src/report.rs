@@ -116,14 +116,7 @@ impl Report {
         if r.schema != REPORT_SCHEMA {
             return Err(format!("schema {:?} is not {REPORT_SCHEMA}", r.schema));
         }
-        let id_ok = !r.server.is_empty()
-            && r.server.len() <= 100
-            && r.server
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-        if !id_ok {
-            return Err("server id out of shape".into());
-        }
+        crate::topology::check_queue_id(&r.server).map_err(|e| format!("server id: {e}"))?;
         let version_ok = !r.version.is_empty()
             && r.version.len() <= 100
             && r.version

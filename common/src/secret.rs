@@ -34,6 +34,17 @@ impl<T> fmt::Display for Secret<T> {
     }
 }
 
+/// `bytes` random bytes, base64url without padding: passwords, tokens and
+/// session ids (`None` only if the system random source fails).
+pub fn random_token(bytes: usize) -> Option<String> {
+    let mut buf = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut buf).ok()?;
+    Some(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        buf,
+    ))
+}
+
 /// A URL whose password (if any) is hidden when printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl(url::Url);

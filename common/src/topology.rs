@@ -93,6 +93,32 @@ pub const RETRY_DELAYS: [(&str, Duration); 6] = [
     ("6h", Duration::from_secs(21_600)),
 ];
 
+/// Longest server (watch queue) id: `certfleet.watch.<id>` stays far below
+/// AMQP's 255.
+pub const MAX_QUEUE_ID_LEN: usize = 100;
+
+/// Checks a server id (`watch --queue`, `server add`, a report's server):
+/// `a-z 0-9 . _ -`, 1 to [`MAX_QUEUE_ID_LEN`] characters. Returns why it is
+/// refused.
+///
+/// # Errors
+/// The reason, for the caller's message.
+pub fn check_queue_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("empty; give a stable id for this server, e.g. its hostname".into());
+    }
+    if id.len() > MAX_QUEUE_ID_LEN {
+        return Err(format!("longer than {MAX_QUEUE_ID_LEN} characters"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!("contains {c:?}; use a-z, 0-9, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
 /// The delay before retry number `retry` (1-based).
 pub fn backoff(retry: u32) -> Duration {
     let i = (retry.max(1) as usize - 1).min(RETRY_DELAYS.len() - 1);
@@ -291,9 +317,14 @@ pub async fn declare_work_queue(
 /// # Errors
 /// Any broker error.
 pub async fn declare_events(channel: &Channel) -> lapin::Result<()> {
+    declare_topic(channel, EVENTS_EXCHANGE).await
+}
+
+/// Declares one of the fleet's durable topic exchanges.
+async fn declare_topic(channel: &Channel, exchange: &str) -> lapin::Result<()> {
     channel
         .exchange_declare(
-            EVENTS_EXCHANGE.into(),
+            exchange.into(),
             ExchangeKind::Topic,
             durable_exchange(),
             FieldTable::default(),
@@ -337,14 +368,7 @@ pub async fn ensure_exchange(conn: &lapin::Connection, exchange: &str) -> lapin:
         return Ok(());
     }
     let active = conn.create_channel().await?;
-    let declared = active
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await;
+    let declared = declare_topic(&active, exchange).await;
     let _ = active.close(200, "ok".into()).await;
     declared
 }
@@ -355,14 +379,7 @@ pub async fn ensure_exchange(conn: &lapin::Connection, exchange: &str) -> lapin:
 /// # Errors
 /// Any broker error.
 pub async fn declare_reports(channel: &Channel) -> lapin::Result<()> {
-    channel
-        .exchange_declare(
-            REPORTS_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_topic(channel, REPORTS_EXCHANGE).await?;
     channel
         .queue_declare(
             REPORTS_QUEUE.into(),
@@ -395,6 +412,23 @@ pub async fn subscribe_events(
     patterns: &[String],
 ) -> lapin::Result<lapin::Consumer> {
     declare_events(channel).await?;
+    let bindings: Vec<(&str, &str)> = patterns
+        .iter()
+        .map(|p| (EVENTS_EXCHANGE, p.as_str()))
+        .collect();
+    subscribe(channel, &bindings).await
+}
+
+/// Like [`subscribe_events`], over `(exchange, pattern)` bindings of any of
+/// the fleet's exchanges (the dashboard follows events and server
+/// reports); the exchanges must exist.
+///
+/// # Errors
+/// Any broker error.
+pub async fn subscribe(
+    channel: &Channel,
+    bindings: &[(&str, &str)],
+) -> lapin::Result<lapin::Consumer> {
     let queue = channel
         .queue_declare(
             "".into(),
@@ -406,12 +440,12 @@ pub async fn subscribe_events(
             FieldTable::default(),
         )
         .await?;
-    for pattern in patterns {
+    for (exchange, pattern) in bindings {
         channel
             .queue_bind(
                 queue.name().clone(),
-                EVENTS_EXCHANGE.into(),
-                pattern.as_str().into(),
+                (*exchange).into(),
+                (*pattern).into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

@@ -39,7 +39,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Request, Response};
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
@@ -160,13 +160,8 @@ pub(crate) async fn run(
 }
 
 fn random_id() -> Result<String, DashboardError> {
-    let mut bytes = [0u8; 24];
-    aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| DashboardError::Usage("the system random source failed".into()))?;
-    Ok(base64::Engine::encode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        bytes,
-    ))
+    certfleet_common::secret::random_token(24)
+        .ok_or_else(|| DashboardError::Usage("the system random source failed".into()))
 }
 
 fn token_key(state: &State, token: &str) -> String {
@@ -259,41 +254,14 @@ async fn follow(shared: Arc<Shared>) {
             topology::ensure_events(&conn).await?;
             topology::ensure_exchange(&conn, topology::REPORTS_EXCHANGE).await?;
             let ch = conn.create_channel().await?;
-            let q = ch
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            for (exchange, key) in [
-                (topology::EVENTS_EXCHANGE, "cert.#"),
-                (topology::REPORTS_EXCHANGE, "server.#"),
-            ] {
-                ch.queue_bind(
-                    q.name().clone(),
-                    exchange.into(),
-                    key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            }
-            let consumer = ch
-                .basic_consume(
-                    q.name().clone(),
-                    "dashboard".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            let consumer = topology::subscribe(
+                &ch,
+                &[
+                    (topology::EVENTS_EXCHANGE, "cert.#"),
+                    (topology::REPORTS_EXCHANGE, "server.#"),
+                ],
+            )
+            .await?;
             Ok::<_, amqp::BrokerError>((conn, consumer))
         };
         let Some((conn, mut consumer)) =
@@ -350,7 +318,13 @@ fn reply(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<DashBody> {
-    let mut rsp = serve::text(status, body);
+    let mut rsp = serve::text(status, body).map(DashBody::from);
+    set_headers(&mut rsp, content_type);
+    rsp
+}
+
+/// Every answer's headers: its content type, never cached, no referrer.
+fn set_headers(rsp: &mut Response<DashBody>, content_type: &'static str) {
     let h = rsp.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
@@ -364,7 +338,6 @@ fn reply(
         http::header::REFERRER_POLICY,
         http::HeaderValue::from_static("no-referrer"),
     );
-    rsp.map(DashBody::from)
 }
 
 fn unauthorized(why: &str) -> Response<DashBody> {
@@ -562,14 +535,6 @@ fn event_stream(shared: &Arc<Shared>, left: Duration) -> Response<DashBody> {
     let mut rsp = Response::new(DashBody(http_body_util::BodyExt::boxed(StreamBody::new(
         stream,
     ))));
-    let h = rsp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
+    set_headers(&mut rsp, "text/event-stream");
     rsp
 }

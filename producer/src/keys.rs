@@ -18,11 +18,10 @@
 //!   follows: a webserver that could not open it installs it now; the
 //!   others, holding that version already, change nothing.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 
 use certfleet_common::amqp::{Outgoing, Publisher};
-use certfleet_common::event::{CONTENT_TYPE_JSON, EVENT_SCHEMA};
+use certfleet_common::event::EVENT_SCHEMA;
 use certfleet_common::seal::recipients;
 use certfleet_common::storage::{Bundle, Condition, StorageError};
 use certfleet_common::{CertName, Config, Event, EventKind, Store, topology};
@@ -126,16 +125,7 @@ fn identity(path: Option<&std::path::Path>) -> Result<(), KeysError> {
             eprintln!("public key: {public}");
         }
         Some(p) => {
-            let write = || -> std::io::Result<()> {
-                let mut opts = std::fs::OpenOptions::new();
-                opts.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                let mut f = opts.open(p)?;
-                f.write_all(text.as_bytes())?;
-                f.sync_all()
-            };
-            write().map_err(|source| KeysError::Write {
+            crate::output::write_private(p, &text).map_err(|source| KeysError::Write {
                 path: p.to_path_buf(),
                 source,
             })?;
@@ -306,15 +296,12 @@ async fn announce(
         .map_err(|e| KeysError::Usage(format!("encoding the event for {}: {e}", pointer.name)))?;
     let job_id = event.job_id.to_string();
     publisher
-        .publish(Outgoing {
-            exchange: topology::EVENTS_EXCHANGE,
-            routing_key: &event.routing_key(),
-            body: &body,
-            content_type: CONTENT_TYPE_JSON,
-            message_id: Some(&job_id),
-            headers: None,
-            mandatory: false,
-        })
+        .publish(Outgoing::json(
+            topology::EVENTS_EXCHANGE,
+            &event.routing_key(),
+            &body,
+            Some(&job_id),
+        ))
         .await?;
     Ok(())
 }

@@ -23,7 +23,6 @@
 //! reads to those names' objects. `watch` with such a user declares only
 //! its queue (the events exchange passively).
 
-use std::io::Write as _;
 use std::path::PathBuf;
 
 use certfleet_common::seal::recipients::NamePattern;
@@ -420,26 +419,12 @@ fn s3_policy(config: &Config, patterns: &[NamePattern]) -> serde_json::Value {
 }
 
 fn new_password() -> Result<String, ServerError> {
-    let mut bytes = [0u8; 24];
-    aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| ServerError::Usage("the system random source failed".into()))?;
-    Ok(base64::Engine::encode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        bytes,
-    ))
+    certfleet_common::secret::random_token(24)
+        .ok_or_else(|| ServerError::Usage("the system random source failed".into()))
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> Result<(), ServerError> {
-    let write = || -> std::io::Result<()> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(path)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()
-    };
-    write().map_err(|source| ServerError::Write {
+    crate::output::write_private(path, text).map_err(|source| ServerError::Write {
         path: path.to_path_buf(),
         source,
     })

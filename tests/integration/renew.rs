@@ -12,6 +12,21 @@ use time::OffsetDateTime;
 
 use crate::issue::issue_job;
 
+/// Issues one certificate through `env`'s worker; returns its name, the
+/// store and its pointer.
+async fn issue_one(
+    env: &TestEnv,
+    label: &str,
+) -> anyhow::Result<(CertName, certfleet_common::Store, certfleet_common::Pointer)> {
+    let name = issue_all(env, &[label]).await?.remove(0);
+    let store = env.store().await;
+    let (pointer, _) = store
+        .pointer(&name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer for {name}"))?;
+    Ok((name, store, pointer))
+}
+
 /// Issues one certificate per label through `env`'s worker; returns names.
 async fn issue_all(env: &TestEnv, labels: &[&str]) -> anyhow::Result<Vec<CertName>> {
     let mut events = env.events("cert.issued.#").await?;
@@ -38,13 +53,8 @@ async fn renew_name_wait_new_serial_and_watch_swaps() -> anyhow::Result<()> {
     init_logging();
     let env = TestEnv::new("renew-name").await?;
     let worker = env.start_worker(&[]).await?;
-    let names = issue_all(&env, &["r"]).await?;
-    let name = &names[0];
-    let store = env.store().await;
-    let (before, _) = store
-        .pointer(name)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    let (name, store, before) = issue_one(&env, "r").await?;
+    let name = &name;
 
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
@@ -475,13 +485,8 @@ async fn revoke_reissue_renews_first_then_revokes_the_old() -> anyhow::Result<()
     init_logging();
     let env = TestEnv::new("revoke-reissue").await?;
     let worker = env.start_worker(&[]).await?;
-    let names = issue_all(&env, &["rr"]).await?;
-    let name = &names[0];
-    let store = env.store().await;
-    let (before, _) = store
-        .pointer(name)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    let (name, store, before) = issue_one(&env, "rr").await?;
+    let name = &name;
     let mut events = env.events("cert.revoked.#").await?;
     env.certfleet(&[
         "revoke",
@@ -542,13 +547,8 @@ async fn revoke_at_the_ca_recorded_and_announced() -> anyhow::Result<()> {
     init_logging();
     let env = TestEnv::new("revoke").await?;
     let worker = env.start_worker(&[]).await?;
-    let names = issue_all(&env, &["rv"]).await?;
-    let name = &names[0];
-    let store = env.store().await;
-    let (before, _) = store
-        .pointer(name)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    let (name, store, before) = issue_one(&env, "rv").await?;
+    let name = &name;
     let status_of = |serial: String| pebble_status(&env, serial);
     assert_eq!(status_of(before.serial.clone()).await?, "Valid");
     let mut events = env.events("cert.revoked.#").await?;

@@ -73,21 +73,22 @@ async fn server_user_follows_only_its_names() -> anyhow::Result<()> {
         .await
         .map_err(|e| e.to_string());
     refused("binding to every event", bind_all)?;
+    // One publish as this user, on a fresh confirm channel (a refusal
+    // closes the channel).
+    let publish = |exchange: &'static str, key: String, body: String| {
+        let conn = &conn;
+        async move {
+            let publisher = Publisher::new(conn)
+                .await
+                .map_err(|e| certfleet_common::error::chain(&e))?;
+            publisher
+                .publish(Outgoing::json(exchange, &key, body.as_bytes(), None))
+                .await
+                .map_err(|e| certfleet_common::error::chain(&e))
+        }
+    };
     for exchange in [topology::EVENTS_EXCHANGE, topology::JOBS_EXCHANGE] {
-        let publisher = Publisher::new(&conn).await?;
-        let key = format!("cert.issued.{mine}");
-        let sent = publisher
-            .publish(Outgoing {
-                exchange,
-                routing_key: &key,
-                body: b"{}",
-                content_type: "application/json",
-                message_id: None,
-                headers: None,
-                mandatory: false,
-            })
-            .await
-            .map_err(|e| certfleet_common::error::chain(&e));
+        let sent = publish(exchange, format!("cert.issued.{mine}"), "{}".into()).await;
         refused(&format!("publishing to {exchange}"), sent)?;
     }
     // Reports: on its own names only.
@@ -97,21 +98,12 @@ async fn server_user_follows_only_its_names() -> anyhow::Result<()> {
         )
     };
     for (n, allowed) in [(&mine, true), (&other, false)] {
-        let publisher = Publisher::new(&conn).await?;
-        let body = report(n);
-        let key = format!("server.holds.{n}");
-        let sent = publisher
-            .publish(Outgoing {
-                exchange: topology::REPORTS_EXCHANGE,
-                routing_key: &key,
-                body: body.as_bytes(),
-                content_type: "application/json",
-                message_id: None,
-                headers: None,
-                mandatory: false,
-            })
-            .await
-            .map_err(|e| certfleet_common::error::chain(&e));
+        let sent = publish(
+            topology::REPORTS_EXCHANGE,
+            format!("server.holds.{n}"),
+            report(n),
+        )
+        .await;
         if allowed {
             sent.map_err(|e| anyhow::anyhow!("its own report refused: {e}"))?;
         } else {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use certfleet_common::amqp::{BrokerError, CONTENT_TYPE_JOB, Outgoing, Publisher};
-use certfleet_common::event::{CONTENT_TYPE_JSON, Event};
+use certfleet_common::event::Event;
 use certfleet_common::topology::{self, headers};
 use certfleet_common::{Envelope, now_ms};
 
@@ -64,15 +64,12 @@ impl Outbox {
             .map_err(|e| JobError::Invalid(format!("encoding the event: {e}")))?;
         let key = event.routing_key();
         let job_id = event.job_id.to_string();
-        self.publish(Outgoing {
-            exchange: topology::EVENTS_EXCHANGE,
-            routing_key: &key,
-            body: &body,
-            content_type: CONTENT_TYPE_JSON,
-            message_id: Some(&job_id),
-            headers: None,
-            mandatory: false,
-        })
+        self.publish(Outgoing::json(
+            topology::EVENTS_EXCHANGE,
+            &key,
+            &body,
+            Some(&job_id),
+        ))
         .await?;
         Ok(())
     }

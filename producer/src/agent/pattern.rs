@@ -17,28 +17,10 @@ use certfleet_common::CertName;
 
 /// The default filter: every event.
 pub(crate) const DEFAULT_FILTER: &str = "cert.#";
-/// Longest queue id (`certfleet.watch.<id>` stays far below AMQP's 255).
-pub(crate) const MAX_QUEUE_ID_LEN: usize = 100;
 /// Longest pattern: an AMQP routing key (binding key) is a short string.
 pub(crate) const MAX_PATTERN_LEN: usize = 255;
 
-/// Checks a `--queue` id: `a-z 0-9 . _ -`, 1 to [`MAX_QUEUE_ID_LEN`]
-/// characters. Returns why it is refused.
-pub(crate) fn check_queue_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("empty; give a stable id for this server, e.g. its hostname".into());
-    }
-    if id.len() > MAX_QUEUE_ID_LEN {
-        return Err(format!("longer than {MAX_QUEUE_ID_LEN} characters"));
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!("contains {c:?}; use a-z, 0-9, '.', '_' and '-'"));
-    }
-    Ok(())
-}
+pub(crate) use certfleet_common::topology::check_queue_id;
 
 /// Checks a `--filter` pattern. Returns why it is refused.
 ///

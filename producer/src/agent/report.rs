@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use certfleet_common::amqp::{self, Outgoing, Publisher, RECONNECT};
-use certfleet_common::event::CONTENT_TYPE_JSON;
 use certfleet_common::report::{HookState, REPORT_SCHEMA, Report, ReportKind};
 use certfleet_common::{CertName, Config, topology};
 use time::OffsetDateTime;
@@ -152,14 +151,11 @@ async fn publish(publisher: &Publisher, r: &Report) -> Result<(), amqp::BrokerEr
     let body = serde_json::to_vec(r).unwrap_or_default();
     let key = r.routing_key();
     publisher
-        .publish(Outgoing {
-            exchange: topology::REPORTS_EXCHANGE,
-            routing_key: &key,
-            body: &body,
-            content_type: CONTENT_TYPE_JSON,
-            message_id: None,
-            headers: None,
-            mandatory: false,
-        })
+        .publish(Outgoing::json(
+            topology::REPORTS_EXCHANGE,
+            &key,
+            &body,
+            None,
+        ))
         .await
 }
