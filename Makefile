@@ -2,10 +2,13 @@
 #
 #   make demo    the main job end to end on the local stack
 #   make test    everything CI runs: fmt, clippy, the alert rules' promtool
-#                checks and unit tests, helm lint of the chart, unit and
-#                integration tests
+#                checks and unit tests, the chart's render + validation,
+#                unit and integration tests, the container images and
+#                compose stack (make test-images)
 #   make bench   side-by-side benchmarks (bench/results/)
 #   make soak    minutes of random faults under load (bench/results/soak-*.md)
+#   make images, make compose-up, make compose-down   the containers (docker/)
+#   make helm-check   the chart renders and validates (helm/certfleet)
 #
 # The local stack (RabbitMQ, Redis, S3 via SeaweedFS, moto, BIND 9, Pebble) is installed and
 # started by scripts/stack.sh on loopback; `make stack-down` stops it. Tests
@@ -18,7 +21,7 @@ STACK := scripts/stack.sh
 # Test threads: integration tests are mostly waiting on the CA.
 TEST_THREADS ?= 8
 
-.PHONY: all build release test lint rules chart tools man new renew upload download fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
+.PHONY: all build release test lint rules chart helm-check images compose-up compose-down test-images tools man new renew upload download fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
 
 all: build
 
@@ -46,10 +49,35 @@ fmt:
 man:
 	$(CARGO) run -q --locked -p certfleet -- man --dir target/man
 
-# The chart renders with Helm's own engine (PyPI helm-sdkpy), as shipped
-# and with every optional template on.
-chart:
-	tests/helm/lint.sh
+# The chart, with Helm's own engine (PyPI helm-python-sdk, offline): it
+# renders with the default values and every helm/certfleet/ci/*-values.yaml,
+# every object validates against the Kubernetes schemas (kubernetes-validate,
+# strict), bad values are refused by values.schema.json, lint is clean.
+helm-check:
+	tests/helm/check.sh
+
+chart: helm-check
+
+# Container images built here from a debootstrap Debian base and the release
+# binaries (no registry needed; scripts/images.sh starts dockerd if none
+# runs), and the compose stack on them (host networking, loopback ports
+# that do not clash with the local stack; docker/compose.yaml).
+COMPOSE := docker-compose -p certfleet -f docker/compose.yaml -f docker/compose.local.yaml
+images:
+	scripts/images.sh build
+
+compose-up: images
+	$(COMPOSE) up -d --no-build
+
+# Containers removed, volumes kept (`$(COMPOSE) down -v` drops them too).
+compose-down:
+	$(COMPOSE) --profile cli down --remove-orphans
+
+# The images build, the compose stack runs, a certificate goes from the cli
+# container to the watch container's volume, the worker stops cleanly;
+# images and containers are removed afterwards.
+test-images:
+	tests/images/run.sh
 
 # What tests run besides the services: promtool, lego and certbot
 # (Debian packages, installed if missing), Debian's chromium and
@@ -82,9 +110,10 @@ integration: tools stack-up build
 	eval "$$($(STACK) env)"; \
 	$(CARGO) test --locked --workspace --tests -- --test-threads $(TEST_THREADS)
 
-test: lint rules chart stack-up build
+test: lint rules helm-check stack-up build
 	eval "$$($(STACK) env)"; \
 	$(CARGO) test --locked --workspace -- --test-threads $(TEST_THREADS)
+	$(MAKE) --no-print-directory test-images
 
 # The workflow a cron loop around lego or certbot plus `aws s3 sync` ran,
 # against the fleet CERTFLEET_* configures (by default the local stack):

@@ -115,7 +115,7 @@ BIND_PORT=${BIND_PORT:-53}
 ALL_SERVICES=(rabbitmq redis s3 moto bind pebble)   # bind before pebble, which uses it
 HA_SERVICES=(sentinel rabbitmq-cluster)         # only when named, or with --ha
 EXTRA_SERVICES=(prometheus)                     # only when named
-TOOLS=(lego certbot)                            # `install` only: clients tests run
+TOOLS=(lego certbot docker)                     # `install` only: clients tests run; docker: scripts/images.sh
 LO=127.0.0.1
 PATH=$PATH:/usr/sbin:/sbin   # rabbitmq-server lives in /usr/sbin
 
@@ -174,6 +174,7 @@ apt_pkgs_for() {
     prometheus) echo prometheus curl ;;
     lego) echo lego ;;
     certbot) echo certbot ;;
+    docker) echo docker.io docker-compose debootstrap bc ;;
   esac
 }
 

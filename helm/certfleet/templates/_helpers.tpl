@@ -173,6 +173,19 @@ would exit with code 64 (bad configuration). Included by the Deployment.
 {{- if not (has $v.schedule.mode (list "worker" "cronjob" "none")) }}
 {{- fail (printf "schedule.mode %q: expected worker, cronjob or none" $v.schedule.mode) }}
 {{- end }}
+{{- if and (not $v.encryption.insecurePlaintextKeys) (not (include "certfleet.encryptionSecret" .)) }}
+{{- fail "encryption: set encryption.existingSecret (a Secret holding the workers' key), or encryption.key with createSecret: true; a worker refuses to start without it (insecurePlaintextKeys: true stores keys unencrypted, for tests)" }}
+{{- end }}
+{{- $dnsOnly := true }}
+{{- range $v.config.workerBindings }}
+{{- if not (hasSuffix ".dns-01" .) }}{{ $dnsOnly = false }}{{ end }}
+{{- end }}
+{{- if and (not $v.http01.enabled) (not $dnsOnly) }}
+{{- fail (printf "http01.enabled is false, but config.workerBindings %v also bind http-01 jobs: bind only dns-01 jobs (job.*.dns-01)" $v.config.workerBindings) }}
+{{- end }}
+{{- if and $dnsOnly (not $v.dns01.provider) (not $v.dns01.zones) }}
+{{- fail "config.workerBindings bind only dns-01 jobs, but no dns01.provider (or dns01.zones) is set" }}
+{{- end }}
 {{- $_ := include "certfleet.durationSeconds" $v.config.shutdownGrace }}
 {{- end }}
 
