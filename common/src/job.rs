@@ -109,14 +109,31 @@ pub enum ChallengeType {
     Http01,
     /// A TXT record at `_acme-challenge.<name>`.
     Dns01,
+    /// A TLS handshake on port 443 with the `acme-tls/1` protocol and a
+    /// certificate carrying the key authorization's digest (RFC 8737).
+    TlsAlpn01,
 }
 
 impl ChallengeType {
+    /// Every challenge type, for help texts.
+    pub const ALL: [ChallengeType; 3] = [
+        ChallengeType::Http01,
+        ChallengeType::Dns01,
+        ChallengeType::TlsAlpn01,
+    ];
+
+    /// Whether it can prove a wildcard name (only dns-01 can: RFC 8555
+    /// §7.1.3, RFC 8737 §3).
+    pub fn proves_wildcards(self) -> bool {
+        self == ChallengeType::Dns01
+    }
+
     /// The ACME and routing-key spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             ChallengeType::Http01 => "http-01",
             ChallengeType::Dns01 => "dns-01",
+            ChallengeType::TlsAlpn01 => "tls-alpn-01",
         }
     }
 }
@@ -133,7 +150,10 @@ impl FromStr for ChallengeType {
         match s {
             "http-01" => Ok(Self::Http01),
             "dns-01" => Ok(Self::Dns01),
-            other => Err(format!("unknown challenge {other:?} (http-01 or dns-01)")),
+            "tls-alpn-01" => Ok(Self::TlsAlpn01),
+            other => Err(format!(
+                "unknown challenge {other:?} (http-01, dns-01 or tls-alpn-01)"
+            )),
         }
     }
 }

@@ -8,6 +8,16 @@
 
 use crate::domain::CertName;
 
+/// The id of a tls-alpn-01 answer is this and the domain (http-01 tokens
+/// are base64url and never contain ':'), so one list of answer ids serves
+/// both challenges.
+pub const TLSALPN01_ANSWER: &str = "tls-alpn-01:";
+
+/// The answer id of a domain's tls-alpn-01 key authorization.
+pub fn tlsalpn01_answer(domain: &str) -> String {
+    format!("{TLSALPN01_ANSWER}{}", domain.to_ascii_lowercase())
+}
+
 /// Key builder.
 #[derive(Debug, Clone)]
 pub struct RedisKeys {
@@ -53,6 +63,21 @@ impl RedisKeys {
     /// An http-01 key authorization by token.
     pub fn http01(&self, token: &str) -> String {
         format!("{}http01:{token}", self.prefix)
+    }
+
+    /// A tls-alpn-01 key authorization by domain (RFC 8737: the CA names
+    /// only the domain, in SNI).
+    pub fn tlsalpn01(&self, domain: &str) -> String {
+        format!("{}tlsalpn01:{domain}", self.prefix)
+    }
+
+    /// The key of a challenge answer by its id: an http-01 token, or
+    /// [`TLSALPN01_ANSWER`] and the domain.
+    pub fn answer(&self, id: &str) -> String {
+        match id.strip_prefix(TLSALPN01_ANSWER) {
+            Some(domain) => self.tlsalpn01(domain),
+            None => self.http01(id),
+        }
     }
 
     /// A name's rollout: hash server id → its latest report (JSON).
@@ -146,6 +171,11 @@ mod tests {
         let n = CertName::parse("a.example.com")?;
         assert_eq!(k.lease(&n), "t1:lease:a.example.com");
         assert_eq!(k.http01("tok"), "t1:http01:tok");
+        assert_eq!(k.answer("tok"), "t1:http01:tok");
+        assert_eq!(
+            k.answer(&tlsalpn01_answer("a.example.com")),
+            "t1:tlsalpn01:a.example.com"
+        );
         assert_eq!(k.dns01(&n), "t1:dns01:a.example.com");
         assert_eq!(k.expiry(), "t1:expiry");
         assert_eq!(k.rate("orders", "acct"), "t1:rate:orders:acct");

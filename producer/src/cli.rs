@@ -370,7 +370,7 @@ mod tests {
         for args in [
             &["issue"][..],
             &["issue", "a.example.com", "--key-type", "rsa-1024"],
-            &["issue", "a.example.com", "--challenge", "tls-alpn-01"],
+            &["issue", "a.example.com", "--challenge", "tls-alpn-02"],
             &["issue", "a.example.com", "--timeout", "10"],
             &["renew"],
             &["renew", "a.example.com", "--due"],

@@ -26,4 +26,5 @@ mod silent_broker;
 mod soak;
 mod storage;
 mod tls;
+mod tls_alpn;
 mod watch;

@@ -131,6 +131,8 @@ pub struct AcmeConfig {
 pub struct WorkerConfig {
     /// http-01 responder address.
     pub http01_listen: SocketAddr,
+    /// tls-alpn-01 responder address (none: tls-alpn-01 jobs fail here).
+    pub tlsalpn01_listen: Option<SocketAddr>,
     /// Metrics and health address.
     pub metrics_listen: SocketAddr,
     /// Orders in flight (= prefetch).
@@ -216,6 +218,7 @@ impl WorkerConfig {
                 DEFAULT_HTTP01_LISTEN,
                 parse_listen,
             )?,
+            tlsalpn01_listen: src.parse(keys::TLSALPN01_LISTEN, parse_listen)?,
             metrics_listen: src.parse_or(
                 keys::METRICS_LISTEN,
                 DEFAULT_METRICS_LISTEN,

@@ -53,7 +53,8 @@ impl LocalAnswers {
         }
     }
 
-    fn get(&self, token: &str) -> Option<String> {
+    /// An answer this worker published and that has not expired.
+    pub(crate) fn get(&self, token: &str) -> Option<String> {
         let map = self.answers.read().ok()?;
         let (answer, until) = map.get(token)?;
         (*until > Instant::now()).then(|| answer.clone())

@@ -13,6 +13,7 @@
 //! - `events`: events, retries and dead letters, all confirmed.
 //! - `ratelimit`: CA limits counted fleet-wide in Redis.
 //! - [`http01`] and `serve`: the challenge responder and the metrics server.
+//! - `tlsalpn01`: the tls-alpn-01 responder (RFC 8737), answers from Redis.
 //! - [`dns01`]: the dns-01 providers (RFC 2136, DigitalOcean, Cloudflare,
 //!   Route 53, acme-dns, exec), the propagation check and the solver.
 //! - [`config`]: the worker's own configuration sections (ACME, process).
@@ -44,6 +45,7 @@ pub(crate) mod process;
 pub(crate) mod ratelimit;
 pub mod renewal;
 mod reports;
+pub(crate) mod tlsalpn01;
 pub(crate) use certfleet_common::serve;
 pub(crate) mod store;
 pub(crate) mod unwind;
@@ -133,6 +135,8 @@ pub(crate) struct Ctx {
 pub struct Running {
     /// Where the http-01 responder listens.
     pub http01_addr: SocketAddr,
+    /// Where the tls-alpn-01 responder listens, if it does.
+    pub tlsalpn01_addr: Option<SocketAddr>,
     /// Where `/metrics`, `/healthz`, `/readyz` are served.
     pub metrics_addr: SocketAddr,
     ready: tokio::sync::watch::Receiver<bool>,
@@ -195,6 +199,20 @@ pub async fn start(
         what: "http-01",
         source,
     })?;
+    let tlsalpn01 = match cfg.worker.tlsalpn01_listen {
+        Some(addr) => {
+            let bind = |source| StartError::Bind {
+                addr,
+                what: "tls-alpn-01",
+                source,
+            };
+            let listener = bind_shared(addr).map_err(bind)?;
+            let local = listener.local_addr().map_err(bind)?;
+            Some((listener, local))
+        }
+        None => None,
+    };
+    let tlsalpn01_addr = tlsalpn01.as_ref().map(|(_, a)| *a);
     let metrics_listener =
         TcpListener::bind(cfg.worker.metrics_listen)
             .await
@@ -235,7 +253,8 @@ pub async fn start(
         metrics.clone(),
         local_answers.clone(),
         dns01,
-    )?;
+    )?
+    .serving_tlsalpn01(tlsalpn01.is_some());
     let ctx = Arc::new(Ctx {
         connection_name: certfleet_common::amqp::connection_name("certfleet-worker"),
         cfg,
@@ -267,12 +286,14 @@ pub async fn start(
     info!(
         worker = %id,
         http01 = %http01_addr,
+        tlsalpn01 = ?tlsalpn01_addr,
         metrics = %metrics_addr,
         ca = ctx.acme.ca(),
         "worker starting"
     );
 
     let servers = CancellationToken::new();
+    let alpn_local = local_answers.clone();
     let h01 = {
         // The responder's own small Redis pool: a flood of requests for
         // unknown tokens waits on it, never on the pool that keeps leases
@@ -286,6 +307,19 @@ pub async fn start(
             move |req| http01::respond(req, state.clone(), local_answers.clone(), m.clone()),
             servers.clone(),
         ))
+    };
+    let alpn = match tlsalpn01 {
+        Some((listener, _)) => {
+            let state = State::from_config(&ctx.cfg.common, HTTP01_REDIS_POOL)?;
+            Some(tokio::spawn(tlsalpn01::serve(
+                listener,
+                state,
+                alpn_local,
+                ctx.metrics.service.clone(),
+                servers.clone(),
+            )))
+        }
+        None => None,
     };
     let mh = {
         let ctx = ctx.clone();
@@ -330,12 +364,16 @@ pub async fn start(
             // its grace period may still be validating.
             servers.cancel();
             let _ = h01.await;
+            if let Some(a) = alpn {
+                let _ = a.await;
+            }
             let _ = mh.await;
         }
         .instrument(info_span!("worker")),
     );
     Ok(Running {
         http01_addr,
+        tlsalpn01_addr,
         metrics_addr,
         ready,
         task,

@@ -29,6 +29,10 @@ struct Args {
     /// http-01 responder address [env: CERTFLEET_HTTP01_LISTEN].
     #[arg(long, value_name = "ADDR")]
     http01_listen: Option<String>,
+    /// tls-alpn-01 responder address, e.g. 0.0.0.0:443 (none: no
+    /// tls-alpn-01) [env: CERTFLEET_TLSALPN01_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    tlsalpn01_listen: Option<String>,
     /// Metrics address [env: CERTFLEET_METRICS_LISTEN].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
@@ -46,6 +50,7 @@ fn load(args: &Args) -> Result<Settings, certfleet_common::ConfigError> {
         .file(args.config.as_deref())?
         .flag(keys::CONCURRENCY, args.concurrency.as_ref())?
         .flag(keys::HTTP01_LISTEN, args.http01_listen.as_ref())?
+        .flag(keys::TLSALPN01_LISTEN, args.tlsalpn01_listen.as_ref())?
         .flag(keys::METRICS_LISTEN, args.metrics_listen.as_ref())?
         .flag(keys::SCHEDULE_EVERY, args.schedule_every.as_ref())?
         .flag(keys::SHUTDOWN_GRACE, args.shutdown_grace.as_ref())?;

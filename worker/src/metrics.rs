@@ -295,6 +295,7 @@ pub fn acme_action(method: &http::Method, path: &str) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
     http01: IntCounterVec,
+    tlsalpn01: IntCounterVec,
     s3: IntCounterVec,
     /// Broker (re)connections.
     pub broker_connects: IntCounter,
@@ -304,7 +305,8 @@ pub struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    /// Registers `certfleet_http01_*`, `certfleet_s3_*`, `certfleet_broker_*`.
+    /// Registers `certfleet_http01_*`, `certfleet_tlsalpn01_*`, `certfleet_s3_*`,
+    /// `certfleet_broker_*`.
     ///
     /// # Errors
     /// A name registered twice.
@@ -314,6 +316,12 @@ impl ServiceMetrics {
                 reg,
                 "certfleet_http01_requests_total",
                 "http-01 challenge requests answered",
+                &["result"],
+            )?,
+            tlsalpn01: counter_vec(
+                reg,
+                "certfleet_tlsalpn01_handshakes_total",
+                "tls-alpn-01 challenge handshakes: hit (answered), miss (no answer for the name), refused (not acme-tls/1 or no SNI), error",
                 &["result"],
             )?,
             s3: counter_vec(
@@ -341,6 +349,11 @@ impl ServiceMetrics {
     /// Counts an http-01 request: `hit`, `miss` or `error`.
     pub fn http01(&self, result: &'static str) {
         self.http01.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a tls-alpn-01 handshake: `hit`, `miss`, `refused`, `error`.
+    pub fn tlsalpn01(&self, result: &'static str) {
+        self.tlsalpn01.with_label_values(&[result]).inc();
     }
 
     /// Counts an S3 request: `get`, `put`, `delete`.

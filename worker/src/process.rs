@@ -817,7 +817,7 @@ impl Ctx {
             .del(keys.order(&p.name))
             .ignore();
         if !tokens.is_empty() {
-            let answers: Vec<String> = tokens.iter().map(|t| keys.http01(t)).collect();
+            let answers: Vec<String> = tokens.iter().map(|t| keys.answer(t)).collect();
             pipe.del(answers).ignore();
         }
         self.state.set_status_into(

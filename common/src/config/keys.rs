@@ -67,6 +67,8 @@ settings! {
     ACME_EAB_HMAC_KEY = "acme_eab_hmac_key", true;
     /// Where a worker answers `/.well-known/acme-challenge/`.
     HTTP01_LISTEN = "http01_listen", false;
+    /// Where a worker answers tls-alpn-01 handshakes (none: not at all).
+    TLSALPN01_LISTEN = "tlsalpn01_listen", false;
     /// Where a worker serves `/metrics`, `/healthz`, `/readyz`.
     METRICS_LISTEN = "metrics_listen", false;
     /// Orders in flight per worker (= AMQP prefetch).

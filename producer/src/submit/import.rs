@@ -65,8 +65,8 @@ pub struct ImportArgs {
     /// lego's --path (e.g. ./.lego) or certbot's config dir (/etc/letsencrypt).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// How the imported certificates are renewed: http-01 or dns-01
-    /// (wildcards need dns-01).
+    /// How the imported certificates are renewed: http-01, dns-01 or
+    /// tls-alpn-01 (wildcards need dns-01).
     #[arg(long, value_name = "TYPE", default_value = "http-01")]
     pub challenge: ChallengeType,
     /// Only report what would be imported and skipped.

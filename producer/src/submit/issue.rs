@@ -25,7 +25,7 @@ pub struct IssueArgs {
     /// Key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096.
     #[arg(long, value_name = "TYPE", default_value = "ecdsa-p256")]
     pub key_type: KeyType,
-    /// Challenge type: http-01 or dns-01.
+    /// Challenge type: http-01, dns-01 or tls-alpn-01 (wildcards: dns-01).
     #[arg(long, value_name = "TYPE", default_value = "http-01")]
     pub challenge: ChallengeType,
     /// Wait until the certificate is stored (exit 0) or the job failed (exit 1).

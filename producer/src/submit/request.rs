@@ -36,7 +36,9 @@ impl Request {
     ) -> Result<Self, RequestError> {
         let domains = domain::normalize_domains(domains)?;
         let wildcard = domains.iter().find(|d| domain::is_wildcard(d));
-        if let (Some(w), ChallengeType::Http01) = (wildcard, challenge) {
+        if let Some(w) = wildcard
+            && !challenge.proves_wildcards()
+        {
             return Err(RequestError::WildcardNeedsDns01(w.clone()));
         }
         let name = match name {
@@ -205,6 +207,11 @@ mod tests {
             Request::new(&["*.example.com"], None, k, http),
             Err(RequestError::WildcardNeedsDns01(_))
         ));
+        assert!(matches!(
+            Request::new(&["*.example.com"], None, k, ChallengeType::TlsAlpn01),
+            Err(RequestError::WildcardNeedsDns01(_))
+        ));
+        assert!(Request::new(&["www.example.com"], None, k, ChallengeType::TlsAlpn01).is_ok());
         assert!(
             Request::new(&["*.example.com"], None, k, http)
                 .map(|_| ())
@@ -260,7 +267,11 @@ mod tests {
     fn bad_lines() {
         for (line, want) in [
             ("a.example.com key=dsa", "unknown key type"),
-            ("a.example.com challenge=tls-alpn-01", "unknown challenge"),
+            ("a.example.com challenge=tls-alpn-02", "unknown challenge"),
+            (
+                "*.example.com challenge=tls-alpn-01",
+                "wildcard names need challenge=dns-01",
+            ),
             ("a.example.com colour=blue", "unknown option \"colour\""),
             ("a.example.com name=a name=b", "name= given twice"),
             ("name=a", "no domain names"),

@@ -81,6 +81,8 @@ pub(crate) struct Acme {
     local_answers: std::sync::Arc<crate::http01::LocalAnswers>,
     /// The dns-01 solver, when this worker has a DNS provider.
     dns01: Option<std::sync::Arc<crate::dns01::Solver>>,
+    /// Whether this worker answers tls-alpn-01 (CERTFLEET_TLSALPN01_LISTEN).
+    tlsalpn01: bool,
 }
 
 impl Acme {
@@ -116,7 +118,18 @@ impl Acme {
             metrics,
             local_answers,
             dns01,
+            tlsalpn01: false,
         })
+    }
+
+    /// Marks tls-alpn-01 as answered by this worker.
+    pub(crate) fn serving_tlsalpn01(mut self, on: bool) -> Self {
+        self.tlsalpn01 = on;
+        self
+    }
+
+    pub(crate) fn tlsalpn01(&self) -> bool {
+        self.tlsalpn01
     }
 
     pub(crate) fn dns01(&self) -> Option<&crate::dns01::Solver> {

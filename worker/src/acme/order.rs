@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use certfleet_common::KeyType;
 use certfleet_common::domain::CertName;
+use certfleet_common::redis_keys::tlsalpn01_answer;
 use certfleet_common::seal::SealedKey;
 use certfleet_common::secret::Secret;
 use deadpool_redis::redis::AsyncCommands;
@@ -113,7 +114,8 @@ pub(crate) struct Request<'a> {
 pub(crate) struct Obtained {
     pub(crate) chain_pem: String,
     pub(crate) key_pem: Secret<String>,
-    /// The tokens whose key authorizations we published.
+    /// The ids of the key authorizations we published (http-01 tokens,
+    /// tls-alpn-01 answers: [`certfleet_common::redis_keys::RedisKeys::answer`]).
     pub(crate) tokens: Vec<String>,
     /// Whether the order was resumed rather than created.
     pub(crate) resumed: bool,
@@ -176,7 +178,7 @@ impl Acme {
         self.local_answers().remove(tokens);
         let keys: Vec<String> = tokens
             .iter()
-            .map(|t| self.state().keys().http01(t))
+            .map(|t| self.state().keys().answer(t))
             .collect();
         let mut c = self.state().conn().await?;
         let _: () = c
@@ -373,9 +375,19 @@ impl Acme {
         Ok(None)
     }
 
-    /// Publishes key authorizations and tells the CA to validate.
-    async fn solve_http01(&self, order: &mut Order) -> Result<Vec<String>, JobError> {
-        let mut tokens = Vec::new();
+    /// Publishes key authorizations where every worker serves them (http-01
+    /// by token, tls-alpn-01 by domain: Redis, and this worker's memory) and
+    /// tells the CA to validate. Returns the answers' ids, to clear them.
+    async fn solve_served(
+        &self,
+        order: &mut Order,
+        kind: certfleet_common::ChallengeType,
+    ) -> Result<Vec<String>, JobError> {
+        let acme_kind = match kind {
+            certfleet_common::ChallengeType::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            _ => ChallengeType::Http01,
+        };
+        let mut ids = Vec::new();
         let mut authzs = order.authorizations();
         while let Some(authz) = authzs.next().await {
             let mut authz = authz.map_err(acme_error)?;
@@ -383,31 +395,35 @@ impl Acme {
                 continue;
             }
             let name = identifier_name(authz.identifier().identifier);
-            let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
-                JobError::Invalid(format!("the CA offers no http-01 challenge for {name}"))
+            let mut challenge = authz.challenge(acme_kind.clone()).ok_or_else(|| {
+                JobError::Invalid(format!("the CA offers no {kind} challenge for {name}"))
             })?;
             let key_auth = challenge.key_authorization();
+            let id = match kind {
+                certfleet_common::ChallengeType::TlsAlpn01 => tlsalpn01_answer(&name),
+                _ => challenge.token.clone(),
+            };
             self.local_answers()
-                .insert(&challenge.token, key_auth.as_str(), HTTP01_TTL);
+                .insert(&id, key_auth.as_str(), HTTP01_TTL);
             {
                 let mut c = self.state().conn().await?;
                 let _: () = c
                     .set_ex(
-                        self.state().keys().http01(&challenge.token),
+                        self.state().keys().answer(&id),
                         key_auth.as_str(),
                         HTTP01_TTL.as_secs(),
                     )
                     .await
                     .map_err(certfleet_common::state::StateError::from)?;
             }
-            tokens.push(challenge.token.clone());
+            ids.push(id);
             // A resumed order may have told the CA already (a worker died
             // after `set_ready`): the answer is back in Redis, that is enough.
             if challenge.status == ChallengeStatus::Pending {
                 challenge.set_ready().await.map_err(acme_error)?;
             }
         }
-        Ok(tokens)
+        Ok(ids)
     }
 
     /// Presents every pending authorization's dns-01 value (recorded in
@@ -507,8 +523,13 @@ impl Acme {
     }
 
     /// Gets a certificate for the request: resumes the stored order or
-    /// creates one, answers http-01, finalizes, downloads the chain.
+    /// creates one, answers its challenges, finalizes, downloads the chain.
     pub(crate) async fn obtain(&self, req: &Request<'_>) -> Result<Obtained, JobError> {
+        if req.challenge == certfleet_common::ChallengeType::TlsAlpn01 && !self.tlsalpn01() {
+            return Err(JobError::Invalid(
+                "this worker answers no tls-alpn-01 (set CERTFLEET_TLSALPN01_LISTEN, or bind only other challenges with CERTFLEET_WORKER_BINDINGS)".into(),
+            ));
+        }
         let (mut order, key, resumed, replaced) = match self.resume(req).await? {
             Some((order, key)) => (order, key, true, false),
             None => {
@@ -530,7 +551,7 @@ impl Acme {
                             return Err(e);
                         }
                     } else {
-                        tokens.extend(self.solve_http01(&mut order).await?);
+                        tokens.extend(self.solve_served(&mut order, req.challenge).await?);
                     }
                     // instant-acme returns the order's problem as an error
                     // when the order went invalid: that is a failed
