@@ -159,6 +159,11 @@ impl RedisKeys {
     pub fn rate(&self, what: &str, subject: &str) -> String {
         format!("{}rate:{what}:{subject}", self.prefix)
     }
+
+    /// The limits the workers keep: hash kind → `COUNT/WINDOW_MS`.
+    pub fn rate_limits(&self) -> String {
+        format!("{}rate-limits", self.prefix)
+    }
 }
 
 #[cfg(test)]

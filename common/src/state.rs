@@ -615,6 +615,72 @@ impl State {
         Ok(out)
     }
 
+    /// The CA rate-limit windows the workers keep (`rate:<kind>:<subject>`,
+    /// with the limits they wrote to `rate-limits`), each with its use in
+    /// the window as of `now_ms`; sorted by kind and subject.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn rate_windows(&self, now_ms: u64) -> Result<Vec<RateWindow>, StateError> {
+        let mut c = self.conn().await?;
+        let limits: std::collections::HashMap<String, String> =
+            c.hgetall(self.keys.rate_limits()).await?;
+        // `<prefix>rate:` (not the `rate-limits` hash beside the windows).
+        let prefix = self.keys.rate("", "");
+        let prefix = prefix.strip_suffix(':').unwrap_or(&prefix);
+        let mut keys: Vec<String> = Vec::new();
+        {
+            let mut iter: redis::AsyncIter<'_, String> = c.scan_match(format!("{prefix}*")).await?;
+            while let Some(k) = iter.next_item().await {
+                keys.push(k?);
+            }
+        }
+        let mut out = Vec::new();
+        for key in keys {
+            let Some((kind, subject)) = key
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split_once(':'))
+            else {
+                continue;
+            };
+            let Some((count, window_ms)) = limits
+                .get(kind)
+                .and_then(|l| l.split_once('/'))
+                .and_then(|(n, w)| Some((n.parse::<u64>().ok()?, w.parse::<u64>().ok()?)))
+            else {
+                continue;
+            };
+            let since = now_ms.saturating_sub(window_ms);
+            let entries: Vec<(String, u64)> = c
+                .zrangebyscore_withscores(&key, since.saturating_add(1), "+inf")
+                .await?;
+            if entries.is_empty() {
+                continue;
+            }
+            let used = entries.len() as u64;
+            let label = entries
+                .last()
+                .and_then(|(m, _)| m.split_once(' '))
+                .map(|(_, l)| l.to_string())
+                .unwrap_or_else(|| subject.to_string());
+            // The window is full until its oldest entry leaves it.
+            let next_slot_ms = (used >= count)
+                .then(|| entries.first().map(|(_, at)| at + window_ms))
+                .flatten();
+            out.push(RateWindow {
+                kind: kind.to_string(),
+                subject: subject.to_string(),
+                label,
+                used,
+                limit: count,
+                window_ms,
+                next_slot_ms,
+            });
+        }
+        out.sort_by(|a, b| (&a.kind, &a.subject).cmp(&(&b.kind, &b.subject)));
+        Ok(out)
+    }
+
     /// Forgets a server: its reports, and its entry in every rollout.
     /// Returns whether it was known.
     ///
@@ -635,6 +701,27 @@ impl State {
         let (known,): (i64,) = pipe.query_async(&mut *c).await?;
         Ok(known > 0 || !names.is_empty())
     }
+}
+
+/// One CA rate-limit window's use ([`State::rate_windows`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RateWindow {
+    /// `orders` (per account), `failed` (validations per hostname), `certs`
+    /// (per registered domain), `duplicate` (per exact set of names).
+    pub kind: String,
+    /// The key's subject: the account, hostname, registered domain, or the
+    /// hash of the set of names.
+    pub subject: String,
+    /// What the last entry counted (for duplicates: the names).
+    pub label: String,
+    /// Entries in the window now.
+    pub used: u64,
+    /// The most the window allows.
+    pub limit: u64,
+    /// The window's length.
+    pub window_ms: u64,
+    /// When the next slot frees (Unix ms), if the window is full.
+    pub next_slot_ms: Option<u64>,
 }
 
 /// Deletes `KEYS[1]` only if it still holds `ARGV[1]`.

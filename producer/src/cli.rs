@@ -80,6 +80,13 @@ pub enum Command {
         #[arg(long)]
         failed: bool,
     },
+    /// The CA's rate limits as the fleet counts them: each window's use
+    /// and, when it is full, when it frees a slot.
+    Limits {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Maintain the expiry index in Redis.
     Index {
         /// What to do.
@@ -287,6 +294,7 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> Resul
             };
             status::list(&config, json, &filter).await?;
         }
+        Command::Limits { json } => status::limits(&config, json).await?,
         Command::Index { command } => schedule::index(&config, &command).await?,
         Command::Schedule(args) => schedule::run_schedule(&config, &args, shutdown).await?,
         Command::Dlq { command } => match command {

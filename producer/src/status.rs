@@ -514,6 +514,91 @@ async fn exists(
     Ok(c.exists(key).await?)
 }
 
+/// What each kind of window counts, for `certfleet limits`.
+fn limit_name(kind: &str) -> &str {
+    match kind {
+        "orders" => "new orders per account",
+        "failed" => "failed validations per name",
+        "certs" => "certificates per registered domain",
+        "duplicate" => "duplicate certificates",
+        other => other,
+    }
+}
+
+/// `certfleet limits`: every rate-limit window with entries, its use and
+/// when a full one frees a slot.
+pub(crate) async fn limits(config: &Config, json: bool) -> Result<(), StatusError> {
+    let state = State::from_config(config, 2).map_err(StatusError::State)?;
+    let windows = state
+        .rate_windows(u64::try_from(certfleet_common::now_ms()).unwrap_or(0))
+        .await
+        .map_err(StatusError::State)?;
+    if json {
+        let text = serde_json::to_string_pretty(&windows).map_err(StatusError::Json)?;
+        out(text);
+        return Ok(());
+    }
+    if windows.is_empty() {
+        out(
+            "no rate-limit window holds anything (the limits are off, or nothing was counted within their windows)",
+        );
+        return Ok(());
+    }
+    let rows: Vec<[String; 5]> = windows
+        .iter()
+        .map(|w| {
+            let subject = match w.kind.as_str() {
+                "orders" => "the fleet's account".to_string(),
+                "duplicate" => w.label.clone(),
+                _ => w.subject.clone(),
+            };
+            let next = match w.next_slot_ms {
+                Some(ms) => OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                    .ok()
+                    .and_then(|t| t.replace_nanosecond(0).ok())
+                    .and_then(|t| t.format(&Rfc3339).ok())
+                    .unwrap_or_else(|| "?".into()),
+                None => "now".into(),
+            };
+            [
+                limit_name(&w.kind).to_string(),
+                subject,
+                format!("{}/{}", w.used, w.limit),
+                certfleet_common::config::parse::format_duration(std::time::Duration::from_millis(
+                    w.window_ms,
+                )),
+                next,
+            ]
+        })
+        .collect();
+    let header = ["LIMIT", "SUBJECT", "USED", "WINDOW", "NEXT SLOT"];
+    let mut width = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        format!(
+            "{:<a$}  {:<b$}  {:>c$}  {:<d$}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            a = width[0],
+            b = width[1],
+            c = width[2],
+            d = width[3]
+        )
+    };
+    out(line(header));
+    for r in &rows {
+        out(line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

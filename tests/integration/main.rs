@@ -15,6 +15,7 @@ mod hostile;
 mod import;
 mod issue;
 mod keys;
+mod limits;
 mod prometheus;
 mod renew;
 mod responder;

@@ -124,6 +124,10 @@ pub struct AcmeConfig {
     pub rate_orders: Option<RateLimit>,
     /// Failed validations per hostname (Let's Encrypt: 5 per hour).
     pub rate_failed_validations: Option<RateLimit>,
+    /// New certificates per registered domain (Let's Encrypt: 50 per 7 days).
+    pub rate_certs_per_domain: Option<RateLimit>,
+    /// New certificates per exact set of names (Let's Encrypt: 5 per 7 days).
+    pub rate_duplicates: Option<RateLimit>,
 }
 
 /// Worker process settings.
@@ -200,6 +204,16 @@ impl AcmeConfig {
             rate_failed_validations: src.parse_or(
                 keys::RATE_FAILED_VALIDATIONS,
                 if le { "5/1h" } else { "off" },
+                RateLimit::parse,
+            )?,
+            rate_certs_per_domain: src.parse_or(
+                keys::RATE_CERTS_PER_DOMAIN,
+                if le { "50/7d" } else { "off" },
+                RateLimit::parse,
+            )?,
+            rate_duplicates: src.parse_or(
+                keys::RATE_DUPLICATES,
+                if le { "5/7d" } else { "off" },
                 RateLimit::parse,
             )?,
         })

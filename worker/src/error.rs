@@ -97,12 +97,14 @@ pub enum JobError {
     #[error("lost the lease on {0}")]
     LostLease(String),
     /// A fleet-wide rate limit window is closed.
-    #[error("rate limit {what} reached; next slot in {}s", wait.as_secs())]
+    #[error("rate limit {what} reached; deferred until {until} (in {}s)", wait.as_secs())]
     RateLimited {
         /// Which limit.
         what: String,
         /// How long until a slot frees.
         wait: Duration,
+        /// When that is (RFC 3339, UTC), for the job's status.
+        until: String,
     },
     /// A job that cannot be done as asked (bad input, unsupported kind).
     #[error("{0}")]
@@ -123,6 +125,17 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// A closed window of `what`, open again after `wait`.
+    pub(crate) fn rate_limited(what: String, wait: Duration) -> Self {
+        let at = time::OffsetDateTime::now_utc() + wait;
+        let until = at
+            .replace_nanosecond(0)
+            .unwrap_or(at)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| format!("{}s from now", wait.as_secs()));
+        JobError::RateLimited { what, wait, until }
+    }
+
     /// The problem document to put in a failure event, if the CA gave one.
     pub fn problem(&self) -> Option<&AcmeProblem> {
         match self {

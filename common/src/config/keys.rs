@@ -104,6 +104,10 @@ settings! {
     RATE_ORDERS = "rate_orders", false;
     /// Fleet-wide cap on failed validations per hostname: `COUNT/DURATION` or `off`.
     RATE_FAILED_VALIDATIONS = "rate_failed_validations", false;
+    /// New certificates per registered domain (Let's Encrypt: 50 per 7 days).
+    RATE_CERTS_PER_DOMAIN = "rate_certs_per_domain", false;
+    /// New certificates per exact set of names (Let's Encrypt: 5 per 7 days).
+    RATE_DUPLICATES = "rate_duplicates", false;
     /// RabbitMQ management API (`server add|list|remove`), e.g.
     /// `http://127.0.0.1:15672`; credentials in it, else the broker URL's.
     /// Default: the broker's host, port 15672 (https for amqps).

@@ -103,8 +103,12 @@ impl Acme {
         let limiter = RateLimiter::new(
             state.clone(),
             account_subject(&account_key),
-            cfg.rate_orders,
-            cfg.rate_failed_validations,
+            crate::ratelimit::Limits {
+                orders: cfg.rate_orders,
+                failed_validations: cfg.rate_failed_validations,
+                certs_per_domain: cfg.rate_certs_per_domain,
+                duplicates: cfg.rate_duplicates,
+            },
         );
         Ok(Self {
             cfg,

@@ -239,7 +239,9 @@ impl Acme {
     }
 
     async fn create(&self, req: &Request<'_>) -> Result<(Order, Secret<String>, bool), JobError> {
-        self.limiter().before_new_order(req.domains).await?;
+        self.limiter()
+            .before_new_order(req.domains, req.replaces.is_some())
+            .await?;
         let key = keys::generate(req.key_type)?;
         let identifiers: Vec<Identifier> = req
             .domains
@@ -592,6 +594,9 @@ impl Acme {
                 }
                 OrderStatus::Processing | OrderStatus::Valid => {
                     let chain_pem = order.poll_certificate(&POLL).await.map_err(acme_error)?;
+                    if let Err(e) = self.limiter().issued(req.domains, replaced).await {
+                        warn!(error = %e, "could not count the certificate against the CA's limits");
+                    }
                     return Ok(Obtained {
                         chain_pem,
                         key_pem: key,
