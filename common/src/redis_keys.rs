@@ -160,6 +160,12 @@ impl RedisKeys {
         format!("{}rate:{what}:{subject}", self.prefix)
     }
 
+    /// When to read each certificate's ARI window again: sorted set of
+    /// names scored by Unix ms.
+    pub fn ari_check(&self) -> String {
+        format!("{}ari-check", self.prefix)
+    }
+
     /// The limits the workers keep: hash kind → `COUNT/WINDOW_MS`.
     pub fn rate_limits(&self) -> String {
         format!("{}rate-limits", self.prefix)

@@ -369,6 +369,76 @@ async fn ari_window_drives_renewal_and_replaces_is_sent() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// ARI followed over time: the window first suggested is weeks away; the
+/// CA then moves it into the past (a mass revocation) and asks clients to
+/// look again after 1 s. The worker reads it again on that schedule, moves
+/// the renewal time into the new window, and the due-scan renews the
+/// certificate, with `replaces`, within seconds, not weeks.
+#[tokio::test]
+async fn ari_window_moved_by_the_ca_is_followed() -> anyhow::Result<()> {
+    init_logging();
+    let env = TestEnv::new("renew-ari-moved").await?;
+    let start = OffsetDateTime::now_utc() + time::Duration::days(30);
+    let proxy = AcmeProxy::start(&env)
+        .await?
+        .with_ari(Some((start, start + time::Duration::days(2))));
+    proxy.set_ari_retry_after(1);
+    let mut vars = proxy.vars();
+    vars.push(("CERTFLEET_SCHEDULE_EVERY".into(), "1s".into()));
+    vars.push(("CERTFLEET_ARI_RECHECK_MIN".into(), "1s".into()));
+    let worker = env.start_worker(&private::pairs(&vars)).await?;
+    let names = issue_all(&env, &["moved"]).await?;
+    let store = env.store().await;
+    let (first, _) = store
+        .pointer(&names[0])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no pointer"))?;
+    assert!(
+        first.renew_at >= start,
+        "renew_at {} before the window",
+        first.renew_at
+    );
+    let ari_id = first
+        .ari_id
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no ARI id stored"))?;
+    // Quiet for a few re-checks: the window did not move, nothing renews.
+    let mut renewed = env.events("cert.renewed.#").await?;
+    assert!(renewed.quiet_for(Duration::from_secs(3)).await.is_none());
+    let asked = proxy
+        .renewal_info_seen()
+        .iter()
+        .filter(|id| **id == ari_id)
+        .count();
+    assert!(
+        asked >= 2,
+        "the window was read {asked} times in 3 s at Retry-After: 1"
+    );
+
+    let now = OffsetDateTime::now_utc();
+    proxy.set_ari_window(Some((
+        now - time::Duration::hours(2),
+        now - time::Duration::hours(1),
+    )));
+    let event = renewed.next(Duration::from_secs(30)).await?;
+    assert_eq!(event.name, names[0]);
+    assert_eq!(
+        proxy.replaces_seen(),
+        vec![ari_id],
+        "the renewal replaces the old certificate"
+    );
+    let moved = crate::issue::metric(
+        &env,
+        worker.metrics_addr,
+        "certfleet_ari_windows_moved_total",
+    )
+    .await?;
+    assert!(moved >= 1.0, "{moved}");
+    worker.stop().await;
+    env.cleanup().await;
+    Ok(())
+}
+
 /// `certfleet-worker --schedule-every`: a certificate whose renewal time
 /// has come is renewed without anyone running `renew`.
 #[tokio::test]

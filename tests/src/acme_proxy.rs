@@ -120,6 +120,8 @@ enum Window {
 struct State {
     /// ARI mode; `None` = off.
     ari: Option<Window>,
+    /// `Retry-After` of renewal-info answers; 0 = [`ARI_RETRY_AFTER_SECS`].
+    ari_retry_after: u64,
     renewal_info_seen: Vec<String>,
     new_orders: Vec<NewOrderSeen>,
     reject_remaining: usize,
@@ -276,6 +278,13 @@ impl AcmeProxy {
             Some((start, end)) => Window::Fixed(start, end),
             None => Window::Derived,
         });
+    }
+
+    /// The `Retry-After` (seconds) of renewal-info answers from now on,
+    /// instead of [`ARI_RETRY_AFTER_SECS`]: how soon the CA asks clients to
+    /// look again.
+    pub fn set_ari_retry_after(&self, secs: u64) {
+        self.shared.state().ari_retry_after = secs;
     }
 
     /// Turns ARI off again: the directory no longer offers `renewalInfo` to
@@ -822,7 +831,14 @@ async fn fresh_nonce(shared: &Shared, host: &str) -> anyhow::Result<HeaderValue>
 
 /// `GET /renewal-info/<certID>` (RFC 9773 §4.2).
 async fn renewal_info(shared: &Shared, cert_id: &str, window: Window) -> Response<Full<Bytes>> {
-    shared.state().renewal_info_seen.push(cert_id.to_string());
+    let retry_after = {
+        let mut st = shared.state();
+        st.renewal_info_seen.push(cert_id.to_string());
+        match st.ari_retry_after {
+            0 => ARI_RETRY_AFTER_SECS,
+            n => n,
+        }
+    };
     let window = match window {
         Window::Fixed(start, end) => Ok((start, end)),
         Window::Derived => derived_window(shared, cert_id).await,
@@ -844,10 +860,7 @@ async fn renewal_info(shared: &Shared, cert_id: &str, window: Window) -> Respons
     let mut rsp = Response::new(Full::new(Bytes::from(body.to_string())));
     let h = rsp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(
-        http::header::RETRY_AFTER,
-        HeaderValue::from(ARI_RETRY_AFTER_SECS),
-    );
+    h.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
     rsp
 }
 

@@ -137,6 +137,8 @@ pub struct WorkerConfig {
     pub http01_listen: SocketAddr,
     /// tls-alpn-01 responder address (none: tls-alpn-01 jobs fail here).
     pub tlsalpn01_listen: Option<SocketAddr>,
+    /// The shortest wait between two reads of a certificate's ARI window.
+    pub ari_recheck_min: Duration,
     /// Metrics and health address.
     pub metrics_listen: SocketAddr,
     /// Orders in flight (= prefetch).
@@ -233,6 +235,13 @@ impl WorkerConfig {
                 parse_listen,
             )?,
             tlsalpn01_listen: src.parse(keys::TLSALPN01_LISTEN, parse_listen)?,
+            ari_recheck_min: src.parse_or(keys::ARI_RECHECK_MIN, "1m", |s| {
+                let d = parse_duration(s)?;
+                if d < Duration::from_secs(1) {
+                    return Err("must be at least 1s".into());
+                }
+                Ok(d)
+            })?,
             metrics_listen: src.parse_or(
                 keys::METRICS_LISTEN,
                 DEFAULT_METRICS_LISTEN,

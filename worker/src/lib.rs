@@ -12,6 +12,7 @@
 //! - `store`: bundle first, then the fenced pointer flip.
 //! - `events`: events, retries and dead letters, all confirmed.
 //! - `ratelimit`: CA limits counted fleet-wide in Redis.
+//! - `ari`: the CA's renewal windows read again on its schedule.
 //! - [`http01`] and `serve`: the challenge responder and the metrics server.
 //! - `tlsalpn01`: the tls-alpn-01 responder (RFC 8737), answers from Redis.
 //! - [`dns01`]: the dns-01 providers (RFC 2136, DigitalOcean, Cloudflare,
@@ -31,6 +32,7 @@
 //! would.
 
 pub(crate) mod acme;
+pub(crate) mod ari;
 pub mod config;
 pub mod consumer;
 pub mod dns01;
@@ -353,6 +355,8 @@ pub async fn start(
     });
     // Webservers' reports into Redis (`certfleet rollout`).
     let reports = tokio::spawn(reports::run(ctx.clone(), shutdown.clone()));
+    // ARI windows read again when the CA says (any worker; claimed in Redis).
+    let ari = tokio::spawn(ari::run(ctx.clone(), shutdown.clone()));
     let task = tokio::spawn(
         async move {
             consumer::run(ctx, shutdown).await;
@@ -360,6 +364,7 @@ pub async fn start(
                 let _ = s.await;
             }
             let _ = reports.await;
+            let _ = ari.await;
             // The responder stays up until the jobs are drained: a job in
             // its grace period may still be validating.
             servers.cancel();

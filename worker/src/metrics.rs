@@ -112,6 +112,8 @@ pub struct JobMetrics {
     pub leases_lost: IntCounter,
     /// Orders created at the CA.
     pub orders_created: IntCounter,
+    /// Renewal times moved because the CA moved its ARI window.
+    pub ari_moved: IntCounter,
     /// Orders resumed from a stored order URL.
     pub orders_resumed: IntCounter,
     /// Orders found in the account's orders list after a new-order request
@@ -162,6 +164,11 @@ impl JobMetrics {
                 reg,
                 "certfleet_acme_orders_created_total",
                 "ACME orders created",
+            )?,
+            ari_moved: counter(
+                reg,
+                "certfleet_ari_windows_moved_total",
+                "Renewal times rescheduled because the CA moved its ARI window",
             )?,
             orders_resumed: counter(
                 reg,

@@ -515,14 +515,14 @@ async fn run_leased(
             "the CA's certificate does not match the order's key".into(),
         ));
     }
-    let window = match &issued.ari_id {
+    let ari = match &issued.ari_id {
         Some(id) => ctx.acme.renewal_window(id).await,
         None => None,
     };
     let renew_at = crate::renewal::renewal_time(
         issued.not_before,
         issued.not_after,
-        window,
+        ari.map(|(w, _)| w),
         rand::random::<f64>(),
     );
     let (pointer, replaced) = store_version(
@@ -547,6 +547,13 @@ async fn run_leased(
         .as_ref()
         .or(previous.as_ref().map(|(p, _)| p))
         .map(|p| certfleet_common::serial_display(&p.serial));
+    if let Some((_, retry_after)) = ari {
+        // The CA may move the window: ask again when it says to.
+        let after = crate::ari::next_check(retry_after, ctx.cfg.worker.ari_recheck_min);
+        if let Err(e) = crate::ari::schedule(&ctx.state, name, after).await {
+            warn!(error = %e, "could not schedule the ARI re-check");
+        }
+    }
     let kind = event_kind(env.kind);
     outbox
         .event(&ctx.event(env, kind, &pointer, previous_serial))

@@ -67,6 +67,9 @@ settings! {
     ACME_EAB_HMAC_KEY = "acme_eab_hmac_key", true;
     /// Where a worker answers `/.well-known/acme-challenge/`.
     HTTP01_LISTEN = "http01_listen", false;
+    /// The shortest wait between two reads of a certificate's ARI window,
+    /// whatever the CA's Retry-After.
+    ARI_RECHECK_MIN = "ari_recheck_min", false;
     /// Where a worker answers tls-alpn-01 handshakes (none: not at all).
     TLSALPN01_LISTEN = "tlsalpn01_listen", false;
     /// Where a worker serves `/metrics`, `/healthz`, `/readyz`.

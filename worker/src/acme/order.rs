@@ -619,14 +619,21 @@ impl Acme {
 
     /// The CA's suggested renewal window for a certificate, when it offers
     /// ARI; `None` otherwise (or when asking fails: the fallback is safe).
-    pub(crate) async fn renewal_window(&self, ari_id: &str) -> Option<crate::renewal::Window> {
+    /// With it, how long the CA asks to wait before asking again.
+    pub(crate) async fn renewal_window(
+        &self,
+        ari_id: &str,
+    ) -> Option<(crate::renewal::Window, Duration)> {
         let id = ari_identifier(ari_id)?;
         let account = self.account().await.ok()?;
         match account.renewal_info(&id).await {
-            Ok((info, _)) => Some(crate::renewal::Window {
-                start: info.suggested_window.start,
-                end: info.suggested_window.end,
-            }),
+            Ok((info, retry_after)) => Some((
+                crate::renewal::Window {
+                    start: info.suggested_window.start,
+                    end: info.suggested_window.end,
+                },
+                retry_after,
+            )),
             Err(instant_acme::Error::Unsupported(_)) => None,
             Err(e) => {
                 debug!(error = %e, "renewal info unavailable; using the lifetime rule");
