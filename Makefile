@@ -20,6 +20,10 @@ CARGO ?= cargo
 STACK := scripts/stack.sh
 # Test threads: integration tests are mostly waiting on the CA.
 TEST_THREADS ?= 8
+# Test threads run in-process workers on their own stacks: give them what
+# the binaries' runtime threads get (certfleet_common::RUNTIME_THREAD_STACK);
+# a debug build's job futures come near Rust's 2 MiB default.
+export RUST_MIN_STACK ?= 8388608
 
 .PHONY: all build release test lint rules chart helm-check images compose-up compose-down test-images tools man new renew upload download fmt unit integration demo bench soak doc stack-up stack-down stack-status clean
 

@@ -854,7 +854,7 @@ pebble_start() {
     "httpPort": $PEBBLE_HTTP_PORT,
     "tlsPort": $PEBBLE_TLS_PORT,
     "ocspResponderURL": "",
-    $(pebble_eab_json)
+    $(pebble_validity_json)$(pebble_eab_json)
   }
 }
 EOF
@@ -870,6 +870,14 @@ EOF
   pebble_dnsserver >"$PEBBLE_DIR/pebble.dnsserver"
   start_bg "$PEBBLE_DIR/pebble.pid" "$PEBBLE_DIR/pebble.log" \
     pebble -config "$PEBBLE_DIR/pebble-config.json" -dnsserver "$(pebble_dnsserver)"
+}
+
+# PEBBLE_CERT_VALIDITY_SECS=N makes Pebble issue certificates valid for N
+# seconds (its certificateValidityPeriod; default: Pebble's, about 5 years).
+pebble_validity_json() {
+  [[ -n ${PEBBLE_CERT_VALIDITY_SECS:-} ]] || return 0
+  [[ $PEBBLE_CERT_VALIDITY_SECS =~ ^[0-9]+$ ]] || die "PEBBLE_CERT_VALIDITY_SECS must be a number of seconds"
+  echo "\"certificateValidityPeriod\": $PEBBLE_CERT_VALIDITY_SECS, "
 }
 
 # PEBBLE_EAB_KEYS="KID=KEY[,KID=KEY...]" (KEY: base64url HMAC key) makes

@@ -25,6 +25,7 @@ pub fn issue_envelope(name: &str, challenge: ChallengeType) -> anyhow::Result<En
             key_type: KeyType::EcdsaP256,
             challenge,
             reason: "bench".into(),
+            options: Default::default(),
         },
         certfleet_common::now_ms(),
     ))

@@ -15,7 +15,7 @@
 //! What decodes is checked once more by [`Envelope::validate`] before a
 //! worker spends anything on it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -42,8 +42,24 @@ pub const REVOCATION_REASONS: [&str; 6] = [
     "privilegeWithdrawn",
 ];
 
-/// The envelope format this build writes.
-pub const ENVELOPE_VERSION: u16 = 1;
+/// The newest envelope format this build reads and writes: version 2 adds
+/// [`Job::options`]. A job without options is still written as version 1,
+/// which every worker reads, so a fleet can be upgraded worker by worker;
+/// only a job that uses an option needs workers of version 2.
+pub const ENVELOPE_VERSION: u16 = 2;
+
+/// The first envelope format: [`Job`] without `options`.
+pub const ENVELOPE_V1: u16 = 1;
+
+/// The options a job may carry (version 2), each a string:
+/// - `profile`: the ACME profile to order (`certfleet issue --profile`).
+pub const JOB_OPTIONS: [&str; 1] = [OPTION_PROFILE];
+
+/// The ACME profile option.
+pub const OPTION_PROFILE: &str = "profile";
+
+/// The longest option value (a profile name is a short token).
+pub const MAX_OPTION_LEN: usize = 256;
 
 /// The longest job body a worker (or `certfleet dlq`) decodes; longer ones
 /// are undecodable without a look inside.
@@ -232,12 +248,44 @@ pub struct Job {
     pub challenge: ChallengeType,
     /// Why the job exists (`cli`, `due`, `bulk`, …), for logs and status.
     pub reason: String,
+    /// Options beyond the above ([`JOB_OPTIONS`]); empty in most jobs.
+    /// Envelope version 2.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Job {
+    /// The ACME profile this job asks for.
+    pub fn profile(&self) -> Option<&str> {
+        self.options.get(OPTION_PROFILE).map(String::as_str)
+    }
+}
+
+/// [`Job`] as envelope version 1 carries it (no options).
+#[derive(Serialize, Deserialize)]
+struct JobV1 {
+    name: CertName,
+    domains: Vec<String>,
+    key_type: KeyType,
+    challenge: ChallengeType,
+    reason: String,
+}
+
+/// [`Envelope`] version 1.
+#[derive(Serialize, Deserialize)]
+struct EnvelopeV1 {
+    version: u16,
+    job_id: Uuid,
+    kind: JobKind,
+    created_at_ms: i64,
+    attempt: u32,
+    job: JobV1,
 }
 
 /// The versioned envelope around a [`Job`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// Format version; always the first field.
+    /// Format version, always the first field: as read, or as [`Envelope::encode`]
+    /// will write it (1 without options, 2 with).
     pub version: u16,
     /// Unique id, printed by `certfleet issue` and carried by events.
     pub job_id: Uuid,
@@ -256,7 +304,9 @@ pub struct Envelope {
 #[non_exhaustive]
 pub enum CodecError {
     /// An envelope version this build does not read.
-    #[error("unknown envelope version {0} (this worker reads version {ENVELOPE_VERSION})")]
+    #[error(
+        "unknown envelope version {0} (this worker reads versions {ENVELOPE_V1} to {ENVELOPE_VERSION})"
+    )]
     UnknownVersion(u16),
     /// Not bincode, or not an envelope (a length prefix that claims more
     /// than [`DECODE_LIMIT`] included).
@@ -279,8 +329,13 @@ impl Classify for CodecError {
 impl Envelope {
     /// A new first-attempt envelope for `job`.
     pub fn new(kind: JobKind, job: Job, now_ms: i64) -> Self {
+        let version = if job.options.is_empty() {
+            ENVELOPE_V1
+        } else {
+            ENVELOPE_VERSION
+        };
         Self {
-            version: ENVELOPE_VERSION,
+            version,
             job_id: Uuid::now_v7(),
             kind,
             created_at_ms: now_ms,
@@ -300,6 +355,7 @@ impl Envelope {
                 key_type: KeyType::default(),
                 challenge,
                 reason: reason.to_string(),
+                options: BTreeMap::new(),
             },
             now_ms,
         )
@@ -314,8 +370,31 @@ impl Envelope {
     ///
     /// # Errors
     /// Only if serialization fails, which a valid envelope never does.
+    /// A job without options is written as version 1 (every worker reads
+    /// it), one with options as version 2.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        bincode::serde::encode_to_vec(self, wire()).map_err(|e| CodecError::Encode(e.to_string()))
+        let encoded = if self.job.options.is_empty() {
+            let v1 = EnvelopeV1 {
+                version: ENVELOPE_V1,
+                job_id: self.job_id,
+                kind: self.kind,
+                created_at_ms: self.created_at_ms,
+                attempt: self.attempt,
+                job: JobV1 {
+                    name: self.job.name.clone(),
+                    domains: self.job.domains.clone(),
+                    key_type: self.job.key_type,
+                    challenge: self.job.challenge,
+                    reason: self.job.reason.clone(),
+                },
+            };
+            bincode::serde::encode_to_vec(&v1, wire())
+        } else {
+            let mut v2 = self.clone();
+            v2.version = ENVELOPE_VERSION;
+            bincode::serde::encode_to_vec(&v2, wire())
+        };
+        encoded.map_err(|e| CodecError::Encode(e.to_string()))
     }
 
     /// Decodes from the wire format, checking the size, then the version,
@@ -330,12 +409,33 @@ impl Envelope {
         }
         let (version, _): (u16, usize) = bincode::serde::decode_from_slice(bytes, wire_bounded())
             .map_err(|e| CodecError::Malformed(e.to_string()))?;
-        if version != ENVELOPE_VERSION {
-            return Err(CodecError::UnknownVersion(version));
-        }
-        let (envelope, used): (Self, usize) =
-            bincode::serde::decode_from_slice(bytes, wire_bounded())
-                .map_err(|e| CodecError::Malformed(e.to_string()))?;
+        let malformed = |e: bincode::error::DecodeError| CodecError::Malformed(e.to_string());
+        let (envelope, used): (Self, usize) = match version {
+            ENVELOPE_V1 => {
+                let (v1, used): (EnvelopeV1, usize) =
+                    bincode::serde::decode_from_slice(bytes, wire_bounded()).map_err(malformed)?;
+                let envelope = Envelope {
+                    version: v1.version,
+                    job_id: v1.job_id,
+                    kind: v1.kind,
+                    created_at_ms: v1.created_at_ms,
+                    attempt: v1.attempt,
+                    job: Job {
+                        name: v1.job.name,
+                        domains: v1.job.domains,
+                        key_type: v1.job.key_type,
+                        challenge: v1.job.challenge,
+                        reason: v1.job.reason,
+                        options: BTreeMap::new(),
+                    },
+                };
+                (envelope, used)
+            }
+            ENVELOPE_VERSION => {
+                bincode::serde::decode_from_slice(bytes, wire_bounded()).map_err(malformed)?
+            }
+            other => return Err(CodecError::UnknownVersion(other)),
+        };
         if used != bytes.len() {
             return Err(CodecError::Malformed(format!(
                 "{} bytes after the envelope",
@@ -375,6 +475,29 @@ pub enum InvalidJob {
     /// A wildcard with http-01 (RFC 8555 §7.1.3: only dns-01 proves a zone).
     #[error("wildcard {0:?} needs the dns-01 challenge")]
     WildcardNeedsDns01(String),
+    /// An option this build does not know, or a bad value.
+    #[error("job option {0}")]
+    BadOption(String),
+}
+
+/// A profile name: what CAs use (`classic`, `tlsserver`, `shortlived`), a
+/// token of letters, digits, `-`, `_` and `.`, at most 64 characters.
+///
+/// # Errors
+/// Why the name is not one.
+pub fn check_profile(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("profile {name:?}: 1 to 64 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "profile {name:?}: only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
 }
 
 impl Envelope {
@@ -413,6 +536,20 @@ impl Envelope {
                 return Err(InvalidJob::WildcardNeedsDns01(given.clone()));
             }
         }
+        for (key, value) in &job.options {
+            if !JOB_OPTIONS.contains(&key.as_str()) {
+                return Err(InvalidJob::BadOption(format!(
+                    "{key:?} is unknown to this worker (it knows {})",
+                    JOB_OPTIONS.join(", ")
+                )));
+            }
+            if value.len() > MAX_OPTION_LEN {
+                return Err(InvalidJob::BadOption(format!("{key}: value too long")));
+            }
+        }
+        if let Some(p) = job.profile() {
+            check_profile(p).map_err(InvalidJob::BadOption)?;
+        }
         Ok(())
     }
 }
@@ -423,7 +560,7 @@ mod tests {
 
     pub(super) fn sample() -> Envelope {
         Envelope {
-            version: ENVELOPE_VERSION,
+            version: ENVELOPE_V1,
             job_id: Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001),
             kind: JobKind::Issue,
             created_at_ms: 1_764_000_000_000,
@@ -434,18 +571,47 @@ mod tests {
                 key_type: KeyType::EcdsaP256,
                 challenge: ChallengeType::Http01,
                 reason: "cli".into(),
+                options: BTreeMap::new(),
             },
         }
     }
 
     #[test]
     fn round_trip() -> Result<(), CodecError> {
-        let e = sample();
+        let mut e = sample();
+        e.version = ENVELOPE_V1;
         let bytes = e.encode()?;
-        assert_eq!(bytes[0], 1, "version is the first byte");
+        assert_eq!(bytes[0], 1, "a job without options is version 1");
         assert_eq!(Envelope::decode(&bytes)?, e);
         assert_eq!(e.routing_key(), "job.issue.http-01");
+        // With an option: version 2, and the option survives.
+        e.job
+            .options
+            .insert(OPTION_PROFILE.into(), "shortlived".into());
+        let bytes = e.encode()?;
+        assert_eq!(bytes[0], 2);
+        let back = Envelope::decode(&bytes)?;
+        assert_eq!(back.version, ENVELOPE_VERSION);
+        assert_eq!(back.job.profile(), Some("shortlived"));
+        assert_eq!(back.job, e.job);
         Ok(())
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let mut e = sample();
+        e.job.options.insert("colour".into(), "blue".into());
+        assert!(matches!(e.validate(), Err(InvalidJob::BadOption(m)) if m.contains("colour")));
+        let mut e = sample();
+        e.job
+            .options
+            .insert(OPTION_PROFILE.into(), "short lived".into());
+        assert!(matches!(e.validate(), Err(InvalidJob::BadOption(_))));
+        let mut e = sample();
+        e.job
+            .options
+            .insert(OPTION_PROFILE.into(), "tlsserver".into());
+        assert_eq!(e.validate(), Ok(()));
     }
 
     /// Envelope version 1 as shipped; must decode forever.
@@ -456,7 +622,11 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).expect("hex fixture"))
             .collect();
-        assert_eq!(Envelope::decode(&bytes)?, sample());
+        let mut want = sample();
+        want.version = ENVELOPE_V1;
+        assert_eq!(Envelope::decode(&bytes)?, want);
+        // And is written back byte for byte.
+        assert_eq!(want.encode()?, bytes);
         Ok(())
     }
 
@@ -471,8 +641,8 @@ mod tests {
             Err(CodecError::Malformed(_))
         ));
         let mut bytes = sample().encode()?;
-        bytes[0] = 2;
-        assert_eq!(Envelope::decode(&bytes), Err(CodecError::UnknownVersion(2)));
+        bytes[0] = 3;
+        assert_eq!(Envelope::decode(&bytes), Err(CodecError::UnknownVersion(3)));
         let mut bytes = sample().encode()?;
         bytes.push(0);
         assert!(matches!(

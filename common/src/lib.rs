@@ -62,6 +62,14 @@ pub use job::{ChallengeType, Envelope, Job, JobKind, KeyType};
 pub use secret::{Secret, SecretUrl};
 pub use storage::{Bundle, Pointer, Store, serial_display, serial_stored};
 
+/// Stack of the async runtimes' worker threads (8 MiB, Linux's main-thread
+/// default, instead of Rust's 2 MiB). Release builds need far less; a
+/// debug build's poll frames keep a slot for every future built in them,
+/// and the worker's job (the order, the S3 client's requests) came near
+/// 2 MiB. The test harness runs with the same (`RUST_MIN_STACK` in the
+/// Makefile).
+pub const RUNTIME_THREAD_STACK: usize = 8 << 20;
+
 /// Exit code for bad usage or bad input (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 /// Exit code when the work failed.

@@ -201,6 +201,10 @@ pub struct Pointer {
     /// ARI certificate identifier (`base64url(AKI).base64url(serial)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ari_id: Option<String>,
+    /// The ACME profile the certificate was ordered with (`issue
+    /// --profile`); renewals order the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// Set once this version was revoked at the CA (`certfleet revoke`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<Revoked>,

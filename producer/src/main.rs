@@ -48,6 +48,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(certfleet_common::RUNTIME_THREAD_STACK)
         .build()
         .context("cannot start the async runtime")?;
     let long_running = cli.command.is_long_running();

@@ -284,6 +284,9 @@ fn print_pointer(p: &Pointer, now: OffsetDateTime) {
     ));
     out(format_args!("key type:    {}", p.key_type));
     out(format_args!("challenge:   {}", p.challenge));
+    if let Some(profile) = &p.profile {
+        out(format_args!("profile:     {profile}"));
+    }
     out(format_args!("not before:  {}", when(p.not_before)));
     out(format_args!(
         "not after:   {} ({})",
@@ -341,6 +344,9 @@ pub(crate) struct ListEntry {
     pub(crate) key_type: String,
     /// Challenge type.
     pub(crate) challenge: String,
+    /// The ACME profile it was ordered with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) profile: Option<String>,
     /// Whole days until notAfter (negative once expired).
     pub(crate) days_left: i64,
     /// When the name's last job failed for good, if it did after this
@@ -362,6 +368,7 @@ impl ListEntry {
             version: p.version,
             key_type: p.key_type.as_str().to_string(),
             challenge: p.challenge.as_str().to_string(),
+            profile: p.profile,
             last_job_failed_at: failed_at,
         }
     }

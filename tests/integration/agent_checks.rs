@@ -139,6 +139,7 @@ async fn store(
         updated_at: OffsetDateTime::now_utc(),
         challenge: ChallengeType::Http01,
         ari_id: None,
+        profile: None,
         revoked: None,
     };
     store

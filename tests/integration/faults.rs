@@ -563,6 +563,7 @@ async fn stale_writer_never_replaces_a_newer_pointer() -> anyhow::Result<()> {
         updated_at: now,
         challenge: certfleet_common::ChallengeType::Http01,
         ari_id: None,
+        profile: None,
         revoked: None,
     };
     store

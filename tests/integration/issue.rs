@@ -24,6 +24,7 @@ pub(crate) fn issue_job_with(
             key_type: KeyType::EcdsaP256,
             challenge,
             reason: "test".into(),
+            options: Default::default(),
         },
         now_ms(),
     ))

@@ -18,6 +18,7 @@ fn issue(name: &str, domains: &[&str]) -> anyhow::Result<Envelope> {
             key_type: KeyType::EcdsaP256,
             challenge: ChallengeType::Http01,
             reason: "test".into(),
+            options: Default::default(),
         },
         now_ms(),
     ))

@@ -16,6 +16,7 @@ mod import;
 mod issue;
 mod keys;
 mod limits;
+mod profiles;
 mod prometheus;
 mod renew;
 mod responder;

@@ -101,6 +101,8 @@ pub struct NewOrderSeen {
     pub identifiers: Vec<String>,
     /// Its `replaces` field (ARI certificate ID), if any.
     pub replaces: Option<String>,
+    /// Its `profile` field (ACME profiles), if any.
+    pub profile: Option<String>,
     /// Whether the proxy answered 429 instead of forwarding it.
     pub rejected: bool,
     /// Whether it was forwarded and its answer then withheld.
@@ -122,6 +124,8 @@ struct State {
     ari: Option<Window>,
     /// `Retry-After` of renewal-info answers; 0 = [`ARI_RETRY_AFTER_SECS`].
     ari_retry_after: u64,
+    /// Profiles the directory's `meta.profiles` offers (name → description).
+    profiles: Option<serde_json::Map<String, Value>>,
     renewal_info_seen: Vec<String>,
     new_orders: Vec<NewOrderSeen>,
     reject_remaining: usize,
@@ -278,6 +282,21 @@ impl AcmeProxy {
             Some((start, end)) => Window::Fixed(start, end),
             None => Window::Derived,
         });
+    }
+
+    /// The directory offers these ACME profiles (`meta.profiles`, name →
+    /// description), as Let's Encrypt does; newOrder's `profile` is
+    /// forwarded (Pebble 2.4 ignores it) and recorded in
+    /// [`NewOrderSeen::profile`]. Clients read the directory once.
+    #[must_use]
+    pub fn with_profiles(self, profiles: &[(&str, &str)]) -> Self {
+        self.shared.state().profiles = Some(
+            profiles
+                .iter()
+                .map(|(n, d)| ((*n).to_string(), Value::String((*d).to_string())))
+                .collect(),
+        );
+        self
     }
 
     /// The `Retry-After` (seconds) of renewal-info answers from now on,
@@ -551,7 +570,7 @@ async fn handle(
     let mut order_replaces = None;
     let mut withhold = false;
     if parts.method == Method::POST && path == shared.new_order_path {
-        let (identifiers, replaces) = new_order_fields(&body);
+        let (identifiers, replaces, profile) = new_order_fields(&body);
         order_replaces = replaces.clone();
         let retry_after = {
             let mut st = shared.state();
@@ -570,6 +589,7 @@ async fn handle(
                 at: tokio::time::Instant::now(),
                 identifiers,
                 replaces,
+                profile,
                 rejected: reject,
                 answer_lost: withhold,
             });
@@ -668,14 +688,24 @@ fn adjust(
 
     let status = rsp.status;
     let path = req.uri.path();
-    let ari = shared.state().ari.is_some();
+    let (ari, profiles) = {
+        let st = shared.state();
+        (st.ari.is_some(), st.profiles.clone())
+    };
     let mut json = None;
-    if ari && path == shared.directory_path && status == StatusCode::OK {
+    if (ari || profiles.is_some()) && path == shared.directory_path && status == StatusCode::OK {
         if let Ok(Value::Object(mut dir)) = serde_json::from_slice::<Value>(&body) {
-            dir.insert(
-                "renewalInfo".into(),
-                Value::String(format!("{}{RENEWAL_INFO_PATH}", shared.base)),
-            );
+            if ari {
+                dir.insert(
+                    "renewalInfo".into(),
+                    Value::String(format!("{}{RENEWAL_INFO_PATH}", shared.base)),
+                );
+            }
+            if let Some(profiles) = profiles
+                && let Some(Value::Object(meta)) = dir.get_mut("meta")
+            {
+                meta.insert("profiles".into(), Value::Object(profiles));
+            }
             json = Some(Value::Object(dir));
         }
     } else if status.is_success() {
@@ -745,7 +775,7 @@ fn replace_bytes(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 
 /// The identifiers and `replaces` of a newOrder JWS (flattened JSON
 /// serialization; the payload is base64url JSON).
-fn new_order_fields(jws: &[u8]) -> (Vec<String>, Option<String>) {
+fn new_order_fields(jws: &[u8]) -> (Vec<String>, Option<String>, Option<String>) {
     let payload = serde_json::from_slice::<Value>(jws)
         .ok()
         .and_then(|v| v.get("payload")?.as_str().map(str::to_string))
@@ -756,7 +786,7 @@ fn new_order_fields(jws: &[u8]) -> (Vec<String>, Option<String>) {
         })
         .and_then(|p| serde_json::from_slice::<Value>(&p).ok());
     let Some(payload) = payload else {
-        return (Vec::new(), None);
+        return (Vec::new(), None, None);
     };
     let identifiers = payload
         .get("identifiers")
@@ -767,11 +797,13 @@ fn new_order_fields(jws: &[u8]) -> (Vec<String>, Option<String>) {
                 .collect()
         })
         .unwrap_or_default();
-    let replaces = payload
-        .get("replaces")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    (identifiers, replaces)
+    let field = |name: &str| {
+        payload
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    (identifiers, field("replaces"), field("profile"))
 }
 
 /// An ACME problem document (RFC 8555 §6.7) with the given status.
@@ -929,7 +961,7 @@ mod tests {
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(br#"{"identifiers":[{"type":"dns","value":"a.test"}],"replaces":"AKI.SER"}"#);
         let jws = serde_json::json!({"protected": "x", "payload": payload, "signature": "y"});
-        let (ids, replaces) = new_order_fields(jws.to_string().as_bytes());
+        let (ids, replaces, _) = new_order_fields(jws.to_string().as_bytes());
         assert_eq!(ids, vec!["a.test".to_string()]);
         assert_eq!(replaces.as_deref(), Some("AKI.SER"));
     }

@@ -81,6 +81,7 @@ fn main() -> ExitCode {
     tracing::info!(config = ?cfg, "configuration");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(certfleet_common::RUNTIME_THREAD_STACK)
         .build()
     {
         Ok(r) => r,

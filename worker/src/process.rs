@@ -362,6 +362,22 @@ async fn fail(
     Ok(())
 }
 
+/// Builds the future `make` returns in this function's own stack frame and
+/// boxes it. Awaited inline, a future's value is first built on the
+/// caller's stack, and a debug build keeps a separate slot for every one
+/// in the caller's poll frame: the job's chain of large futures (the
+/// order, the S3 client's requests) overflowed a 2 MiB thread stack with
+/// two in-process workers. Here the caller's frame holds only a pointer.
+#[inline(never)]
+fn boxed<'a, T, F>(
+    make: impl FnOnce() -> F,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>
+where
+    F: std::future::Future<Output = T> + Send + 'a,
+{
+    Box::pin(make())
+}
+
 /// Runs the job under the name's lease.
 async fn run_job(
     ctx: &Arc<Ctx>,
@@ -385,11 +401,13 @@ async fn run_job(
     .await?
     .ok_or_else(|| JobError::Busy(name.to_string()))?;
     let lost = lease.lost().clone();
+    // Boxed (see `boxed`): inline, these futures made every future above
+    // them as large.
     let result = tokio::select! {
         r = async {
             match &revoke {
-                Some(r) => revoke_leased(ctx, outbox, env, &lease, r).await,
-                None => run_leased(ctx, outbox, env, &mut lease, tried_before).await,
+                Some(r) => boxed(|| revoke_leased(ctx, outbox, env, &lease, r)).await,
+                None => boxed(|| run_leased(ctx, outbox, env, &mut lease, tried_before)).await,
             }
         } => r,
         _ = lost.cancelled() => Err(JobError::LostLease(name.to_string())),
@@ -408,7 +426,7 @@ async fn run_leased(
     let name = &env.job.name;
     let metrics = &ctx.metrics.service;
     // Take the lease, then look again (certmagic's obtainCert).
-    let previous = read_pointer(&ctx.store, metrics, name).await?;
+    let previous = boxed(|| read_pointer(&ctx.store, metrics, name)).await?;
     if let Some((p, _)) = &previous {
         lease.raise_fence(p.fence).await?;
     }
@@ -455,6 +473,12 @@ async fn run_leased(
         (Some((p, _)), JobKind::Renew) => p.ari_id.clone(),
         _ => None,
     };
+    // The job's profile; a renewal orders the stored certificate's.
+    let profile: Option<String> = match (env.job.profile(), &previous, env.kind) {
+        (Some(p), _, _) => Some(p.to_string()),
+        (None, Some((p, _)), JobKind::Renew) => p.profile.clone(),
+        _ => None,
+    };
     let req = Request {
         name,
         job_id: env.job_id,
@@ -462,16 +486,22 @@ async fn run_leased(
         key_type,
         replaces: replaces.as_deref(),
         challenge: env.job.challenge,
+        profile: profile.as_deref(),
     };
     // A retry or redelivery may find what an earlier attempt stored.
+    // The large futures (the order, S3 reads and writes) are built boxed
+    // (see `boxed`): inline, this function's poll frame held a slot for each
+    // of them (378 KB in a debug build).
     let orphan = if tried_before {
-        orphan_of_job(
-            &ctx.store,
-            metrics,
-            name,
-            env.job_id,
-            previous.as_ref().map(|(p, _)| p),
-        )
+        boxed(|| {
+            orphan_of_job(
+                &ctx.store,
+                metrics,
+                name,
+                env.job_id,
+                previous.as_ref().map(|(p, _)| p),
+            )
+        })
         .await?
     } else {
         None
@@ -484,8 +514,8 @@ async fn run_leased(
             resumed: true,
             replaced: false,
         },
-        None if env.kind == JobKind::Import => staged_import(ctx, env).await?,
-        None => match ctx.acme.obtain(&req).await {
+        None if env.kind == JobKind::Import => boxed(|| staged_import(ctx, env)).await?,
+        None => match boxed(|| ctx.acme.obtain(&req)).await {
             Err(JobError::Acme(p)) if p.kind == "accountDoesNotExist" => {
                 ctx.acme.reset_account().await;
                 return Err(JobError::Acme(p));
@@ -516,7 +546,7 @@ async fn run_leased(
         ));
     }
     let ari = match &issued.ari_id {
-        Some(id) => ctx.acme.renewal_window(id).await,
+        Some(id) => boxed(|| ctx.acme.renewal_window(id)).await,
         None => None,
     };
     let renew_at = crate::renewal::renewal_time(
@@ -525,23 +555,26 @@ async fn run_leased(
         ari.map(|(w, _)| w),
         rand::random::<f64>(),
     );
-    let (pointer, replaced) = store_version(
-        &ctx.store,
-        metrics,
-        lease,
-        previous.clone(),
-        NewVersion {
-            name,
-            domains: &domains,
-            key_type,
-            challenge: env.job.challenge,
-            job_id: env.job_id,
-            issued: &issued,
-            key_pem: &obtained.key_pem,
-            renew_at,
-            history: ctx.cfg.worker.history,
-        },
-    )
+    let (pointer, replaced) = boxed(|| {
+        store_version(
+            &ctx.store,
+            metrics,
+            lease,
+            previous.clone(),
+            NewVersion {
+                name,
+                domains: &domains,
+                key_type,
+                challenge: env.job.challenge,
+                job_id: env.job_id,
+                issued: &issued,
+                key_pem: &obtained.key_pem,
+                renew_at,
+                history: ctx.cfg.worker.history,
+                profile: profile.as_deref(),
+            },
+        )
+    })
     .await?;
     let previous_serial = replaced
         .as_ref()

@@ -40,6 +40,8 @@ pub(crate) struct NewVersion<'a> {
     pub(crate) key_pem: &'a Secret<String>,
     pub(crate) renew_at: OffsetDateTime,
     pub(crate) history: u32,
+    /// The ACME profile it was ordered with.
+    pub(crate) profile: Option<&'a str>,
 }
 
 /// Reads a pointer, counting the request.
@@ -141,6 +143,7 @@ pub(crate) async fn store_version(
             updated_at: now,
             challenge: v.challenge,
             ari_id: v.issued.ari_id.clone(),
+            profile: v.profile.map(str::to_string),
             revoked: None,
         };
         // Never fail open: a pointer read without an ETag cannot be

@@ -149,6 +149,7 @@ mod tests {
                 key_type: KeyType::default(),
                 challenge: ChallengeType::Http01,
                 reason: "due".into(),
+                options: Default::default(),
             },
             1_764_000_000_000,
         );

@@ -396,6 +396,7 @@ pub(crate) async fn import(
                     key_type: c.key_type,
                     challenge: args.challenge,
                     reason: REASON_IMPORT.into(),
+                    options: Default::default(),
                 },
                 certfleet_common::now_ms(),
             )

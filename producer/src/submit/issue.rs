@@ -28,6 +28,10 @@ pub struct IssueArgs {
     /// Challenge type: http-01, dns-01 or tls-alpn-01 (wildcards: dns-01).
     #[arg(long, value_name = "TYPE", default_value = "http-01")]
     pub challenge: ChallengeType,
+    /// ACME profile to order (e.g. `shortlived`, `tlsserver`: the CA's
+    /// directory lists its profiles); renewals keep it.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Wait until the certificate is stored (exit 0) or the job failed (exit 1).
     #[arg(long)]
     pub wait: bool,
@@ -51,7 +55,9 @@ pub(crate) async fn issue(
         args.name.as_deref(),
         args.key_type,
         args.challenge,
-    )?;
+    )?
+    .with_profile(args.profile.as_deref())
+    .map_err(|e| SubmitError::Usage(format!("--profile: {e}")))?;
     let envelope = Envelope::new(
         JobKind::Issue,
         request.job(REASON_CLI),

@@ -19,6 +19,8 @@ pub(crate) struct Request {
     pub(crate) key_type: KeyType,
     /// Challenge type.
     pub(crate) challenge: ChallengeType,
+    /// Job options (`profile`).
+    pub(crate) options: std::collections::BTreeMap<String, String>,
 }
 
 impl Request {
@@ -50,7 +52,21 @@ impl Request {
             domains,
             key_type,
             challenge,
+            options: Default::default(),
         })
+    }
+
+    /// The same request ordered with the ACME profile `profile`.
+    ///
+    /// # Errors
+    /// A name that is not a profile name.
+    pub(crate) fn with_profile(mut self, profile: Option<&str>) -> Result<Self, String> {
+        if let Some(p) = profile {
+            certfleet_common::job::check_profile(p)?;
+            self.options
+                .insert(certfleet_common::job::OPTION_PROFILE.into(), p.into());
+        }
+        Ok(self)
     }
 
     /// The job for this request.
@@ -61,6 +77,7 @@ impl Request {
             key_type: self.key_type,
             challenge: self.challenge,
             reason: reason.to_string(),
+            options: self.options.clone(),
         }
     }
 }
@@ -77,6 +94,7 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Request>, String> {
     let mut name: Option<&str> = None;
     let mut key_type: Option<KeyType> = None;
     let mut challenge: Option<ChallengeType> = None;
+    let mut profile: Option<&str> = None;
     for token in content.split_whitespace() {
         let Some((key, value)) = token.split_once('=') else {
             domains.push(token);
@@ -99,15 +117,20 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Request>, String> {
                     return Err(duplicate());
                 }
             }
+            "profile" => {
+                if profile.replace(value).is_some() {
+                    return Err(duplicate());
+                }
+            }
             other => {
                 return Err(format!(
-                    "unknown option {other:?} (name=NAME, key=TYPE or challenge=TYPE)"
+                    "unknown option {other:?} (name=NAME, key=TYPE, challenge=TYPE or profile=NAME)"
                 ));
             }
         }
     }
     if domains.is_empty() {
-        return if name.is_none() && key_type.is_none() && challenge.is_none() {
+        return if name.is_none() && key_type.is_none() && challenge.is_none() && profile.is_none() {
             Ok(None)
         } else {
             Err("no domain names on this line".into())
@@ -119,13 +142,14 @@ pub(crate) fn parse_line(line: &str) -> Result<Option<Request>, String> {
         key_type.unwrap_or_default(),
         challenge.unwrap_or(ChallengeType::Http01),
     )
-    .map(Some)
     .map_err(|e| match e {
         RequestError::WildcardNeedsDns01(w) => {
             format!("wildcard names need challenge=dns-01 ({w})")
         }
         other => other.to_string(),
-    })
+    })?
+    .with_profile(profile)
+    .map(Some)
 }
 
 /// Parses a whole bulk file: every line is checked, and a certificate name
@@ -264,6 +288,15 @@ mod tests {
     }
 
     #[test]
+    fn a_line_may_name_a_profile() -> Result<(), String> {
+        let r = parse_line("a.example.com profile=shortlived")?.ok_or("a request")?;
+        assert_eq!(r.job("bulk").profile(), Some("shortlived"));
+        let r = parse_line("b.example.com")?.ok_or("a request")?;
+        assert_eq!(r.job("bulk").profile(), None);
+        Ok(())
+    }
+
+    #[test]
     fn bad_lines() {
         for (line, want) in [
             ("a.example.com key=dsa", "unknown key type"),
@@ -273,6 +306,8 @@ mod tests {
                 "wildcard names need challenge=dns-01",
             ),
             ("a.example.com colour=blue", "unknown option \"colour\""),
+            ("a.example.com profile=a/b", "profile \"a/b\""),
+            ("a.example.com profile=x profile=y", "profile= given twice"),
             ("a.example.com name=a name=b", "name= given twice"),
             ("name=a", "no domain names"),
             ("*.example.com", "wildcard names need challenge=dns-01"),

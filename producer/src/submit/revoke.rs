@@ -92,6 +92,7 @@ pub(crate) async fn revoke(
             key_type: pointer.key_type,
             challenge: pointer.challenge,
             reason,
+            options: Default::default(),
         },
         certfleet_common::now_ms(),
     );

@@ -32,6 +32,7 @@ fn issue_args(domains: &[&str], challenge: ChallengeType) -> IssueArgs {
         name: None,
         key_type: KeyType::default(),
         challenge,
+        profile: None,
         wait: true,
         timeout: Duration::from_secs(1),
     }

@@ -108,6 +108,8 @@ pub(crate) struct Request<'a> {
     pub(crate) replaces: Option<&'a str>,
     /// How control of the names is proven.
     pub(crate) challenge: certfleet_common::ChallengeType,
+    /// The ACME profile to order.
+    pub(crate) profile: Option<&'a str>,
 }
 
 /// A certificate and its key, straight from the CA.
@@ -239,6 +241,19 @@ impl Acme {
     }
 
     async fn create(&self, req: &Request<'_>) -> Result<(Order, Secret<String>, bool), JobError> {
+        let account = self.account().await?;
+        if let Some(profile) = req.profile {
+            // The CA lists its profiles in its directory: a name it does not
+            // offer would be refused by it, for every retry alike.
+            let offered: Vec<String> = account.profiles().map(|p| p.name.to_string()).collect();
+            if !offered.iter().any(|o| o == profile) {
+                return Err(JobError::Invalid(if offered.is_empty() {
+                    format!("profile {profile:?}: this CA offers no profiles")
+                } else {
+                    format!("profile {profile:?}: this CA offers {}", offered.join(", "))
+                }));
+            }
+        }
         self.limiter()
             .before_new_order(req.domains, req.replaces.is_some())
             .await?;
@@ -248,7 +263,6 @@ impl Acme {
             .iter()
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
-        let account = self.account().await?;
         // Recorded before the request: if its answer never comes, the next
         // try looks for the order the CA may have created (see the top).
         let mut record = OrderRecord {
@@ -264,23 +278,23 @@ impl Acme {
         };
         self.save_record(req.name, &record).await?;
         let replaces = req.replaces.and_then(ari_identifier);
+        let plain = || {
+            let order = NewOrder::new(&identifiers);
+            match req.profile {
+                Some(p) => order.profile(p),
+                None => order,
+            }
+        };
         let created = match replaces {
-            Some(id) => match account
-                .new_order(&NewOrder::new(&identifiers).replaces(id))
-                .await
-            {
+            Some(id) => match account.new_order(&plain().replaces(id)).await {
                 Ok(o) => Ok((o, true)),
                 // No ARI at this CA: an ordinary order.
-                Err(instant_acme::Error::Unsupported(_)) => account
-                    .new_order(&NewOrder::new(&identifiers))
-                    .await
-                    .map(|o| (o, false)),
+                Err(instant_acme::Error::Unsupported(_)) => {
+                    account.new_order(&plain()).await.map(|o| (o, false))
+                }
                 Err(e) => Err(e),
             },
-            None => account
-                .new_order(&NewOrder::new(&identifiers))
-                .await
-                .map(|o| (o, false)),
+            None => account.new_order(&plain()).await.map(|o| (o, false)),
         };
         let (order, replaced) = match created.map_err(acme_error) {
             Ok(created) => created,

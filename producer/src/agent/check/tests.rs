@@ -82,6 +82,7 @@ fn version(spec: Spec<'_>, issuer: &CertifiedIssuer<'static, KeyPair>) -> Versio
             updated_at: OffsetDateTime::now_utc(),
             challenge: ChallengeType::Http01,
             ari_id: None,
+            profile: None,
             revoked: None,
         },
         bundle: Bundle {
