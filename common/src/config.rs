@@ -157,6 +157,9 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The RabbitMQ management API, when configured (`server` commands).
     pub rabbitmq_mgmt_url: Option<SecretUrl>,
+    /// The CA: the workers' orders, and the CLI's revocations signed with a
+    /// certificate's own key.
+    pub acme: AcmeEndpoint,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter from `CERTFLEET_LOG` (else `RUST_LOG`), checked when
@@ -316,15 +319,84 @@ impl Config {
         let rabbitmq_mgmt_url = src.parse(keys::RABBITMQ_MGMT_URL, |s| {
             parse_url(s, &["http", "https"]).map(SecretUrl::new)
         })?;
+        let acme = AcmeEndpoint {
+            directory: src.parse_or(keys::ACME_DIRECTORY, DEFAULT_ACME_DIRECTORY, |s| {
+                parse_url(s, &["https", "http"])
+            })?,
+            ca_certs: src.parse(keys::ACME_CA_CERTS, parse_existing_file)?,
+        };
         Ok(Self {
             amqp_url,
             redis,
             s3,
             rabbitmq_mgmt_url,
+            acme,
             storage,
             log_format,
             log_filter,
         })
+    }
+}
+
+/// Let's Encrypt's staging directory: production must be asked for.
+pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// Where the CA is.
+#[derive(Debug, Clone)]
+pub struct AcmeEndpoint {
+    /// Directory URL.
+    pub directory: url::Url,
+    /// Extra PEM roots for the CA's TLS certificate.
+    pub ca_certs: Option<std::path::PathBuf>,
+}
+
+impl AcmeEndpoint {
+    /// The roots the CA's TLS certificate may chain to: the web's
+    /// (webpki-roots) and every certificate of [`AcmeEndpoint::ca_certs`].
+    ///
+    /// # Errors
+    /// The file cannot be read, holds a certificate rustls refuses, or
+    /// none at all (the message names the file).
+    pub fn roots(&self) -> Result<rustls::RootCertStore, String> {
+        roots_with(self.ca_certs.as_deref()).map_err(|detail| match &self.ca_certs {
+            Some(p) => format!("CA certificates {}: {detail}", p.display()),
+            None => detail,
+        })
+    }
+}
+
+/// The web's roots and every PEM certificate in `extra`.
+///
+/// # Errors
+/// As [`AcmeEndpoint::roots`], without the file's name.
+pub fn roots_with(extra: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra {
+        let err = |detail: String| detail;
+        let mut added = 0;
+        for cert in
+            rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?
+        {
+            let cert = cert.map_err(|e| err(e.to_string()))?;
+            roots.add(cert).map_err(|e| err(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(err("no PEM certificate in the file".into()));
+        }
+    }
+    Ok(roots)
+}
+
+/// A path to a regular file that can be read.
+fn parse_existing_file(s: &str) -> Result<std::path::PathBuf, String> {
+    let path = std::path::PathBuf::from(s.trim());
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(path),
+        Ok(_) => Err("not a regular file".into()),
+        Err(e) => Err(format!("cannot read it: {e}")),
     }
 }
 

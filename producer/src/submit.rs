@@ -30,6 +30,7 @@ mod publish;
 mod renew;
 mod request;
 mod revoke;
+mod revoke_key;
 mod wait;
 
 #[cfg(test)]

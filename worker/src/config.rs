@@ -10,15 +10,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use certfleet_common::config::parse::{
-    format_duration, parse_count, parse_duration, parse_listen, parse_prefix, parse_u32, parse_url,
+    format_duration, parse_count, parse_duration, parse_listen, parse_prefix, parse_u32,
 };
-use certfleet_common::config::{ConfigError, Origin, Sources, env_name, keys};
+use certfleet_common::config::{AcmeEndpoint, ConfigError, Origin, Sources, env_name, keys};
 use certfleet_common::{Config, Secret};
 
 pub use crate::dns01::settings::{Dns01Settings, ProviderName};
 
 /// Let's Encrypt staging: the default CA, because production must be asked for.
-pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+pub use certfleet_common::config::DEFAULT_ACME_DIRECTORY;
 /// Default http-01 listener: unprivileged, so the worker need not run as
 /// root; the load balancer or Service maps port 80 to it.
 pub const DEFAULT_HTTP01_LISTEN: &str = "0.0.0.0:8080";
@@ -66,9 +66,10 @@ impl Settings {
         let common = Config::load(src)?;
         common.storage.check_for_worker()?;
         let dns01 = Dns01Settings::load(src, common.s3.credentials.as_ref())?;
+        let acme = AcmeConfig::load(src, &common.acme)?;
         Ok(Self {
             common,
-            acme: AcmeConfig::load(src)?,
+            acme,
             worker: WorkerConfig::load(src)?,
             dns01,
         })
@@ -172,10 +173,8 @@ impl AcmeConfig {
     /// # Errors
     /// The first invalid value; one half of an external account binding
     /// without the other.
-    pub fn load(src: &Sources<'_>) -> Result<Self, ConfigError> {
-        let directory = src.parse_or(keys::ACME_DIRECTORY, DEFAULT_ACME_DIRECTORY, |s| {
-            parse_url(s, &["https", "http"])
-        })?;
+    pub fn load(src: &Sources<'_>, endpoint: &AcmeEndpoint) -> Result<Self, ConfigError> {
+        let directory = endpoint.directory.clone();
         let le = is_letsencrypt(&directory);
         let eab_kid = src.parse(keys::ACME_EAB_KID, |s| Ok(s.trim().to_string()))?;
         let eab_hmac = src.parse(keys::ACME_EAB_HMAC_KEY, |s| Ok(s.trim().to_string()))?;
@@ -195,7 +194,7 @@ impl AcmeConfig {
         };
         Ok(Self {
             directory,
-            ca_certs: src.parse(keys::ACME_CA_CERTS, parse_existing_file)?,
+            ca_certs: endpoint.ca_certs.clone(),
             email: src.parse(keys::ACME_EMAIL, parse_email)?,
             eab,
             rate_orders: src.parse_or(
@@ -311,15 +310,6 @@ fn parse_email(s: &str) -> Result<String, String> {
             Ok(s.to_string())
         }
         _ => Err("not an email address".into()),
-    }
-}
-
-fn parse_existing_file(s: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(s.trim());
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => Ok(path),
-        Ok(_) => Err("not a regular file".into()),
-        Err(e) => Err(format!("cannot read it: {e}")),
     }
 }
 

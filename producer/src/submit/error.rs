@@ -109,6 +109,10 @@ pub enum SubmitError {
         #[source]
         source: Option<lapin::Error>,
     },
+    /// `revoke --key-file`: the revocation signed with the certificate's
+    /// key did not happen (nothing was queued).
+    #[error("revocation with the certificate's key: {0}")]
+    RevokeKey(#[from] super::revoke_key::RevokeKeyError),
     /// Some of several jobs were not accepted or failed.
     #[error("{failed} of {total} {what}")]
     Incomplete {
@@ -124,6 +128,9 @@ pub enum SubmitError {
 impl SubmitError {
     /// Whether this is bad usage or bad input: exit 64, nothing was published.
     pub fn is_usage(&self) -> bool {
+        if let SubmitError::RevokeKey(e) = self {
+            return e.is_usage();
+        }
         matches!(
             self,
             SubmitError::Request(_)

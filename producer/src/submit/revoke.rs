@@ -27,6 +27,11 @@ pub struct RevokeArgs {
     #[arg(long, value_name = "REASON", default_value = "unspecified",
           value_parser = clap::builder::PossibleValuesParser::new(REVOCATION_REASONS))]
     pub reason: String,
+    /// Sign the revocation with the certificate's own private key (PEM) and
+    /// send it to the CA from here, the proof CAs ask for with
+    /// keyCompromise; the key goes nowhere else. The fleet then records it.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<std::path::PathBuf>,
     /// Renew first and revoke the old certificate only once the new one is
     /// stored, so webservers never go without a valid one (the name stays
     /// in the renewal schedule).
@@ -60,6 +65,35 @@ pub(crate) async fn revoke(
             source,
         })?
         .ok_or_else(|| SubmitError::UnknownNames(vec![name.clone()]))?;
+    if let Some(file) = &args.key_file {
+        let shown = file.display().to_string();
+        let key = std::fs::read_to_string(file)
+            .map(certfleet_common::Secret::new)
+            .map_err(|source| SubmitError::Read {
+                file: shown.clone(),
+                source,
+            })?;
+        let (_, bundle) = store
+            .current(&name)
+            .await
+            .map_err(|source| SubmitError::Storage {
+                name: name.clone(),
+                source,
+            })?
+            .ok_or_else(|| SubmitError::UnknownNames(vec![name.clone()]))?;
+        super::revoke_key::revoke_with_key(
+            &config.acme,
+            &bundle.cert_pem,
+            &key,
+            &shown,
+            reason_code(&args.reason),
+        )
+        .await?;
+        eprintln!(
+            "serial {} revoked at the CA with its own key; recording it in the fleet",
+            certfleet_common::serial_display(&pointer.serial)
+        );
+    }
     let mut reason = format!("{} {}", args.reason, pointer.serial);
     if args.reissue {
         // The new certificate first, waited for: the old one is revoked
@@ -104,4 +138,16 @@ pub(crate) async fn revoke(
         shutdown,
     )
     .await
+}
+
+/// The RFC 5280 reason code of a reason name (`unspecified` for any other).
+fn reason_code(name: &str) -> u8 {
+    match name {
+        "keyCompromise" => 1,
+        "affiliationChanged" => 3,
+        "superseded" => 4,
+        "cessationOfOperation" => 5,
+        "privilegeWithdrawn" => 9,
+        _ => 0,
+    }
 }

@@ -29,8 +29,6 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use crate::metrics::AcmeMetrics;
 
@@ -171,23 +169,14 @@ impl AcmeHttp {
         allow_http: bool,
         metrics: Arc<AcmeMetrics>,
     ) -> Result<Self, ClientError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = extra_roots {
-            let err = |detail: String| ClientError::Roots {
-                path: path.display().to_string(),
+        let roots = certfleet_common::config::roots_with(extra_roots).map_err(|detail| {
+            ClientError::Roots {
+                path: extra_roots
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 detail,
-            };
-            let mut added = 0;
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
-                let cert = cert.map_err(|e| err(e.to_string()))?;
-                roots.add(cert).map_err(|e| err(e.to_string()))?;
-                added += 1;
             }
-            if added == 0 {
-                return Err(err("no PEM certificate in the file".into()));
-            }
-        }
+        })?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
