@@ -245,7 +245,8 @@ impl Acme {
         if let Some(profile) = req.profile {
             // The CA lists its profiles in its directory: a name it does not
             // offer would be refused by it, for every retry alike.
-            let offered: Vec<String> = account.profiles().map(|p| p.name.to_string()).collect();
+            let mut offered: Vec<String> = account.profiles().map(|p| p.name.to_string()).collect();
+            offered.sort();
             if !offered.iter().any(|o| o == profile) {
                 return Err(JobError::Invalid(if offered.is_empty() {
                     format!("profile {profile:?}: this CA offers no profiles")
