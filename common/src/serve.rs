@@ -18,7 +18,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
@@ -75,33 +77,16 @@ pub async fn serve<H, Fut, B>(
     B: hyper::body::Body<Data = Bytes> + From<Full<Bytes>> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let limit = Arc::new(Semaphore::new(max_connections.max(1)));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!(server = name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let handler = handler.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(
+    let stop = shutdown.clone();
+    accept_each(
+        listener,
+        name,
+        max_connections,
+        stop,
+        move |stream, peer| {
+            let handler = handler.clone();
+            let shutdown = shutdown.clone();
             async move {
-                let _permit = permit;
                 let service = service_fn(move |req| {
                     let handler = handler.clone();
                     async move {
@@ -131,7 +116,53 @@ pub async fn serve<H, Fut, B>(
                     }
                 }
             }
-            .instrument(tracing::debug_span!("http", server = name, %peer)),
-        );
+            .instrument(tracing::debug_span!("http", server = name, %peer))
+        },
+    )
+    .await;
+}
+
+/// Accepts connections on `listener` until `shutdown` and runs `handle`
+/// for each in its own task: at most `max_connections` at once (further
+/// connections wait in the listen backlog: mini-redis's
+/// `limit_connections`), the accept loop racing the shutdown token, and a
+/// failed accept (EMFILE and friends) backed off instead of spun on. The
+/// HTTP servers above and the worker's tls-alpn-01 responder share it.
+pub async fn accept_each<H, Fut>(
+    listener: TcpListener,
+    name: &'static str,
+    max_connections: usize,
+    shutdown: CancellationToken,
+    handle: H,
+) where
+    H: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(server = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let connection = handle(stream, peer);
+        tokio::spawn(async move {
+            let _permit = permit;
+            connection.await;
+        });
     }
 }

@@ -24,7 +24,6 @@ use deadpool_redis::redis::AsyncCommands;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -120,40 +119,26 @@ pub(crate) async fn serve(
     metrics: ServiceMetrics,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(error = %e, "tls-alpn-01: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    certfleet_common::serve::accept_each(
+        listener,
+        "tls-alpn-01",
+        MAX_CONNECTIONS,
+        shutdown,
+        move |stream, peer| {
+            let (state, local, metrics) = (state.clone(), local.clone(), metrics.clone());
+            async move {
+                let result = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    handshake(stream, &state, &local, &metrics),
+                )
+                .await;
+                if result.is_err() {
+                    debug!(%peer, "tls-alpn-01: handshake timed out");
+                }
             }
-        };
-        let (state, local, metrics) = (state.clone(), local.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let result = tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                handshake(stream, &state, &local, &metrics),
-            )
-            .await;
-            if result.is_err() {
-                debug!(%peer, "tls-alpn-01: handshake timed out");
-            }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// One connection: read the ClientHello, look the name up, answer with its

@@ -57,14 +57,16 @@ pub(crate) async fn revoke(
 ) -> Result<(), SubmitError> {
     let name = CertName::parse(&args.name).map_err(SubmitError::Name)?;
     let store = Store::from_config(config).await;
+    let storage = |source| SubmitError::Storage {
+        name: name.clone(),
+        source,
+    };
+    let unknown = || SubmitError::UnknownNames(vec![name.clone()]);
     let (pointer, _) = store
         .pointer(&name)
         .await
-        .map_err(|source| SubmitError::Storage {
-            name: name.clone(),
-            source,
-        })?
-        .ok_or_else(|| SubmitError::UnknownNames(vec![name.clone()]))?;
+        .map_err(storage)?
+        .ok_or_else(unknown)?;
     if let Some(file) = &args.key_file {
         let shown = file.display().to_string();
         let key = std::fs::read_to_string(file)
@@ -76,11 +78,8 @@ pub(crate) async fn revoke(
         let (_, bundle) = store
             .current(&name)
             .await
-            .map_err(|source| SubmitError::Storage {
-                name: name.clone(),
-                source,
-            })?
-            .ok_or_else(|| SubmitError::UnknownNames(vec![name.clone()]))?;
+            .map_err(storage)?
+            .ok_or_else(unknown)?;
         super::revoke_key::revoke_with_key(
             &config.acme,
             &bundle.cert_pem,
