@@ -391,7 +391,7 @@ pub fn roots_with(extra: Option<&std::path::Path>) -> Result<rustls::RootCertSto
 }
 
 /// A path to a regular file that can be read.
-fn parse_existing_file(s: &str) -> Result<std::path::PathBuf, String> {
+pub fn parse_existing_file(s: &str) -> Result<std::path::PathBuf, String> {
     let path = std::path::PathBuf::from(s.trim());
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() => Ok(path),

@@ -52,11 +52,15 @@ pub const ENVELOPE_VERSION: u16 = 2;
 pub const ENVELOPE_V1: u16 = 1;
 
 /// The options a job may carry (version 2), each a string:
-/// - `profile`: the ACME profile to order (`certfleet issue --profile`).
-pub const JOB_OPTIONS: [&str; 1] = [OPTION_PROFILE];
+/// - `profile`: the ACME profile to order (`certfleet issue --profile`);
+/// - `ca`: the issuer to ask first (`certfleet issue --ca`).
+pub const JOB_OPTIONS: [&str; 2] = [OPTION_PROFILE, OPTION_CA];
 
 /// The ACME profile option.
 pub const OPTION_PROFILE: &str = "profile";
+
+/// The issuer option.
+pub const OPTION_CA: &str = "ca";
 
 /// The longest option value (a profile name is a short token).
 pub const MAX_OPTION_LEN: usize = 256;
@@ -257,6 +261,11 @@ impl Job {
     /// The ACME profile this job asks for.
     pub fn profile(&self) -> Option<&str> {
         self.options.get(OPTION_PROFILE).map(String::as_str)
+    }
+
+    /// The issuer this job asks for first.
+    pub fn ca(&self) -> Option<&str> {
+        self.options.get(OPTION_CA).map(String::as_str)
     }
 }
 
@@ -480,6 +489,25 @@ pub enum InvalidJob {
     BadOption(String),
 }
 
+/// An issuer name: 1 to 32 lower-case letters, digits or `-` (as the
+/// workers' `CERTFLEET_ACME_ISSUERS` names them).
+///
+/// # Errors
+/// Why the name is not one.
+pub fn check_issuer(name: &str) -> Result<(), String> {
+    let ok = (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "issuer {name:?}: 1 to 32 lower-case letters, digits or '-'"
+        ))
+    }
+}
+
 /// A profile name: what CAs use (`classic`, `tlsserver`, `shortlived`), a
 /// token of letters, digits, `-`, `_` and `.`, at most 64 characters.
 ///
@@ -549,6 +577,9 @@ impl Envelope {
         }
         if let Some(p) = job.profile() {
             check_profile(p).map_err(InvalidJob::BadOption)?;
+        }
+        if let Some(ca) = job.ca() {
+            check_issuer(ca).map_err(InvalidJob::BadOption)?;
         }
         Ok(())
     }

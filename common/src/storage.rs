@@ -205,6 +205,13 @@ pub struct Pointer {
     /// --profile`); renewals order the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// The issuer (CA) of this version, by its name in the workers'
+    /// configuration (`CERTFLEET_ACME_ISSUERS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The issuer asked for (`issue --ca`), kept for renewals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
     /// Set once this version was revoked at the CA (`certfleet revoke`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<Revoked>,

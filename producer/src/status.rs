@@ -287,6 +287,9 @@ fn print_pointer(p: &Pointer, now: OffsetDateTime) {
     if let Some(profile) = &p.profile {
         out(format_args!("profile:     {profile}"));
     }
+    if let Some(issuer) = &p.issuer {
+        out(format_args!("issuer:      {issuer}"));
+    }
     out(format_args!("not before:  {}", when(p.not_before)));
     out(format_args!(
         "not after:   {} ({})",
@@ -347,6 +350,9 @@ pub(crate) struct ListEntry {
     /// The ACME profile it was ordered with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) profile: Option<String>,
+    /// The issuer (CA) of this version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) issuer: Option<String>,
     /// Whole days until notAfter (negative once expired).
     pub(crate) days_left: i64,
     /// When the name's last job failed for good, if it did after this
@@ -369,6 +375,7 @@ impl ListEntry {
             key_type: p.key_type.as_str().to_string(),
             challenge: p.challenge.as_str().to_string(),
             profile: p.profile,
+            issuer: p.issuer,
             last_job_failed_at: failed_at,
         }
     }

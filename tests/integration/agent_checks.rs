@@ -140,6 +140,8 @@ async fn store(
         challenge: ChallengeType::Http01,
         ari_id: None,
         profile: None,
+        issuer: None,
+        ca: None,
         revoked: None,
     };
     store

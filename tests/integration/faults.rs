@@ -564,6 +564,8 @@ async fn stale_writer_never_replaces_a_newer_pointer() -> anyhow::Result<()> {
         challenge: certfleet_common::ChallengeType::Http01,
         ari_id: None,
         profile: None,
+        issuer: None,
+        ca: None,
         revoked: None,
     };
     store

@@ -14,6 +14,7 @@ mod freeze;
 mod hostile;
 mod import;
 mod issue;
+mod issuers;
 mod keys;
 mod limits;
 mod profiles;

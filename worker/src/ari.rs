@@ -128,7 +128,8 @@ async fn recheck(ctx: &Ctx, name: &CertName, min: Duration) -> Result<(), Rechec
     let Some(ari_id) = p.ari_id.clone() else {
         return forget(&ctx.state, name).await.map_err(Into::into);
     };
-    let Some((window, retry_after)) = ctx.acme.renewal_window(&ari_id).await else {
+    let issuer = ctx.issuers.by_name(p.issuer.as_deref());
+    let Some((window, retry_after)) = issuer.renewal_window(&ari_id).await else {
         schedule(&ctx.state, name, UNAVAILABLE_RECHECK.max(min)).await?;
         return Ok(());
     };

@@ -9,10 +9,13 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use certfleet_common::config::parse::parse_url;
 use certfleet_common::config::parse::{
     format_duration, parse_count, parse_duration, parse_listen, parse_prefix, parse_u32,
 };
-use certfleet_common::config::{AcmeEndpoint, ConfigError, Origin, Sources, env_name, keys};
+use certfleet_common::config::{
+    AcmeEndpoint, ConfigError, Origin, Sources, env_name, keys, parse_existing_file,
+};
 use certfleet_common::{Config, Secret};
 
 pub use crate::dns01::settings::{Dns01Settings, ProviderName};
@@ -49,8 +52,12 @@ pub const DEFAULT_HISTORY: u32 = 3;
 pub struct Settings {
     /// Broker, Redis, S3, key sealing, logs (shared with every binary).
     pub common: Config,
-    /// The CA.
+    /// The first issuer (the only one without `CERTFLEET_ACME_ISSUERS`).
     pub acme: AcmeConfig,
+    /// Every issuer, in the order they are tried.
+    pub issuers: Vec<AcmeConfig>,
+    /// A CA rate-limiting for longer than this falls back to the next one.
+    pub fallback_after: Duration,
     /// The worker process.
     pub worker: WorkerConfig,
     /// dns-01: providers, zones, propagation.
@@ -66,10 +73,13 @@ impl Settings {
         let common = Config::load(src)?;
         common.storage.check_for_worker()?;
         let dns01 = Dns01Settings::load(src, common.s3.credentials.as_ref())?;
-        let acme = AcmeConfig::load(src, &common.acme)?;
+        let issuers = AcmeConfig::load_issuers(src, &common.acme)?;
+        let fallback_after = src.parse_or(keys::ACME_FALLBACK_AFTER, "1h", parse_duration)?;
         Ok(Self {
             common,
-            acme,
+            acme: issuers[0].clone(),
+            issuers,
+            fallback_after,
             worker: WorkerConfig::load(src)?,
             dns01,
         })
@@ -110,9 +120,11 @@ impl RateLimit {
     }
 }
 
-/// ACME settings.
+/// ACME settings of one issuer (CA).
 #[derive(Debug, Clone)]
 pub struct AcmeConfig {
+    /// The issuer's name (`issue --ca`, the pointer's `issuer`).
+    pub name: String,
     /// Directory URL.
     pub directory: url::Url,
     /// Extra PEM roots for the ACME server's TLS certificate.
@@ -167,17 +179,91 @@ fn is_letsencrypt(directory: &url::Url) -> bool {
         .is_some_and(|h| h.ends_with(".letsencrypt.org"))
 }
 
+/// The name of the one issuer when `CERTFLEET_ACME_ISSUERS` is not set.
+pub const DEFAULT_ISSUER: &str = "default";
+
+/// An issuer's name: what `issue --ca` and the pointer's `issuer` say.
+fn parse_issuer_name(s: &str) -> Result<String, String> {
+    certfleet_common::job::check_issuer(s).map(|()| s.to_string())
+}
+
+/// `NAME=DIRECTORY_URL[,NAME=DIRECTORY_URL...]`: the CAs in the order they
+/// are tried.
+fn parse_issuers(s: &str) -> Result<Vec<(String, url::Url)>, String> {
+    let mut out: Vec<(String, url::Url)> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, url) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not NAME=DIRECTORY_URL"))?;
+        let name = parse_issuer_name(name.trim())?;
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(format!("issuer {name} is listed twice"));
+        }
+        out.push((name, parse_url(url.trim(), &["https", "http"])?));
+    }
+    if out.is_empty() {
+        return Err("no issuer listed".into());
+    }
+    Ok(out)
+}
+
 impl AcmeConfig {
-    /// Validates the CA settings.
+    /// Validates the CA settings: the issuers of `CERTFLEET_ACME_ISSUERS`,
+    /// or the one of `CERTFLEET_ACME_DIRECTORY` (`endpoint`), named
+    /// [`DEFAULT_ISSUER`]. Each issuer `NAME` may have its own
+    /// `CERTFLEET_ACME_ISSUER_<NAME>_{CA_CERTS,EMAIL,EAB_KID,EAB_HMAC_KEY}`
+    /// (`-` written `_`); the CA roots and the email default to the global
+    /// ones, an account binding only for the first issuer.
     ///
     /// # Errors
     /// The first invalid value; one half of an external account binding
     /// without the other.
-    pub fn load(src: &Sources<'_>, endpoint: &AcmeEndpoint) -> Result<Self, ConfigError> {
-        let directory = endpoint.directory.clone();
+    pub fn load_issuers(
+        src: &Sources<'_>,
+        endpoint: &AcmeEndpoint,
+    ) -> Result<Vec<Self>, ConfigError> {
+        let Some(list) = src.parse(keys::ACME_ISSUERS, parse_issuers)? else {
+            return Ok(vec![Self::load_one(
+                src,
+                DEFAULT_ISSUER,
+                endpoint.directory.clone(),
+                endpoint.ca_certs.clone(),
+                true,
+            )?]);
+        };
+        let mut out = Vec::with_capacity(list.len());
+        for (i, (name, directory)) in list.into_iter().enumerate() {
+            let key = |what: &str| format!("acme_issuer_{}_{what}", name.replace('-', "_"));
+            let ca_certs = match src.parse(&key("ca_certs"), parse_existing_file)? {
+                Some(p) => Some(p),
+                None => endpoint.ca_certs.clone(),
+            };
+            out.push(Self::load_one(src, &name, directory, ca_certs, i == 0)?);
+        }
+        Ok(out)
+    }
+
+    /// One issuer. `primary`: the global account binding applies to it.
+    fn load_one(
+        src: &Sources<'_>,
+        name: &str,
+        directory: url::Url,
+        ca_certs: Option<PathBuf>,
+        primary: bool,
+    ) -> Result<Self, ConfigError> {
+        let own = |what: &str| format!("acme_issuer_{}_{what}", name.replace('-', "_"));
         let le = is_letsencrypt(&directory);
-        let eab_kid = src.parse(keys::ACME_EAB_KID, |s| Ok(s.trim().to_string()))?;
-        let eab_hmac = src.parse(keys::ACME_EAB_HMAC_KEY, |s| Ok(s.trim().to_string()))?;
+        let pick = |own_key: String, global: &str| -> Result<Option<String>, ConfigError> {
+            // An account binding's parts are secrets: never echoed.
+            let read = |s: &str| Ok(s.trim().to_string());
+            match src.parse(&own_key, read)? {
+                Some(v) => Ok(Some(v)),
+                None if primary || name == DEFAULT_ISSUER => src.parse(global, read),
+                None => Ok(None),
+            }
+        };
+        let eab_kid = pick(own("eab_kid"), keys::ACME_EAB_KID)?;
+        let eab_hmac = pick(own("eab_hmac_key"), keys::ACME_EAB_HMAC_KEY)?;
         let missing = |key: &str, other: &str| ConfigError::Invalid {
             origin: Origin::Env(env_name(key)),
             value: None,
@@ -192,10 +278,15 @@ impl AcmeConfig {
             (Some(_), None) => return Err(missing(keys::ACME_EAB_HMAC_KEY, keys::ACME_EAB_KID)),
             (None, Some(_)) => return Err(missing(keys::ACME_EAB_KID, keys::ACME_EAB_HMAC_KEY)),
         };
+        let email = match src.parse(&own("email"), parse_email)? {
+            Some(e) => Some(e),
+            None => src.parse(keys::ACME_EMAIL, parse_email)?,
+        };
         Ok(Self {
+            name: name.to_string(),
             directory,
-            ca_certs: endpoint.ca_certs.clone(),
-            email: src.parse(keys::ACME_EMAIL, parse_email)?,
+            ca_certs,
+            email,
             eab,
             rate_orders: src.parse_or(
                 keys::RATE_ORDERS,
@@ -344,6 +435,54 @@ mod tests {
         env.entry("CERTFLEET_INSECURE_PLAINTEXT_KEYS")
             .or_insert("true");
         Settings::load(&Sources::new(&env))
+    }
+
+    #[test]
+    fn issuers_in_order_each_with_its_own_settings() -> Result<(), ConfigError> {
+        let c = load(&[
+            (
+                "CERTFLEET_ACME_ISSUERS",
+                "le=https://acme-v02.api.letsencrypt.org/directory, zerossl=https://acme.zerossl.com/v2/DV90",
+            ),
+            ("CERTFLEET_ACME_ISSUER_ZEROSSL_EAB_KID", "kid"),
+            ("CERTFLEET_ACME_ISSUER_ZEROSSL_EAB_HMAC_KEY", "c2VjcmV0"),
+            ("CERTFLEET_ACME_EMAIL", "ops@example.com"),
+        ])?;
+        let names: Vec<&str> = c.issuers.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["le", "zerossl"]);
+        assert_eq!(c.acme.name, "le");
+        // Let's Encrypt's limits only for Let's Encrypt; the binding only
+        // where it was given; the email for both.
+        assert_eq!(c.issuers[0].rate_orders.map(|r| r.count), Some(300));
+        assert_eq!(c.issuers[1].rate_orders, None);
+        assert!(c.issuers[0].eab.is_none());
+        assert_eq!(
+            c.issuers[1].eab.as_ref().map(|e| e.kid.as_str()),
+            Some("kid")
+        );
+        assert!(
+            c.issuers
+                .iter()
+                .all(|i| i.email.as_deref() == Some("ops@example.com"))
+        );
+        // Without the list: one issuer, "default".
+        assert_eq!(load(&[])?.issuers.len(), 1);
+        assert_eq!(load(&[])?.acme.name, DEFAULT_ISSUER);
+        for bad in [
+            "le",
+            "LE=https://a.example/dir",
+            "a=https://x/d,a=https://y/d",
+            "a=ftp://x/d",
+        ] {
+            let Err(err) = load(&[("CERTFLEET_ACME_ISSUERS", bad)]) else {
+                panic!("{bad} accepted");
+            };
+            assert!(
+                err.to_string().contains("CERTFLEET_ACME_ISSUERS"),
+                "{bad}: {err}"
+            );
+        }
+        Ok(())
     }
 
     #[test]

@@ -125,6 +125,24 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// Whether another CA may succeed where this one failed this way: it
+    /// could not be reached or answered 5xx, or it rate-limits for longer
+    /// than `patience`. Not a refusal of the request or a failed validation:
+    /// another CA would refuse it too, or the names are at fault.
+    pub(crate) fn another_ca_may_cure(&self, patience: Duration) -> bool {
+        match self {
+            JobError::AcmeTransport(_) => true,
+            JobError::Acme(p) => {
+                p.kind == "serverInternal"
+                    || p.document["status"].as_u64().is_some_and(|s| s >= 500)
+                    || (p.kind == "rateLimited"
+                        && p.retry_after.unwrap_or(Duration::from_secs(3600)) > patience)
+            }
+            JobError::RateLimited { wait, .. } => *wait > patience,
+            _ => false,
+        }
+    }
+
     /// A closed window of `what`, open again after `wait`.
     pub(crate) fn rate_limited(what: String, wait: Duration) -> Self {
         let at = time::OffsetDateTime::now_utc() + wait;
@@ -275,6 +293,19 @@ mod tests {
             retry_after,
             detail: kind.into(),
         })
+    }
+
+    #[test]
+    fn what_another_ca_may_cure() {
+        let hour = Duration::from_secs(3600);
+        assert!(JobError::AcmeTransport("connection refused".into()).another_ca_may_cure(hour));
+        assert!(problem("serverInternal", None).another_ca_may_cure(hour));
+        assert!(problem("rateLimited", Some(2 * hour)).another_ca_may_cure(hour));
+        assert!(!problem("rateLimited", Some(Duration::from_secs(60))).another_ca_may_cure(hour));
+        assert!(!problem("unauthorized", None).another_ca_may_cure(hour));
+        assert!(!problem("caa", None).another_ca_may_cure(hour));
+        assert!(!JobError::Invalid("bad".into()).another_ca_may_cure(hour));
+        assert!(JobError::rate_limited("orders".into(), 2 * hour).another_ca_may_cure(hour));
     }
 
     #[test]

@@ -122,7 +122,7 @@ const METRICS_MAX_CONNECTIONS: usize = 16;
 /// Shared by every task of a worker.
 pub(crate) struct Ctx {
     pub(crate) cfg: Settings,
-    pub(crate) acme: acme::Acme,
+    pub(crate) issuers: acme::Issuers,
     pub(crate) store: Store,
     pub(crate) state: State,
     pub(crate) metrics: Metrics,
@@ -248,19 +248,25 @@ pub async fn start(
     }
     let local_answers = Arc::new(http01::LocalAnswers::default());
     let dns01 = dns01::Solver::new(&cfg.dns01).await?.map(Arc::new);
-    let acme = acme::Acme::new(
-        cfg.acme.clone(),
-        store.clone(),
-        state.clone(),
-        metrics.clone(),
-        local_answers.clone(),
-        dns01,
-    )?
-    .serving_tlsalpn01(tlsalpn01.is_some());
+    let mut list = Vec::with_capacity(cfg.issuers.len());
+    for issuer in &cfg.issuers {
+        list.push(
+            acme::Acme::new(
+                issuer.clone(),
+                store.clone(),
+                state.clone(),
+                metrics.clone(),
+                local_answers.clone(),
+                dns01.clone(),
+            )?
+            .serving_tlsalpn01(tlsalpn01.is_some()),
+        );
+    }
+    let issuers = acme::Issuers::new(list, cfg.fallback_after);
     let ctx = Arc::new(Ctx {
         connection_name: certfleet_common::amqp::connection_name("certfleet-worker"),
         cfg,
-        acme,
+        issuers,
         store,
         state,
         metrics,
@@ -290,7 +296,8 @@ pub async fn start(
         http01 = %http01_addr,
         tlsalpn01 = ?tlsalpn01_addr,
         metrics = %metrics_addr,
-        ca = ctx.acme.ca(),
+        ca = ctx.issuers.primary().ca(),
+        issuers = ?ctx.issuers.names(),
         "worker starting"
     );
 

@@ -114,6 +114,8 @@ pub struct JobMetrics {
     pub orders_created: IntCounter,
     /// Renewal times moved because the CA moved its ARI window.
     pub ari_moved: IntCounter,
+    /// Orders taken to the next CA because one failed in a way another may cure.
+    pub ca_fallbacks: IntCounter,
     /// Orders resumed from a stored order URL.
     pub orders_resumed: IntCounter,
     /// Orders found in the account's orders list after a new-order request
@@ -164,6 +166,11 @@ impl JobMetrics {
                 reg,
                 "certfleet_acme_orders_created_total",
                 "ACME orders created",
+            )?,
+            ca_fallbacks: counter(
+                reg,
+                "certfleet_acme_fallbacks_total",
+                "Orders taken to the next issuer after a CA failed in a way another may cure",
             )?,
             ari_moved: counter(
                 reg,

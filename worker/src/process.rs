@@ -349,7 +349,7 @@ async fn fail(
         )
         .await?;
     if e.abandons_order() {
-        let _ = ctx.acme.drop_record(&env.job.name).await;
+        let _ = ctx.issuers.primary().drop_record(&env.job.name).await;
     }
     if let Err(e) = ctx
         .state
@@ -506,22 +506,28 @@ async fn run_leased(
     } else {
         None
     };
-    let obtained = match orphan {
-        Some((issued, key_pem)) => Obtained {
-            chain_pem: format!("{}{}", issued.cert_pem, issued.chain_pem),
-            key_pem,
-            tokens: Vec::new(),
-            resumed: true,
-            replaced: false,
-        },
-        None if env.kind == JobKind::Import => boxed(|| staged_import(ctx, env)).await?,
-        None => match boxed(|| ctx.acme.obtain(&req)).await {
-            Err(JobError::Acme(p)) if p.kind == "accountDoesNotExist" => {
-                ctx.acme.reset_account().await;
-                return Err(JobError::Acme(p));
-            }
-            other => other?,
-        },
+    // The issuer asked for: the job's, or for a renewal the certificate's.
+    let preferred: Option<String> = match (env.job.ca(), &previous, env.kind) {
+        (Some(ca), _, _) => Some(ca.to_string()),
+        (None, Some((p, _)), JobKind::Renew) => p.ca.clone(),
+        _ => None,
+    };
+    let (obtained, issuer) = match orphan {
+        Some((issued, key_pem)) => (
+            Obtained {
+                chain_pem: format!("{}{}", issued.cert_pem, issued.chain_pem),
+                key_pem,
+                tokens: Vec::new(),
+                resumed: true,
+                replaced: false,
+            },
+            ctx.issuers.by_name(preferred.as_deref()),
+        ),
+        None if env.kind == JobKind::Import => (
+            boxed(|| staged_import(ctx, env)).await?,
+            ctx.issuers.primary(),
+        ),
+        None => boxed(|| ctx.issuers.obtain(&req, preferred.as_deref())).await?,
     };
     let issued = keys::parse_chain(&obtained.chain_pem)?;
     if env.kind == JobKind::Import
@@ -540,13 +546,13 @@ async fn run_leased(
         return Ok(Outcome::AlreadyDone);
     }
     if !keys::key_matches(&obtained.key_pem, &issued.cert_pem) {
-        ctx.acme.drop_record(name).await?;
+        issuer.drop_record(name).await?;
         return Err(JobError::Crypto(
             "the CA's certificate does not match the order's key".into(),
         ));
     }
     let ari = match &issued.ari_id {
-        Some(id) => boxed(|| ctx.acme.renewal_window(id)).await,
+        Some(id) => boxed(|| issuer.renewal_window(id)).await,
         None => None,
     };
     let renew_at = crate::renewal::renewal_time(
@@ -572,6 +578,8 @@ async fn run_leased(
                 renew_at,
                 history: ctx.cfg.worker.history,
                 profile: profile.as_deref(),
+                issuer: issuer.name(),
+                ca: preferred.as_deref(),
             },
         )
     })
@@ -687,7 +695,10 @@ async fn revoke_leased(
         let bundle = ctx.store.bundle(&pointer.bundle_key).await?;
         let der = rustls_pki_types::CertificateDer::from_pem_slice(bundle.cert_pem.as_bytes())
             .map_err(|e| JobError::Crypto(format!("the stored certificate of {name}: {e}")))?;
-        ctx.acme.revoke(der.as_ref(), req.reason.clone()).await?;
+        ctx.issuers
+            .by_name(pointer.issuer.as_deref())
+            .revoke(der.as_ref(), req.reason.clone())
+            .await?;
         let mut revoked = pointer.clone();
         revoked.revoked = Some(certfleet_common::storage::Revoked {
             at: OffsetDateTime::now_utc(),
@@ -759,7 +770,12 @@ async fn revoke_superseded(
     if bundle.revoked.is_none() {
         let der = rustls_pki_types::CertificateDer::from_pem_slice(bundle.cert_pem.as_bytes())
             .map_err(|e| JobError::Crypto(format!("version {version} of {name}: {e}")))?;
-        ctx.acme.revoke(der.as_ref(), req.reason.clone()).await?;
+        // The superseded version's issuer is not recorded apart from the
+        // current one's: the current issuer is asked.
+        ctx.issuers
+            .by_name(pointer.issuer.as_deref())
+            .revoke(der.as_ref(), req.reason.clone())
+            .await?;
         bundle.revoked = Some(certfleet_common::storage::Revoked {
             at: OffsetDateTime::now_utc(),
             reason: req.reason_name.clone(),
@@ -845,7 +861,7 @@ impl Ctx {
         p: &Pointer,
         tokens: &[String],
     ) -> Result<(), JobError> {
-        self.acme.local_answers().remove(tokens);
+        self.issuers.primary().local_answers().remove(tokens);
         let keys = self.state.keys();
         let mut pipe = deadpool_redis::redis::pipe();
         self.state

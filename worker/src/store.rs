@@ -42,6 +42,10 @@ pub(crate) struct NewVersion<'a> {
     pub(crate) history: u32,
     /// The ACME profile it was ordered with.
     pub(crate) profile: Option<&'a str>,
+    /// The issuer that issued it.
+    pub(crate) issuer: &'a str,
+    /// The issuer asked for, kept for renewals.
+    pub(crate) ca: Option<&'a str>,
 }
 
 /// Reads a pointer, counting the request.
@@ -144,6 +148,8 @@ pub(crate) async fn store_version(
             challenge: v.challenge,
             ari_id: v.issued.ari_id.clone(),
             profile: v.profile.map(str::to_string),
+            issuer: Some(v.issuer.to_string()),
+            ca: v.ca.map(str::to_string),
             revoked: None,
         };
         // Never fail open: a pointer read without an ETag cannot be

@@ -57,6 +57,10 @@ settings! {
     S3_PREFIX = "s3_prefix", false;
     /// ACME directory URL (default Let's Encrypt staging).
     ACME_DIRECTORY = "acme_directory", false;
+    /// Several CAs, tried in order: `NAME=DIRECTORY_URL,...`.
+    ACME_ISSUERS = "acme_issuers", false;
+    /// A CA rate-limiting for longer than this falls back to the next one.
+    ACME_FALLBACK_AFTER = "acme_fallback_after", false;
     /// Extra PEM roots to trust for the ACME server.
     ACME_CA_CERTS = "acme_ca_certs", false;
     /// Account contact address.

@@ -28,6 +28,10 @@ pub struct IssueArgs {
     /// Challenge type: http-01, dns-01 or tls-alpn-01 (wildcards: dns-01).
     #[arg(long, value_name = "TYPE", default_value = "http-01")]
     pub challenge: ChallengeType,
+    /// The issuer to ask first (a name of the workers'
+    /// CERTFLEET_ACME_ISSUERS); the others remain fallbacks. Renewals keep it.
+    #[arg(long, value_name = "NAME")]
+    pub ca: Option<String>,
     /// ACME profile to order (e.g. `shortlived`, `tlsserver`: the CA's
     /// directory lists its profiles); renewals keep it.
     #[arg(long, value_name = "NAME")]
@@ -57,7 +61,9 @@ pub(crate) async fn issue(
         args.challenge,
     )?
     .with_profile(args.profile.as_deref())
-    .map_err(|e| SubmitError::Usage(format!("--profile: {e}")))?;
+    .map_err(|e| SubmitError::Usage(format!("--profile: {e}")))?
+    .with_ca(args.ca.as_deref())
+    .map_err(|e| SubmitError::Usage(format!("--ca: {e}")))?;
     let envelope = Envelope::new(
         JobKind::Issue,
         request.job(REASON_CLI),

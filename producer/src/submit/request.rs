@@ -56,6 +56,19 @@ impl Request {
         })
     }
 
+    /// The same request asking the issuer `ca` first.
+    ///
+    /// # Errors
+    /// A name that is not an issuer name.
+    pub(crate) fn with_ca(mut self, ca: Option<&str>) -> Result<Self, String> {
+        if let Some(c) = ca {
+            certfleet_common::job::check_issuer(c)?;
+            self.options
+                .insert(certfleet_common::job::OPTION_CA.into(), c.into());
+        }
+        Ok(self)
+    }
+
     /// The same request ordered with the ACME profile `profile`.
     ///
     /// # Errors

@@ -33,6 +33,7 @@ fn issue_args(domains: &[&str], challenge: ChallengeType) -> IssueArgs {
         key_type: KeyType::default(),
         challenge,
         profile: None,
+        ca: None,
         wait: true,
         timeout: Duration::from_secs(1),
     }

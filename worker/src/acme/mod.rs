@@ -160,6 +160,11 @@ impl Acme {
         &self.store
     }
 
+    /// The issuer's name (`CERTFLEET_ACME_ISSUERS`).
+    pub(crate) fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
     /// The directory host, for logs and metrics.
     pub(crate) fn ca(&self) -> &str {
         self.cfg.directory.host_str().unwrap_or("ca")
@@ -332,5 +337,92 @@ impl Acme {
             "created the fleet's ACME account"
         );
         Ok(account)
+    }
+}
+
+/// The fleet's CAs in the order they are tried (`CERTFLEET_ACME_ISSUERS`),
+/// each with its own account, HTTP client and limits.
+pub(crate) struct Issuers {
+    list: Vec<Acme>,
+    fallback_after: std::time::Duration,
+}
+
+impl Issuers {
+    /// `list` must not be empty (the configuration has at least one).
+    pub(crate) fn new(list: Vec<Acme>, fallback_after: std::time::Duration) -> Self {
+        Self {
+            list,
+            fallback_after,
+        }
+    }
+
+    /// The first issuer.
+    pub(crate) fn primary(&self) -> &Acme {
+        &self.list[0]
+    }
+
+    /// Every issuer's name, in order.
+    pub(crate) fn names(&self) -> Vec<&str> {
+        self.list.iter().map(Acme::name).collect()
+    }
+
+    /// The issuer called `name`; the first one for `None` or a name no
+    /// longer configured (a certificate from a CA since removed).
+    pub(crate) fn by_name(&self, name: Option<&str>) -> &Acme {
+        name.and_then(|n| self.list.iter().find(|a| a.name() == n))
+            .unwrap_or_else(|| self.primary())
+    }
+
+    /// The issuers to try for a job preferring `preferred`: it first, then
+    /// the others in order.
+    ///
+    /// # Errors
+    /// A preferred name that is no issuer's (the job fails, naming them).
+    pub(crate) fn order(&self, preferred: Option<&str>) -> Result<Vec<&Acme>, JobError> {
+        let Some(name) = preferred else {
+            return Ok(self.list.iter().collect());
+        };
+        let first = self.list.iter().find(|a| a.name() == name).ok_or_else(|| {
+            JobError::Invalid(format!(
+                "no issuer named {name:?} (this worker has {})",
+                self.names().join(", ")
+            ))
+        })?;
+        Ok(std::iter::once(first)
+            .chain(self.list.iter().filter(|a| a.name() != name))
+            .collect())
+    }
+
+    /// Obtains a certificate from the first issuer that gives one: on a
+    /// failure another CA may cure ([`JobError::another_ca_may_cure`]) the
+    /// next issuer is tried at once (certmagic's behaviour); any other
+    /// failure, or the last issuer's, is the job's. Returns the issuer too.
+    pub(crate) async fn obtain(
+        &self,
+        req: &order::Request<'_>,
+        preferred: Option<&str>,
+    ) -> Result<(order::Obtained, &Acme), JobError> {
+        let candidates = self.order(preferred)?;
+        let last = candidates.len() - 1;
+        for (i, acme) in candidates.iter().enumerate() {
+            match Box::pin(acme.obtain(req)).await {
+                Ok(obtained) => return Ok((obtained, acme)),
+                Err(JobError::Acme(p)) if p.kind == "accountDoesNotExist" => {
+                    acme.reset_account().await;
+                    return Err(JobError::Acme(p));
+                }
+                Err(e) if i < last && e.another_ca_may_cure(self.fallback_after) => {
+                    warn!(
+                        issuer = acme.name(),
+                        next = candidates[i + 1].name(),
+                        error = %certfleet_common::error::chain(&e),
+                        "this CA failed in a way another may cure; falling back"
+                    );
+                    acme.metrics().jobs.ca_fallbacks.inc();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(JobError::Invalid("no issuer configured".into()))
     }
 }

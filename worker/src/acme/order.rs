@@ -76,6 +76,10 @@ struct OrderRecord {
     key_type: KeyType,
     key: SealedKey,
     created_at_ms: i64,
+    /// The issuer whose order it is (empty in records of earlier builds:
+    /// the first issuer's).
+    #[serde(default)]
+    issuer: String,
 }
 
 /// A page of an account's orders list.
@@ -195,6 +199,11 @@ impl Acme {
         let Some(record) = self.load_record(req.name).await? else {
             return Ok(None);
         };
+        if !record.issuer.is_empty() && record.issuer != self.name() {
+            // Another CA's order (this job fell back from it, or back to
+            // it): a new order here replaces the record.
+            return Ok(None);
+        }
         if record.domains != req.domains || record.key_type != req.key_type {
             info!(name = %req.name, "stored order is for other domains; replacing it");
             self.drop_record(req.name).await?;
@@ -276,6 +285,7 @@ impl Acme {
                 .sealer()
                 .seal(key.expose(), &seal_context(req.name))?,
             created_at_ms: certfleet_common::now_ms(),
+            issuer: self.name().to_string(),
         };
         self.save_record(req.name, &record).await?;
         let replaces = req.replaces.and_then(ari_identifier);

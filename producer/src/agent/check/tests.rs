@@ -83,6 +83,8 @@ fn version(spec: Spec<'_>, issuer: &CertifiedIssuer<'static, KeyPair>) -> Versio
             challenge: ChallengeType::Http01,
             ari_id: None,
             profile: None,
+            issuer: None,
+            ca: None,
             revoked: None,
         },
         bundle: Bundle {
