@@ -53,8 +53,13 @@ pub const ENVELOPE_V1: u16 = 1;
 
 /// The options a job may carry (version 2), each a string:
 /// - `profile`: the ACME profile to order (`certfleet issue --profile`);
-/// - `ca`: the issuer to ask first (`certfleet issue --ca`).
-pub const JOB_OPTIONS: [&str; 2] = [OPTION_PROFILE, OPTION_CA];
+/// - `ca`: the issuer to ask first (`certfleet issue --ca`);
+/// - `csr`: the operator's CSR, base64 DER (`certfleet issue --csr`,
+///   `--key-file`): ordered as is, no key made;
+/// - `key`: with `csr` from `--key-file`, the operator's key sealed for the
+///   name ([`crate::storage::KeyScope::Name`]), stored in every version's
+///   bundle as is.
+pub const JOB_OPTIONS: [&str; 4] = [OPTION_PROFILE, OPTION_CA, OPTION_CSR, OPTION_KEY];
 
 /// The ACME profile option.
 pub const OPTION_PROFILE: &str = "profile";
@@ -62,8 +67,21 @@ pub const OPTION_PROFILE: &str = "profile";
 /// The issuer option.
 pub const OPTION_CA: &str = "ca";
 
-/// The longest option value (a profile name is a short token).
+/// The CSR option.
+pub const OPTION_CSR: &str = "csr";
+
+/// The sealed-key option.
+pub const OPTION_KEY: &str = "key";
+
+/// The longest option value (a profile name is a short token) but for
+/// [`OPTION_CSR`] and [`OPTION_KEY`].
 pub const MAX_OPTION_LEN: usize = 256;
+
+/// The longest [`OPTION_CSR`] or [`OPTION_KEY`] value: base64 of a CSR of
+/// [`crate::csr::MAX_CSR_LEN`] is 10.9 KiB; a sealed RSA 4096 key to a few
+/// recipients about 6 KiB. With the largest domain list (25.5 KiB) the body
+/// stays under [`MAX_BODY_LEN`].
+pub const MAX_LONG_OPTION_LEN: usize = 16 * 1024;
 
 /// The longest job body a worker (or `certfleet dlq`) decodes; longer ones
 /// are undecodable without a look inside.
@@ -266,6 +284,17 @@ impl Job {
     /// The issuer this job asks for first.
     pub fn ca(&self) -> Option<&str> {
         self.options.get(OPTION_CA).map(String::as_str)
+    }
+
+    /// The operator's CSR this job orders with, as carried (base64 DER).
+    pub fn csr(&self) -> Option<&str> {
+        self.options.get(OPTION_CSR).map(String::as_str)
+    }
+
+    /// The operator's key sealed for the name (`--key-file`), as carried
+    /// (the [`crate::seal::SealedKey`] JSON).
+    pub fn sealed_key(&self) -> Option<&str> {
+        self.options.get(OPTION_KEY).map(String::as_str)
     }
 }
 
@@ -571,9 +600,32 @@ impl Envelope {
                     JOB_OPTIONS.join(", ")
                 )));
             }
-            if value.len() > MAX_OPTION_LEN {
+            let max = if key == OPTION_CSR || key == OPTION_KEY {
+                MAX_LONG_OPTION_LEN
+            } else {
+                MAX_OPTION_LEN
+            };
+            if value.len() > max {
                 return Err(InvalidJob::BadOption(format!("{key}: value too long")));
             }
+        }
+        if let Some(text) = job.csr() {
+            let csr = crate::csr::Csr::decode(text)
+                .map_err(|e| InvalidJob::BadOption(format!("csr: {e}")))?;
+            if !job.domains.is_empty() && !csr.names_are(&job.domains) {
+                return Err(InvalidJob::BadOption(format!(
+                    "csr: it names {}, the job {}",
+                    csr.domains.join(", "),
+                    job.domains.join(", ")
+                )));
+            }
+        }
+        if let Some(text) = job.sealed_key() {
+            if job.csr().is_none() {
+                return Err(InvalidJob::BadOption("key: given without csr".into()));
+            }
+            serde_json::from_str::<crate::seal::SealedKey>(text)
+                .map_err(|e| InvalidJob::BadOption(format!("key: not a sealed key ({e})")))?;
         }
         if let Some(p) = job.profile() {
             check_profile(p).map_err(InvalidJob::BadOption)?;
@@ -588,6 +640,40 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_csr_option_must_be_a_csr_of_the_jobs_names() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["www.example.com".to_string()]).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let der = params.serialize_request(&key).expect("csr").der().to_vec();
+        let csr = crate::csr::Csr::from_der(&der).expect("csr");
+        let mut e = sample();
+        e.job.domains = vec!["www.example.com".into()];
+        e.job.options.insert(OPTION_CSR.into(), csr.encode());
+        assert_eq!(e.validate(), Ok(()));
+        e.job.domains = vec!["other.example.com".into()];
+        assert!(
+            matches!(e.validate(), Err(InvalidJob::BadOption(m)) if m.contains("the job other.example.com"))
+        );
+        e.job.domains = vec!["www.example.com".into()];
+        e.job.options.insert(OPTION_CSR.into(), "AAAA".into());
+        assert!(matches!(e.validate(), Err(InvalidJob::BadOption(m)) if m.starts_with("csr:")));
+        e.job.options.insert(OPTION_CSR.into(), csr.encode());
+        e.job
+            .options
+            .insert(OPTION_KEY.into(), "{\"type\":\"nonsense\"}".into());
+        assert!(matches!(e.validate(), Err(InvalidJob::BadOption(m)) if m.starts_with("key:")));
+        e.job.options.remove(OPTION_CSR);
+        e.job.options.insert(OPTION_KEY.into(), "{}".into());
+        assert!(matches!(e.validate(), Err(InvalidJob::BadOption(m)) if m.contains("without csr")));
+        e.job.options.clear();
+        e.job
+            .options
+            .insert(OPTION_CSR.into(), "A".repeat(MAX_LONG_OPTION_LEN + 1));
+        assert!(matches!(e.validate(), Err(InvalidJob::BadOption(m)) if m.contains("too long")));
+    }
 
     pub(super) fn sample() -> Envelope {
         Envelope {

@@ -34,6 +34,7 @@
 pub mod amqp;
 pub mod child;
 pub mod config;
+pub mod csr;
 pub mod domain;
 pub mod error;
 pub mod event;

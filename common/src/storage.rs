@@ -215,6 +215,11 @@ pub struct Pointer {
     /// Set once this version was revoked at the CA (`certfleet revoke`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<Revoked>,
+    /// The operator's CSR it was ordered with (`issue --csr`,
+    /// `--key-file`), base64 DER: renewals send it again, so the key stays
+    /// the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
 }
 
 /// A revocation recorded in the pointer.
@@ -246,22 +251,63 @@ pub struct Bundle {
     pub cert_pem: String,
     /// The issuer chain, PEM (without the leaf).
     pub chain_pem: String,
-    /// The private key.
-    pub key: SealedKey,
+    /// The private key; none when the operator holds it (`issue --csr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<SealedKey>,
+    /// What the key is sealed for: this version (a key made for the
+    /// order), or the name (the operator's key, `issue --key-file`, the
+    /// same in every version).
+    #[serde(default, skip_serializing_if = "KeyScope::is_version")]
+    pub key_scope: KeyScope,
     /// The job that obtained it: lets a retry of that job find a bundle it
     /// stored but could not make current, instead of ordering again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<Uuid>,
+    /// The issuer (CA) of this version, by its name in the workers'
+    /// configuration: revoking it after it was superseded asks that CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// Revoked after it was superseded (`certfleet revoke --reissue`); a
     /// revoked current version is marked in its pointer instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<Revoked>,
 }
 
+/// What a bundle's key is sealed for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScope {
+    /// One version ([`Bundle::seal_context`]).
+    #[default]
+    Version,
+    /// Every version of the name ([`Bundle::name_context`]).
+    Name,
+}
+
+impl KeyScope {
+    fn is_version(&self) -> bool {
+        *self == KeyScope::Version
+    }
+}
+
 impl Bundle {
     /// The associated data a bundle's key is sealed with.
     pub fn seal_context(name: &CertName, version: &str) -> String {
         format!("bundle:{name}:{version}")
+    }
+
+    /// The associated data of the operator's key of a name (`issue
+    /// --key-file`): one key for every version, so bound to the name only.
+    pub fn name_context(name: &CertName) -> String {
+        format!("bundle-key:{name}")
+    }
+
+    /// The associated data this bundle's key was sealed with.
+    pub fn key_context(&self) -> String {
+        match self.key_scope {
+            KeyScope::Version => Self::seal_context(&self.name, &self.version),
+            KeyScope::Name => Self::name_context(&self.name),
+        }
     }
 }
 
@@ -733,17 +779,18 @@ impl Store {
         Ok(())
     }
 
-    /// Opens a bundle's private key. When an encryption key is configured,
-    /// a key stored in the clear is refused ([`Sealer::open_sealed`]).
+    /// Opens a bundle's private key; `None` when the bundle holds none (the
+    /// operator's, `issue --csr`). When an encryption key is configured, a
+    /// key stored in the clear is refused ([`Sealer::open_sealed`]).
     ///
     /// # Errors
     /// The key is sealed and cannot be opened here, or it is in the clear
     /// while encryption is configured.
-    pub fn open_key(&self, bundle: &Bundle) -> Result<Secret<String>, StorageError> {
-        Ok(self.sealer.open_sealed(
-            &bundle.key,
-            &Bundle::seal_context(&bundle.name, &bundle.version),
-        )?)
+    pub fn open_key(&self, bundle: &Bundle) -> Result<Option<Secret<String>>, StorageError> {
+        match &bundle.key {
+            Some(key) => Ok(Some(self.sealer.open_sealed(key, &bundle.key_context())?)),
+            None => Ok(None),
+        }
     }
 
     /// What an event says of the version a pointer names.

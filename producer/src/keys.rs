@@ -249,19 +249,27 @@ async fn reseal_version(
             .recipients_for(name.as_str())
             .map_err(StorageError::from)?
             .unwrap_or_default();
-        if bundle.key.age_recipients() == want.as_slice() {
+        // The operator holds the key (`issue --csr`): nothing to reseal.
+        let Some(sealed) = &bundle.key else {
+            return Ok(Outcome::Current);
+        };
+        if sealed.age_recipients() == want.as_slice() {
             return Ok(Outcome::Current);
         }
-        let context = Bundle::seal_context(name, version);
+        // For the version, or for the name (the operator's key,
+        // `--key-file`): sealed again for the same place.
+        let context = bundle.key_context();
         // Plain keys too: resealing is how they get encrypted.
         let pem = store
             .sealer()
-            .open(&bundle.key, &context)
+            .open(sealed, &context)
             .map_err(StorageError::from)?;
-        bundle.key = store
-            .sealer()
-            .seal_bundle(name.as_str(), pem.expose(), &context)
-            .map_err(StorageError::from)?;
+        bundle.key = Some(
+            store
+                .sealer()
+                .seal_bundle(name.as_str(), pem.expose(), &context)
+                .map_err(StorageError::from)?,
+        );
         match store
             .put_json(&key, &bundle, Condition::Matches(&etag))
             .await

@@ -283,6 +283,11 @@ fn print_pointer(p: &Pointer, now: OffsetDateTime) {
         certfleet_common::serial_display(&p.serial)
     ));
     out(format_args!("key type:    {}", p.key_type));
+    if p.csr.is_some() {
+        out(format_args!(
+            "key:         the operator's (issue --csr or --key-file); renewals order its CSR again"
+        ));
+    }
     out(format_args!("challenge:   {}", p.challenge));
     if let Some(profile) = &p.profile {
         out(format_args!("profile:     {profile}"));
@@ -353,6 +358,9 @@ pub(crate) struct ListEntry {
     /// The issuer (CA) of this version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) issuer: Option<String>,
+    /// Ordered with the operator's CSR (`issue --csr`, `--key-file`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) own_key: bool,
     /// Whole days until notAfter (negative once expired).
     pub(crate) days_left: i64,
     /// When the name's last job failed for good, if it did after this
@@ -376,6 +384,7 @@ impl ListEntry {
             challenge: p.challenge.as_str().to_string(),
             profile: p.profile,
             issuer: p.issuer,
+            own_key: p.csr.is_some(),
             last_job_failed_at: failed_at,
         }
     }

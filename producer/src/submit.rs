@@ -26,6 +26,7 @@ mod bulk;
 mod error;
 mod import;
 mod issue;
+mod own_key;
 mod publish;
 mod renew;
 mod request;

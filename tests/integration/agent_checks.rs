@@ -107,12 +107,14 @@ async fn store(
         version: m.version.clone(),
         cert_pem: m.cert_pem.clone(),
         chain_pem: m.chain_pem.clone(),
-        key: sealer.seal_bundle(
+        key: Some(sealer.seal_bundle(
             name.as_str(),
             &m.key_pem,
             &Bundle::seal_context(name, &m.version),
-        )?,
+        )?),
+        key_scope: Default::default(),
         job_id: Some(job_id),
+        issuer: None,
         revoked: None,
     };
     let bundle_key = store.keys().bundle(name, &m.version);
@@ -141,6 +143,7 @@ async fn store(
         ari_id: None,
         profile: None,
         issuer: None,
+        csr: None,
         ca: None,
         revoked: None,
     };

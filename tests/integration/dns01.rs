@@ -30,7 +30,9 @@ async fn assert_stored(env: &TestEnv, job: &Envelope, domains: &[String]) -> any
         .current(&job.job.name)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no pointer for {}", job.job.name))?;
-    let key = store.open_key(&bundle)?;
+    let key = store
+        .open_key(&bundle)?
+        .ok_or_else(|| anyhow::anyhow!("the bundle holds no key"))?;
     assert!(pki::key_matches(key.expose(), &bundle.cert_pem)?);
     let mut want = domains.to_vec();
     want.sort();

@@ -139,7 +139,9 @@ async fn lego_and_certbot_directories_imported_renewed_installed() -> anyhow::Re
             .current(name)
             .await?
             .ok_or_else(|| anyhow::anyhow!("{name} not stored"))?;
-        let key = store.open_key(&bundle)?;
+        let key = store
+            .open_key(&bundle)?
+            .ok_or_else(|| anyhow::anyhow!("the bundle holds no key"))?;
         assert!(pki::key_matches(key.expose(), &bundle.cert_pem)?, "{name}");
         assert!(!bundle.chain_pem.trim().is_empty(), "{name}: chain kept");
         let due = state

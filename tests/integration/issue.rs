@@ -123,7 +123,9 @@ async fn worker_issues_with_real_http01() -> anyhow::Result<()> {
     }
     let printed = String::from_utf8(openssl.wait_with_output().await?.stdout)?;
     assert_eq!(printed.trim(), format!("serial={}", cert.serial));
-    let key = store.open_key(&bundle)?;
+    let key = store
+        .open_key(&bundle)?
+        .ok_or_else(|| anyhow::anyhow!("the bundle holds no key"))?;
     assert!(pki::key_matches(key.expose(), &bundle.cert_pem)?);
     let mut want = domains.clone();
     want.sort();

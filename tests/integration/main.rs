@@ -17,6 +17,7 @@ mod issue;
 mod issuers;
 mod keys;
 mod limits;
+mod own_key;
 mod profiles;
 mod prometheus;
 mod renew;

@@ -564,7 +564,13 @@ async fn revoke_signed_with_the_certificate_key() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no bundle"))?;
     let dir = tempfile::tempdir()?;
     let key_file = dir.path().join("privkey.pem");
-    std::fs::write(&key_file, store.open_key(&bundle)?.expose())?;
+    std::fs::write(
+        &key_file,
+        store
+            .open_key(&bundle)?
+            .ok_or_else(|| anyhow::anyhow!("no key"))?
+            .expose(),
+    )?;
     let wrong_file = dir.path().join("wrong.pem");
     let wrong = tokio::process::Command::new("openssl")
         .args(["ecparam", "-genkey", "-name", "prime256v1", "-noout"])

@@ -229,7 +229,9 @@ async fn no_secret_in_logs_events_redis_or_storage() -> anyhow::Result<()> {
 
     // The secrets: the certificate's key, the account's key, the password,
     // the S3 secret key, the encryption key.
-    let cert_key = store.open_key(&bundle)?;
+    let cert_key = store
+        .open_key(&bundle)?
+        .ok_or_else(|| anyhow::anyhow!("the bundle holds no key"))?;
     let mut secrets: Vec<(&str, String)> = vec![
         ("broker password", password.clone()),
         ("S3 secret key", s3_secret),

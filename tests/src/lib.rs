@@ -694,6 +694,34 @@ impl Events {
         out
     }
 
+    /// Collects events until `n` distinct names have one of `kinds`, or
+    /// `timeout` passed. Events are delivered at least once (an outbox a
+    /// second worker recovers publishes again), so counting events is not
+    /// counting names. Returns the names and every event seen.
+    pub async fn distinct_names(
+        &mut self,
+        kinds: &[certfleet_common::event::EventKind],
+        n: usize,
+        timeout: Duration,
+    ) -> (std::collections::BTreeSet<String>, Vec<Event>) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut names = std::collections::BTreeSet::new();
+        let mut all = Vec::new();
+        while names.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Ok(e) => {
+                    if kinds.contains(&e.kind) {
+                        names.insert(e.name.to_string());
+                    }
+                    all.push(e);
+                }
+                Err(_) => break,
+            }
+        }
+        (names, all)
+    }
+
     /// Whether another event arrives within `wait`.
     pub async fn quiet_for(&mut self, wait: Duration) -> Option<Event> {
         self.next(wait).await.ok()

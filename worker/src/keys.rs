@@ -98,6 +98,14 @@ pub(crate) fn key_matches(key_pem: &Secret<String>, cert_pem: &str) -> bool {
     cert.public_key().raw == key.subject_public_key_info().as_slice()
 }
 
+/// Whether `cert_pem` carries the public key of the operator's `csr`.
+pub(crate) fn csr_matches(csr: &certfleet_common::csr::Csr, cert_pem: &str) -> bool {
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() else {
+        return false;
+    };
+    csr.matches_certificate(der.as_ref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,9 +22,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use certfleet_common::csr::Csr;
 use certfleet_common::error::{Classify, Disposition};
 use certfleet_common::event::{EVENT_SCHEMA, Event, EventKind, Failure};
+use certfleet_common::seal::SealedKey;
 use certfleet_common::state::{JobState, JobStatus, STATUS_TTL};
+use certfleet_common::storage::KeyScope;
 use certfleet_common::topology::{self, backoff, header_i64};
 use certfleet_common::{Envelope, JobKind, Pointer, now_ms};
 use deadpool_redis::redis::AsyncCommands;
@@ -35,7 +38,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::Ctx;
 use crate::acme::client::capture_retry_after;
-use crate::acme::order::{Obtained, Request};
+use crate::acme::order::{Obtained, ObtainedKey, Request};
 use crate::error::JobError;
 use crate::events::Outbox;
 use crate::keys;
@@ -479,6 +482,25 @@ async fn run_leased(
         (None, Some((p, _)), JobKind::Renew) => p.profile.clone(),
         _ => None,
     };
+    // The operator's CSR: ordered as is, with its key type.
+    let (csr_text, sealed_key) =
+        boxed(|| operator_csr(ctx, env, previous.as_ref().map(|(p, _)| p))).await?;
+    let csr = match &csr_text {
+        Some(text) => {
+            let csr = Csr::decode(text)
+                .map_err(|e| JobError::Invalid(format!("the CSR of {name}: {e}")))?;
+            if !csr.names_are(&domains) {
+                return Err(JobError::Invalid(format!(
+                    "the CSR of {name} names {}, the certificate {}",
+                    csr.domains.join(", "),
+                    domains.join(", ")
+                )));
+            }
+            Some(csr)
+        }
+        None => None,
+    };
+    let key_type = csr.as_ref().map_or(key_type, |c| c.key_type);
     let req = Request {
         name,
         job_id: env.job_id,
@@ -487,6 +509,8 @@ async fn run_leased(
         replaces: replaces.as_deref(),
         challenge: env.job.challenge,
         profile: profile.as_deref(),
+        csr: csr.as_ref(),
+        sealed_key: sealed_key.as_ref(),
     };
     // A retry or redelivery may find what an earlier attempt stored.
     // The large futures (the order, S3 reads and writes) are built boxed
@@ -513,10 +537,10 @@ async fn run_leased(
         _ => None,
     };
     let (obtained, issuer) = match orphan {
-        Some((issued, key_pem)) => (
+        Some((issued, key)) => (
             Obtained {
                 chain_pem: format!("{}{}", issued.cert_pem, issued.chain_pem),
-                key_pem,
+                key,
                 tokens: Vec::new(),
                 resumed: true,
                 replaced: false,
@@ -545,7 +569,14 @@ async fn run_leased(
         .await;
         return Ok(Outcome::AlreadyDone);
     }
-    if !keys::key_matches(&obtained.key_pem, &issued.cert_pem) {
+    let key_matches = match (&csr, &obtained.key) {
+        (Some(csr), _) => keys::csr_matches(csr, &issued.cert_pem),
+        (None, ObtainedKey::Made(key)) => keys::key_matches(key, &issued.cert_pem),
+        // A staged import (`import` checked the pair) or the bundle an
+        // earlier attempt stored after this same check.
+        (None, ObtainedKey::Sealed(..)) => true,
+    };
+    if !key_matches {
         issuer.drop_record(name).await?;
         return Err(JobError::Crypto(
             "the CA's certificate does not match the order's key".into(),
@@ -574,12 +605,13 @@ async fn run_leased(
                 challenge: env.job.challenge,
                 job_id: env.job_id,
                 issued: &issued,
-                key_pem: &obtained.key_pem,
+                key: &obtained.key,
                 renew_at,
                 history: ctx.cfg.worker.history,
                 profile: profile.as_deref(),
                 issuer: issuer.name(),
                 ca: preferred.as_deref(),
+                csr: csr.as_ref().and(csr_text.as_deref()),
             },
         )
     })
@@ -770,10 +802,10 @@ async fn revoke_superseded(
     if bundle.revoked.is_none() {
         let der = rustls_pki_types::CertificateDer::from_pem_slice(bundle.cert_pem.as_bytes())
             .map_err(|e| JobError::Crypto(format!("version {version} of {name}: {e}")))?;
-        // The superseded version's issuer is not recorded apart from the
-        // current one's: the current issuer is asked.
+        // The CA that issued it (bundles of earlier builds do not say: the
+        // current version's).
         ctx.issuers
-            .by_name(pointer.issuer.as_deref())
+            .by_name(bundle.issuer.as_deref().or(pointer.issuer.as_deref()))
             .revoke(der.as_ref(), req.reason.clone())
             .await?;
         bundle.revoked = Some(certfleet_common::storage::Revoked {
@@ -813,6 +845,43 @@ async fn revoke_superseded(
     Ok(Outcome::Stored)
 }
 
+/// The operator's CSR the job orders with (`issue --csr`, `--key-file`),
+/// base64 DER, and the operator's key sealed for the name if there is one:
+/// the job's, or for a renewal the certificate's (the CSR from its pointer,
+/// the key from its current bundle).
+async fn operator_csr(
+    ctx: &Ctx,
+    env: &Envelope,
+    previous: Option<&Pointer>,
+) -> Result<(Option<String>, Option<SealedKey>), JobError> {
+    if let Some(text) = env.job.csr() {
+        let sealed =
+            match env.job.sealed_key() {
+                Some(json) => Some(serde_json::from_str::<SealedKey>(json).map_err(|e| {
+                    JobError::Invalid(format!("the job's sealed key is not one: {e}"))
+                })?),
+                None => None,
+            };
+        return Ok((Some(text.to_string()), sealed));
+    }
+    let Some(p) = previous else {
+        return Ok((None, None));
+    };
+    let same_names = env.job.domains.is_empty() || env.job.domains == p.domains;
+    match &p.csr {
+        Some(csr) if env.kind == JobKind::Renew && same_names => {
+            ctx.metrics.service.s3("get");
+            let bundle = ctx.store.bundle(&p.bundle_key).await?;
+            let sealed = match bundle.key_scope {
+                KeyScope::Name => bundle.key,
+                KeyScope::Version => None,
+            };
+            Ok((Some(csr.clone()), sealed))
+        }
+        _ => Ok((None, None)),
+    }
+}
+
 /// The certificate and key `certfleet import` staged for this job.
 async fn staged_import(ctx: &Ctx, env: &Envelope) -> Result<Obtained, JobError> {
     let key = ctx.store.keys().import(&env.job_id);
@@ -832,10 +901,11 @@ async fn staged_import(ctx: &Ctx, env: &Envelope) -> Result<Obtained, JobError> 
             bundle.name, env.job.name
         )));
     }
-    let key_pem = ctx.store.open_key(&bundle)?;
+    // Stored as `import` sealed it, for this version: the worker need not
+    // (and with keys encrypted to the webservers cannot) open it.
     Ok(Obtained {
         chain_pem: format!("{}{}", bundle.cert_pem, bundle.chain_pem),
-        key_pem,
+        key: ObtainedKey::Sealed(bundle.key, bundle.key_scope),
         tokens: Vec::new(),
         resumed: false,
         replaced: false,

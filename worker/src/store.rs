@@ -16,13 +16,14 @@
 
 use certfleet_common::Pointer;
 use certfleet_common::storage::{
-    BUNDLE_SCHEMA, Bundle, ETag, POINTER_SCHEMA, StorageError, Store, version_id,
+    BUNDLE_SCHEMA, Bundle, ETag, KeyScope, POINTER_SCHEMA, StorageError, Store, version_id,
 };
-use certfleet_common::{CertName, ChallengeType, KeyType, secret::Secret};
+use certfleet_common::{CertName, ChallengeType, KeyType};
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::acme::order::ObtainedKey;
 use crate::error::JobError;
 use crate::keys::Issued;
 use crate::lease::Lease;
@@ -37,7 +38,7 @@ pub(crate) struct NewVersion<'a> {
     pub(crate) challenge: ChallengeType,
     pub(crate) job_id: Uuid,
     pub(crate) issued: &'a Issued,
-    pub(crate) key_pem: &'a Secret<String>,
+    pub(crate) key: &'a ObtainedKey,
     pub(crate) renew_at: OffsetDateTime,
     pub(crate) history: u32,
     /// The ACME profile it was ordered with.
@@ -46,6 +47,8 @@ pub(crate) struct NewVersion<'a> {
     pub(crate) issuer: &'a str,
     /// The issuer asked for, kept for renewals.
     pub(crate) ca: Option<&'a str>,
+    /// The operator's CSR (base64 DER), kept for renewals.
+    pub(crate) csr: Option<&'a str>,
 }
 
 /// Reads a pointer, counting the request.
@@ -82,12 +85,20 @@ pub(crate) async fn store_version(
         version: version.clone(),
         cert_pem: v.issued.cert_pem.clone(),
         chain_pem: v.issued.chain_pem.clone(),
-        key: store.sealer().seal_bundle(
-            v.name.as_str(),
-            v.key_pem.expose(),
-            &Bundle::seal_context(v.name, &version),
-        )?,
+        key: match v.key {
+            ObtainedKey::Made(pem) => Some(store.sealer().seal_bundle(
+                v.name.as_str(),
+                pem.expose(),
+                &Bundle::seal_context(v.name, &version),
+            )?),
+            ObtainedKey::Sealed(key, _) => key.clone(),
+        },
+        key_scope: match v.key {
+            ObtainedKey::Made(_) => KeyScope::Version,
+            ObtainedKey::Sealed(_, scope) => *scope,
+        },
         job_id: Some(v.job_id),
+        issuer: Some(v.issuer.to_string()),
         revoked: None,
     };
     metrics.s3("put");
@@ -151,6 +162,7 @@ pub(crate) async fn store_version(
             issuer: Some(v.issuer.to_string()),
             ca: v.ca.map(str::to_string),
             revoked: None,
+            csr: v.csr.map(str::to_string),
         };
         // Never fail open: a pointer read without an ETag cannot be
         // replaced conditionally, and an unconditional write could undo a
@@ -252,7 +264,7 @@ pub(crate) async fn orphan_of_job(
     name: &CertName,
     job_id: Uuid,
     current: Option<&Pointer>,
-) -> Result<Option<(Issued, Secret<String>)>, JobError> {
+) -> Result<Option<(Issued, ObtainedKey)>, JobError> {
     metrics.s3("list");
     let mut keys = store.list(&store.keys().versions(name)).await?;
     keys.sort();
@@ -290,9 +302,13 @@ pub(crate) async fn orphan_of_job(
             continue;
         }
         let issued = crate::keys::parse_chain(&format!("{}{}", bundle.cert_pem, bundle.chain_pem))?;
-        let key_pem = store.open_key(&bundle)?;
+        // Adopted as stored: a worker need not (and with keys encrypted to
+        // the webservers cannot) open the key.
         debug!(%key, "adopting the bundle an earlier attempt stored");
-        return Ok(Some((issued, key_pem)));
+        return Ok(Some((
+            issued,
+            ObtainedKey::Sealed(bundle.key, bundle.key_scope),
+        )));
     }
     Ok(None)
 }

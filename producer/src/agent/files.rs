@@ -55,7 +55,8 @@ pub(crate) const CHAIN_FILE: &str = "chain.pem";
 pub(crate) const FULLCHAIN_FILE: &str = "fullchain.pem";
 /// The private key.
 pub(crate) const KEY_FILE: &str = "privkey.pem";
-/// The four files every version directory holds.
+/// The four files every version directory holds (the key file but for a
+/// key the operator holds).
 pub(crate) const PEM_FILES: [&str; 4] = [CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, KEY_FILE];
 /// Mode of the private key: created so, never chmod-ed afterwards, so there
 /// is no moment at which it is readable by others.
@@ -85,8 +86,9 @@ pub(crate) struct Material {
     pub(crate) cert_pem: String,
     /// Issuer chain, PEM.
     pub(crate) chain_pem: String,
-    /// Private key, PEM. Never logged.
-    pub(crate) key_pem: Secret<String>,
+    /// Private key, PEM. Never logged. None when the operator holds it
+    /// (`issue --csr`): no `privkey.pem` is written.
+    pub(crate) key_pem: Option<Secret<String>>,
 }
 
 impl std::fmt::Debug for Material {
@@ -112,6 +114,10 @@ pub(crate) struct OnDisk {
     pub(crate) serial: String,
     /// When it was written (Unix ms).
     pub(crate) written_at_ms: i64,
+    /// Written without `privkey.pem`: the operator holds the key
+    /// (`issue --csr`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) no_key: bool,
 }
 
 /// The directory certificates are written to (`--dir`), validated.
@@ -319,7 +325,11 @@ impl CertDir {
         let Ok(state) = serde_json::from_slice::<OnDisk>(&bytes) else {
             return Ok(None);
         };
-        if &state.name != name || !PEM_FILES.iter().all(|f| link.join(f).is_file()) {
+        let complete = PEM_FILES
+            .iter()
+            .filter(|f| !(state.no_key && **f == KEY_FILE))
+            .all(|f| link.join(f).is_file());
+        if &state.name != name || !complete {
             return Ok(None);
         }
         Ok(Some(state))
@@ -403,13 +413,16 @@ impl CertDir {
         write_new(&dir.join(CERT_FILE), m.cert_pem.as_bytes(), PUBLIC_MODE)?;
         write_new(&dir.join(CHAIN_FILE), m.chain_pem.as_bytes(), PUBLIC_MODE)?;
         write_new(&dir.join(FULLCHAIN_FILE), fullchain.as_bytes(), PUBLIC_MODE)?;
-        write_new(&dir.join(KEY_FILE), m.key_pem.expose().as_bytes(), KEY_MODE)?;
+        if let Some(key_pem) = &m.key_pem {
+            write_new(&dir.join(KEY_FILE), key_pem.expose().as_bytes(), KEY_MODE)?;
+        }
         let state = OnDisk {
             schema: STATE_SCHEMA.to_string(),
             name: m.name.clone(),
             version: m.version.clone(),
             serial: m.serial.clone(),
             written_at_ms: certfleet_common::now_ms(),
+            no_key: m.key_pem.is_none(),
         };
         let json = serde_json::to_vec_pretty(&state).map_err(|e| WatchError::Io {
             op: "encode",

@@ -185,8 +185,13 @@ impl Syncer {
             }
         };
         let key_pem = self.store.open_key(&bundle)?;
-        let checked =
-            check::check(&pointer, &bundle, &key_pem, OffsetDateTime::now_utc()).map_err(bad)?;
+        let checked = check::check(
+            &pointer,
+            &bundle,
+            key_pem.as_ref(),
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(bad)?;
         Ok(Fetched::New(Material {
             name: name.clone(),
             version: pointer.version,

@@ -418,8 +418,10 @@ pub(crate) async fn import(
             version: c.version.clone(),
             cert_pem: c.leaf_pem.clone(),
             chain_pem: c.chain_pem.clone(),
-            key,
+            key: Some(key),
+            key_scope: Default::default(),
             job_id: Some(e.job_id),
+            issuer: None,
             revoked: None,
         };
         store

@@ -69,6 +69,34 @@ impl Request {
         Ok(self)
     }
 
+    /// The same request ordered with the operator's CSR (its key type),
+    /// and with `--key-file` the operator's key sealed for the name.
+    ///
+    /// # Errors
+    /// The CSR names other domains than the request.
+    pub(crate) fn with_csr(
+        mut self,
+        csr: &certfleet_common::csr::Csr,
+        sealed: Option<&certfleet_common::seal::SealedKey>,
+    ) -> Result<Self, String> {
+        if !csr.names_are(&self.domains) {
+            return Err(format!(
+                "the CSR names {}, the request {}",
+                csr.domains.join(", "),
+                self.domains.join(", ")
+            ));
+        }
+        self.key_type = csr.key_type;
+        self.options
+            .insert(certfleet_common::job::OPTION_CSR.into(), csr.encode());
+        if let Some(key) = sealed {
+            let json = serde_json::to_string(key).map_err(|e| format!("the sealed key: {e}"))?;
+            self.options
+                .insert(certfleet_common::job::OPTION_KEY.into(), json);
+        }
+        Ok(self)
+    }
+
     /// The same request ordered with the ACME profile `profile`.
     ///
     /// # Errors

@@ -34,6 +34,8 @@ fn issue_args(domains: &[&str], challenge: ChallengeType) -> IssueArgs {
         challenge,
         profile: None,
         ca: None,
+        csr: None,
+        key_file: None,
         wait: true,
         timeout: Duration::from_secs(1),
     }

@@ -22,10 +22,12 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use certfleet_common::KeyType;
+use certfleet_common::csr::Csr;
 use certfleet_common::domain::CertName;
 use certfleet_common::redis_keys::tlsalpn01_answer;
 use certfleet_common::seal::SealedKey;
 use certfleet_common::secret::Secret;
+use certfleet_common::storage::KeyScope;
 use deadpool_redis::redis::AsyncCommands;
 
 use instant_acme::{
@@ -74,7 +76,9 @@ struct OrderRecord {
     job_id: Uuid,
     domains: Vec<String>,
     key_type: KeyType,
-    key: SealedKey,
+    /// The key made for the order; none when the operator's CSR is ordered.
+    #[serde(default)]
+    key: Option<SealedKey>,
     created_at_ms: i64,
     /// The issuer whose order it is (empty in records of earlier builds:
     /// the first issuer's).
@@ -114,12 +118,27 @@ pub(crate) struct Request<'a> {
     pub(crate) challenge: certfleet_common::ChallengeType,
     /// The ACME profile to order.
     pub(crate) profile: Option<&'a str>,
+    /// The operator's CSR (`issue --csr`, `--key-file`): ordered as is,
+    /// no key made.
+    pub(crate) csr: Option<&'a Csr>,
+    /// With it, the operator's key sealed for the name (`--key-file`).
+    pub(crate) sealed_key: Option<&'a SealedKey>,
+}
+
+/// The private key of an obtained certificate, as it goes into the bundle.
+pub(crate) enum ObtainedKey {
+    /// Made for the order: sealed into the bundle for its version.
+    Made(Secret<String>),
+    /// Stored as it is: the operator's key sealed for the name or none (the
+    /// operator's CSR), or a key sealed where it came from (a staged
+    /// import, the bundle an earlier attempt stored). Workers never open it.
+    Sealed(Option<SealedKey>, KeyScope),
 }
 
 /// A certificate and its key, straight from the CA.
 pub(crate) struct Obtained {
     pub(crate) chain_pem: String,
-    pub(crate) key_pem: Secret<String>,
+    pub(crate) key: ObtainedKey,
     /// The ids of the key authorizations we published (http-01 tokens,
     /// tls-alpn-01 answers: [`certfleet_common::redis_keys::RedisKeys::answer`]).
     pub(crate) tokens: Vec<String>,
@@ -195,7 +214,10 @@ impl Acme {
     }
 
     /// Resumes the stored order for this request, if there is a usable one.
-    async fn resume(&self, req: &Request<'_>) -> Result<Option<(Order, Secret<String>)>, JobError> {
+    async fn resume(
+        &self,
+        req: &Request<'_>,
+    ) -> Result<Option<(Order, Option<Secret<String>>)>, JobError> {
         let Some(record) = self.load_record(req.name).await? else {
             return Ok(None);
         };
@@ -204,15 +226,22 @@ impl Acme {
             // it): a new order here replaces the record.
             return Ok(None);
         }
-        if record.domains != req.domains || record.key_type != req.key_type {
-            info!(name = %req.name, "stored order is for other domains; replacing it");
+        if record.domains != req.domains
+            || record.key_type != req.key_type
+            || record.key.is_some() == req.csr.is_some()
+        {
+            info!(name = %req.name, "stored order is for other domains or another key; replacing it");
             self.drop_record(req.name).await?;
             return Ok(None);
         }
-        let key = self
-            .store()
-            .sealer()
-            .open(&record.key, &seal_context(req.name))?;
+        let key = match &record.key {
+            Some(sealed) => Some(
+                self.store()
+                    .sealer()
+                    .open(sealed, &seal_context(req.name))?,
+            ),
+            None => None,
+        };
         let account = self.account().await?;
         let Some(url) = record.url.clone() else {
             // An earlier try's new-order request got no answer.
@@ -249,7 +278,10 @@ impl Acme {
         }
     }
 
-    async fn create(&self, req: &Request<'_>) -> Result<(Order, Secret<String>, bool), JobError> {
+    async fn create(
+        &self,
+        req: &Request<'_>,
+    ) -> Result<(Order, Option<Secret<String>>, bool), JobError> {
         let account = self.account().await?;
         if let Some(profile) = req.profile {
             // The CA lists its profiles in its directory: a name it does not
@@ -267,7 +299,10 @@ impl Acme {
         self.limiter()
             .before_new_order(req.domains, req.replaces.is_some())
             .await?;
-        let key = keys::generate(req.key_type)?;
+        let key = match req.csr {
+            Some(_) => None,
+            None => Some(keys::generate(req.key_type)?),
+        };
         let identifiers: Vec<Identifier> = req
             .domains
             .iter()
@@ -280,10 +315,14 @@ impl Acme {
             job_id: req.job_id,
             domains: req.domains.to_vec(),
             key_type: req.key_type,
-            key: self
-                .store()
-                .sealer()
-                .seal(key.expose(), &seal_context(req.name))?,
+            key: match &key {
+                Some(key) => Some(
+                    self.store()
+                        .sealer()
+                        .seal(key.expose(), &seal_context(req.name))?,
+                ),
+                None => None,
+            },
             created_at_ms: certfleet_common::now_ms(),
             issuer: self.name().to_string(),
         };
@@ -614,7 +653,15 @@ impl Acme {
                         // whatever any attempt presented can go.
                         self.clean_dns01(req).await;
                     }
-                    let csr = keys::csr(&key, req.domains)?;
+                    let csr = match (&key, req.csr) {
+                        (_, Some(csr)) => csr.der.clone(),
+                        (Some(key), None) => keys::csr(key, req.domains)?,
+                        (None, None) => {
+                            return Err(JobError::Crypto(
+                                "the order has neither a key nor a CSR".into(),
+                            ));
+                        }
+                    };
                     order.finalize_csr(&csr).await.map_err(acme_error)?;
                 }
                 OrderStatus::Processing | OrderStatus::Valid => {
@@ -622,9 +669,13 @@ impl Acme {
                     if let Err(e) = self.limiter().issued(req.domains, replaced).await {
                         warn!(error = %e, "could not count the certificate against the CA's limits");
                     }
+                    let key = match key {
+                        Some(key) => ObtainedKey::Made(key),
+                        None => ObtainedKey::Sealed(req.sealed_key.cloned(), KeyScope::Name),
+                    };
                     return Ok(Obtained {
                         chain_pem,
-                        key_pem: key,
+                        key,
                         tokens,
                         resumed,
                         replaced,

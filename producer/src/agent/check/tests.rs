@@ -86,6 +86,7 @@ fn version(spec: Spec<'_>, issuer: &CertifiedIssuer<'static, KeyPair>) -> Versio
             issuer: None,
             ca: None,
             revoked: None,
+            csr: None,
         },
         bundle: Bundle {
             schema: BUNDLE_SCHEMA.into(),
@@ -93,10 +94,12 @@ fn version(spec: Spec<'_>, issuer: &CertifiedIssuer<'static, KeyPair>) -> Versio
             version,
             cert_pem,
             chain_pem: issuer.pem(),
-            key: SealedKey::Plain {
+            key: Some(SealedKey::Plain {
                 pem: key_pem.clone(),
-            },
+            }),
+            key_scope: Default::default(),
             job_id: Some(job_id),
+            issuer: None,
             revoked: None,
         },
         key: Secret::new(key_pem),
@@ -104,7 +107,12 @@ fn version(spec: Spec<'_>, issuer: &CertifiedIssuer<'static, KeyPair>) -> Versio
 }
 
 fn run(v: &Version) -> Result<Checked, String> {
-    check(&v.pointer, &v.bundle, &v.key, OffsetDateTime::now_utc())
+    check(
+        &v.pointer,
+        &v.bundle,
+        Some(&v.key),
+        OffsetDateTime::now_utc(),
+    )
 }
 
 fn refused(v: &Version, needle: &str) {

@@ -11,9 +11,9 @@ fn material(name: &str, version: &str) -> Material {
         serial: format!("serial-{version}"),
         cert_pem: format!("-----BEGIN CERTIFICATE-----\n{version}\n-----END CERTIFICATE-----"),
         chain_pem: "-----BEGIN CERTIFICATE-----\nchain\n-----END CERTIFICATE-----\n".into(),
-        key_pem: Secret::new(format!(
+        key_pem: Some(Secret::new(format!(
             "-----BEGIN PRIVATE KEY-----\n{version}\n-----END PRIVATE KEY-----\n"
-        )),
+        ))),
     }
 }
 
@@ -30,6 +30,26 @@ fn versions(dir: &CertDir, name: &CertName) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+#[test]
+fn a_key_the_operator_holds_is_not_written_and_the_version_counts_as_complete() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = CertDir::open(tmp.path()).expect("open");
+    let mut m = material("own.example.com", "v1");
+    m.key_pem = None;
+    let link = dir.write(&m).expect("write");
+    assert!(link.join(CERT_FILE).is_file());
+    assert!(link.join(FULLCHAIN_FILE).is_file());
+    assert!(!link.join(KEY_FILE).exists(), "no key file");
+    let on_disk = dir.current(&m.name).expect("current").expect("on disk");
+    assert_eq!(on_disk.version, "v1");
+    assert!(on_disk.no_key);
+    // A version with a key is incomplete without its key file.
+    let m2 = material("own.example.com", "v2");
+    let link = dir.write(&m2).expect("write v2");
+    fs::remove_file(link.join(KEY_FILE)).expect("rm key");
+    assert_eq!(dir.current(&m2.name).expect("current"), None);
 }
 
 #[test]
