@@ -180,6 +180,7 @@ async fn drive(
         s3_requests: Default::default(),
         acme_requests: None,
         worker_job_mean_s: None,
+        phase_mean_ms: Default::default(),
         note: String::new(),
     })
 }

@@ -677,6 +677,7 @@ fn where_time_goes(inp: &Inputs) -> String {
             );
         }
     }
+    md.push_str(&phases(inp));
     if let Some(p) = &inp.profile {
         let _ = writeln!(
             md,
@@ -691,6 +692,65 @@ fn where_time_goes(inp: &Inputs) -> String {
         }
         let _ = writeln!(md, "\n({} samples)\n", p.total);
     }
+    md
+}
+
+/// The phases of `certfleet_job_phase_duration_seconds`, in job order.
+const PHASES: [&str; 7] = [
+    "queued", "lease", "read", "order", "store", "announce", "complete",
+];
+
+/// Where an issue job's time goes inside the worker, per run, beside the
+/// ceiling's whole order at the same concurrency.
+fn phases(inp: &Inputs) -> String {
+    let mut md = String::new();
+    let mut runs: Vec<&Throughput> = inp
+        .throughput()
+        .filter(|t| t.tool == Tool::Certfleet && !t.phase_mean_ms.is_empty())
+        .collect();
+    if runs.is_empty() {
+        return md;
+    }
+    runs.sort_by_key(|t| (t.mode, t.concurrency, t.workers, t.s3.clone()));
+    let _ = writeln!(
+        md,
+        "Where a job's time goes, mean ms per phase (the worker's          `certfleet_job_phase_duration_seconds`): queued = published → delivered, lease, read =          the pointer, order = the CA (what the ceiling measures as a whole), store = bundle and          pointer writes, announce = the event until the broker confirmed it, complete = Redis          bookkeeping after the event (not in the measured latency):
+"
+    );
+    let _ = writeln!(
+        md,
+        "| run | {} | sum | ceiling's order, mean ms |",
+        PHASES.join(" | ")
+    );
+    let _ = writeln!(md, "|---|{}---:|---:|", "---:|".repeat(PHASES.len()));
+    for t in runs {
+        let cells: Vec<String> = PHASES
+            .iter()
+            .map(|p| {
+                t.phase_mean_ms
+                    .get(*p)
+                    .map_or_else(|| "—".into(), |v| format!("{v:.1}"))
+            })
+            .collect();
+        let sum: f64 = t.phase_mean_ms.values().sum();
+        let ceiling = inp.find(Tool::Ceiling, t.mode, t.concurrency).map_or_else(
+            || "—".into(),
+            |c| format!("{:.1}", 1000.0 * c.latency_s.mean),
+        );
+        let _ = writeln!(
+            md,
+            "| {} C={}{} | {} | {sum:.1} | {ceiling} |",
+            t.mode.as_str(),
+            t.concurrency,
+            match (t.workers, t.s3.as_str()) {
+                (1, "moto") => ", S3 on moto".to_string(),
+                (1, _) => String::new(),
+                (w, _) => format!(", {w} workers"),
+            },
+            cells.join(" | ")
+        );
+    }
+    md.push('\n');
     md
 }
 

@@ -86,6 +86,10 @@ pub struct Throughput {
     /// (`certfleet_jobs_duration_seconds` sum / count over the run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_job_mean_s: Option<f64>,
+    /// Mean milliseconds of an issue job in each phase of the worker
+    /// (`certfleet_job_phase_duration_seconds` sum / count per phase).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub phase_mean_ms: BTreeMap<String, f64>,
     /// ACME requests over the run (worker metric).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acme_requests: Option<f64>,

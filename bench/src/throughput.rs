@@ -326,8 +326,29 @@ async fn drive(
         s3_requests: s3.into_iter().collect::<BTreeMap<_, _>>(),
         acme_requests: Some(acme),
         worker_job_mean_s: (jobs > 0.0).then(|| job_s / jobs),
+        phase_mean_ms: phase_means(&before, &after),
         note: String::new(),
     })
+}
+
+/// Mean milliseconds per phase of a job over the run (from the worker's
+/// `certfleet_job_phase_duration_seconds`).
+fn phase_means(before: &Scrape, after: &Scrape) -> BTreeMap<String, f64> {
+    const NAME: &str = "certfleet_job_phase_duration_seconds";
+    let sums = delta(
+        &before.by_label(&format!("{NAME}_sum"), "phase"),
+        &after.by_label(&format!("{NAME}_sum"), "phase"),
+    );
+    let counts = delta(
+        &before.by_label(&format!("{NAME}_count"), "phase"),
+        &after.by_label(&format!("{NAME}_count"), "phase"),
+    );
+    sums.into_iter()
+        .filter_map(|(phase, sum)| {
+            let n = counts.get(&phase).copied().unwrap_or(0.0);
+            (n > 0.0).then(|| (phase, 1000.0 * sum / n))
+        })
+        .collect()
 }
 
 /// Every worker's `/metrics`, as one scrape (their lines together: sums

@@ -102,6 +102,7 @@ fn counter_vec(
 pub struct JobMetrics {
     handled: IntCounterVec,
     duration: HistogramVec,
+    phase: HistogramVec,
     /// Jobs being worked on now.
     pub in_flight: IntGauge,
     /// Deliveries whose handling panicked (each one dead-lettered; the
@@ -138,6 +139,15 @@ impl JobMetrics {
             &["kind", "challenge", "outcome"],
         )?;
         reg.register(Box::new(duration.clone()))?;
+        let phase = HistogramVec::new(
+            HistogramOpts::new(
+                "certfleet_job_phase_duration_seconds",
+                "Time an issue or renew job spends in each phase: queued (published to delivered, first attempts), lease, read (the pointer), order (the CA), store (bundle and pointer), announce (the event, confirmed), complete (Redis bookkeeping)",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 16)?),
+            &["phase"],
+        )?;
+        reg.register(Box::new(phase.clone()))?;
         let in_flight = IntGauge::with_opts(Opts::new(
             "certfleet_jobs_in_flight",
             "Jobs being worked on",
@@ -151,6 +161,7 @@ impl JobMetrics {
                 &["kind", "challenge", "outcome"],
             )?,
             duration,
+            phase,
             in_flight,
             panicked: counter(
                 reg,
@@ -188,6 +199,14 @@ impl JobMetrics {
                 "ACME orders found in the account's orders list after a new-order request got no answer",
             )?,
         })
+    }
+
+    /// Records how long a job spent in `phase` (see
+    /// `certfleet_job_phase_duration_seconds`).
+    pub fn phase(&self, phase: &'static str, took: std::time::Duration) {
+        self.phase
+            .with_label_values(&[phase])
+            .observe(took.as_secs_f64());
     }
 
     /// Counts one handled delivery and its duration.

@@ -33,6 +33,7 @@ use certfleet_common::{Envelope, JobKind, Pointer, now_ms};
 use deadpool_redis::redis::AsyncCommands;
 use lapin::message::Delivery;
 use time::OffsetDateTime;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -394,6 +395,14 @@ async fn run_job(
     };
     let name = &env.job.name;
     let running = JobStatus::of(env, JobState::Running, "");
+    if !tried_before {
+        // Publisher and worker clocks may differ: a negative lag is none.
+        let lag_ms = u64::try_from(now_ms().saturating_sub(env.created_at_ms)).unwrap_or(0);
+        ctx.metrics
+            .jobs
+            .phase("queued", Duration::from_millis(lag_ms));
+    }
+    let leasing = Instant::now();
     let mut lease = Lease::acquire(
         &ctx.state,
         name,
@@ -403,6 +412,7 @@ async fn run_job(
     )
     .await?
     .ok_or_else(|| JobError::Busy(name.to_string()))?;
+    ctx.metrics.jobs.phase("lease", leasing.elapsed());
     let lost = lease.lost().clone();
     // Boxed (see `boxed`): inline, these futures made every future above
     // them as large.
@@ -429,7 +439,15 @@ async fn run_leased(
     let name = &env.job.name;
     let metrics = &ctx.metrics.service;
     // Take the lease, then look again (certmagic's obtainCert).
+    let phases = &ctx.metrics.jobs;
+    let mut at = Instant::now();
+    let mut phase = |name: &'static str| {
+        let now = Instant::now();
+        phases.phase(name, now - at);
+        at = now;
+    };
     let previous = boxed(|| read_pointer(&ctx.store, metrics, name)).await?;
+    phase("read");
     if let Some((p, _)) = &previous {
         lease.raise_fence(p.fence).await?;
     }
@@ -553,6 +571,7 @@ async fn run_leased(
         ),
         None => boxed(|| ctx.issuers.obtain(&req, preferred.as_deref())).await?,
     };
+    phase("order");
     let issued = keys::parse_chain(&obtained.chain_pem)?;
     if env.kind == JobKind::Import
         && let Some((p, _)) = &previous
@@ -616,6 +635,7 @@ async fn run_leased(
         )
     })
     .await?;
+    phase("store");
     let previous_serial = replaced
         .as_ref()
         .or(previous.as_ref().map(|(p, _)| p))
@@ -631,6 +651,7 @@ async fn run_leased(
     outbox
         .event(&ctx.event(env, kind, &pointer, previous_serial))
         .await?;
+    phase("announce");
     info!(
         serial = %pointer.serial,
         not_after = %pointer.not_after,
@@ -639,6 +660,7 @@ async fn run_leased(
         "certificate stored"
     );
     ctx.complete(env, &pointer, &obtained.tokens).await?;
+    phase("complete");
     if env.kind == JobKind::Import {
         ctx.forget_import(env).await;
     }
