@@ -18,6 +18,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use deadpool::managed;
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
 use deadpool_redis::redis::{self, RedisError};
 use deadpool_redis::sentinel::{self, SentinelNodeConnectionInfo, SentinelServerType};
@@ -32,6 +33,9 @@ use crate::secret::{Secret, SecretUrl};
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 /// How often a Sentinel pool asks the sentinels where the primary is.
 pub const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How long a connection may lie unused in the pool before a checkout
+/// PINGs it first (see [`Quick`]).
+pub const CHECK_IDLE_AFTER: Duration = Duration::from_secs(2);
 
 /// Where Redis is: `CERTFLEET_REDIS_URL`.
 #[derive(Clone)]
@@ -266,18 +270,107 @@ impl SentinelUrl {
 #[derive(Clone)]
 pub enum RedisPool {
     /// One server.
-    Plain(deadpool_redis::Pool),
+    Plain(managed::Pool<Quick<deadpool_redis::Manager>>),
     /// The primary found through Sentinel.
-    Sentinel(sentinel::Pool),
+    Sentinel(managed::Pool<Quick<sentinel::Manager>>),
 }
 
 /// A pooled connection of either kind. Derefs to the multiplexed
 /// connection, so `query_async(&mut *c)` works with both.
 pub enum RedisConn {
     /// From a plain pool.
-    Plain(deadpool_redis::Connection),
+    Plain(managed::Object<Quick<deadpool_redis::Manager>>),
     /// From a Sentinel pool.
-    Sentinel(sentinel::Connection),
+    Sentinel(managed::Object<Quick<sentinel::Manager>>),
+}
+
+/// A pooled connection, and whether a command on it found it broken.
+pub struct Tracked {
+    conn: MultiplexedConnection,
+    broken: bool,
+}
+
+/// Whether an error leaves a connection unfit for the next command: it was
+/// dropped, an I/O error, or no answer in time (a late answer would come on
+/// a multiplexed connection nobody waits on any more).
+fn breaks_connection(e: &RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error()
+}
+
+impl ConnectionLike for Tracked {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let r = self.conn.req_packed_command(cmd).await;
+            if let Err(e) = &r {
+                self.broken |= breaks_connection(e);
+            }
+            r
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let r = self.conn.req_packed_commands(cmd, offset, count).await;
+            if let Err(e) = &r {
+                self.broken |= breaks_connection(e);
+            }
+            r
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+/// deadpool-redis's managers (plain and Sentinel) without their PING at
+/// every checkout. Each Redis command used to cost two round trips, the
+/// recycle's `UNWATCH`+`PING` and its own: at 128 jobs in flight on two
+/// cores, a round trip took 5 to 10 ms. Here a connection is checked only
+/// when it lay unused for [`CHECK_IDLE_AFTER`] (an idle socket may have
+/// died unnoticed); a connection on which a command failed in a way that
+/// breaks it ([`breaks_connection`]) is never handed out again, so a
+/// broken connection fails at most one command more than before (the one
+/// that finds it broken), and the pool opens a new one.
+pub struct Quick<M>(M);
+
+impl<M> managed::Manager for Quick<M>
+where
+    M: managed::Manager<Type = MultiplexedConnection, Error = RedisError>,
+{
+    type Type = Tracked;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<Tracked, RedisError> {
+        Ok(Tracked {
+            conn: self.0.create().await?,
+            broken: false,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        t: &mut Tracked,
+        metrics: &managed::Metrics,
+    ) -> managed::RecycleResult<RedisError> {
+        if t.broken {
+            return Err(managed::RecycleError::message(
+                "a command found the connection broken",
+            ));
+        }
+        if metrics.last_used() < CHECK_IDLE_AFTER {
+            return Ok(());
+        }
+        self.0.recycle(&mut t.conn, metrics).await
+    }
 }
 
 impl RedisPool {
@@ -314,7 +407,7 @@ impl RedisPool {
                     .map_err(|e| format!("TLS settings of {}: {e}", url.redacted()))?;
                 let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
                     .map_err(|e| e.to_string())?;
-                deadpool_redis::Pool::builder(manager)
+                managed::Pool::builder(Quick(manager))
                     .config(pc)
                     .runtime(Runtime::Tokio1)
                     .build()
@@ -322,9 +415,12 @@ impl RedisPool {
                     .map_err(|e| e.to_string())
             }
             RedisTarget::Url(url) => {
-                let mut c = deadpool_redis::Config::from_url(url.expose());
-                c.pool = Some(pc);
-                c.create_pool(Some(Runtime::Tokio1))
+                let manager = deadpool_redis::Manager::new(url.expose())
+                    .map_err(|e| format!("{}: {e}", url.redacted()))?;
+                managed::Pool::builder(Quick(manager))
+                    .config(pc)
+                    .runtime(Runtime::Tokio1)
+                    .build()
                     .map(Self::Plain)
                     .map_err(|e| e.to_string())
             }
@@ -352,7 +448,10 @@ impl RedisPool {
     }
 }
 
-fn sentinel_pool(u: &SentinelUrl, pc: PoolConfig) -> Result<sentinel::Pool, String> {
+fn sentinel_pool(
+    u: &SentinelUrl,
+    pc: PoolConfig,
+) -> Result<managed::Pool<Quick<sentinel::Manager>>, String> {
     let node = SentinelNodeConnectionInfo {
         tls_mode: None,
         redis_connection_info: Some(RedisConnectionInfo {
@@ -362,22 +461,20 @@ fn sentinel_pool(u: &SentinelUrl, pc: PoolConfig) -> Result<sentinel::Pool, Stri
             protocol: ProtocolVersion::RESP2,
         }),
     };
-    let cfg = sentinel::Config {
-        urls: None,
-        connections: Some(u.sentinel_infos()),
-        master_name: u.service.clone(),
-        server_type: SentinelServerType::Master,
-        node_connection_info: Some(node),
-        pool: Some(pc),
-    };
+    let manager = sentinel::Manager::new(
+        u.sentinel_infos(),
+        u.service.clone(),
+        Some(node),
+        SentinelServerType::Master,
+    )
+    .map_err(|e| e.to_string())?;
     // Connections opened before the last change of primary are not reused.
     let cutoff: Arc<Mutex<Option<Instant>>> = Arc::default();
     let hook_cutoff = cutoff.clone();
-    let pool = cfg
-        .builder()
-        .map_err(|e| e.to_string())?
+    let pool = managed::Pool::builder(Quick(manager))
+        .config(pc)
         .runtime(Runtime::Tokio1)
-        .pre_recycle(sentinel::Hook::sync_fn(move |_, m| {
+        .pre_recycle(managed::Hook::sync_fn(move |_, m| {
             match *hook_cutoff.lock().unwrap_or_else(PoisonError::into_inner) {
                 Some(t) if m.created <= t => {
                     Err(HookError::message("opened before the primary changed"))
@@ -462,8 +559,8 @@ async fn watch_primary(
 }
 
 impl Deref for RedisConn {
-    type Target = MultiplexedConnection;
-    fn deref(&self) -> &MultiplexedConnection {
+    type Target = Tracked;
+    fn deref(&self) -> &Tracked {
         match self {
             Self::Plain(c) => c,
             Self::Sentinel(c) => c,
@@ -472,7 +569,7 @@ impl Deref for RedisConn {
 }
 
 impl DerefMut for RedisConn {
-    fn deref_mut(&mut self) -> &mut MultiplexedConnection {
+    fn deref_mut(&mut self) -> &mut Tracked {
         match self {
             Self::Plain(c) => c,
             Self::Sentinel(c) => c,

@@ -1,5 +1,8 @@
 //! `certfleet`: parse, load the configuration, set up logging, run, and map
 //! the outcome to an exit code (0 ok, 1 the work failed, 64 bad usage).
+// The whole CLI's future, checked for `Send` through every command's
+// futures (Redis commands among them), goes deeper than the default 128.
+#![recursion_limit = "256"]
 
 use std::process::ExitCode;
 

@@ -232,3 +232,80 @@ async fn a_retry_lands_in_its_delay_queue_only() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// Calls of a Redis command so far (`INFO commandstats`).
+async fn calls(state: &certfleet_common::state::State, command: &str) -> anyhow::Result<u64> {
+    let mut c = state.conn().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut *c)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
+/// A pooled Redis connection costs one round trip per command: no PING
+/// at each checkout (deadpool-redis's manager sent `UNWATCH`+`PING` every
+/// time), only after it lay unused for `CHECK_IDLE_AFTER`; and a connection
+/// a restart of Redis broke is replaced after the one command that found
+/// it broken.
+#[tokio::test]
+async fn redis_checkouts_do_not_ping_and_broken_connections_are_replaced() -> anyhow::Result<()> {
+    use certfleet_tests::private::{self, Private, Service};
+    let base = TestEnv::new("svc-redis-pool").await?;
+    let redis_server = Private::start(Service::Redis, &[]).await?;
+    let env = private::env_for(&base, &[&redis_server]).await?;
+    let state = env.state()?;
+    let key = format!("{}probe", state.keys().prefix());
+    let pings_before = calls(&state, "ping").await?;
+    let gets_before = calls(&state, "get").await?;
+    for _ in 0..200 {
+        let mut c = state.conn().await?;
+        let _: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut *c).await?;
+    }
+    let pings = calls(&state, "ping").await? - pings_before;
+    let gets = calls(&state, "get").await? - gets_before;
+    println!("200 checkouts, each one GET: {gets} GET and {pings} PING at Redis");
+    assert_eq!(gets, 200);
+    assert!(pings <= 1, "{pings} PINGs for 200 checkouts");
+
+    // Unused for longer than CHECK_IDLE_AFTER: the next checkout checks
+    // (its PING comes before the INFO that counts it).
+    let before = calls(&state, "ping").await?;
+    tokio::time::sleep(certfleet_common::redis_pool::CHECK_IDLE_AFTER + Duration::from_millis(300))
+        .await;
+    assert!(
+        calls(&state, "ping").await? > before,
+        "an idle connection is PINGed before it is used"
+    );
+
+    // Redis restarts under a pooled connection: one command may fail, the
+    // next one gets a new connection and works.
+    redis_server.stop().await?;
+    redis_server.start_again().await?;
+    let mut failed = 0;
+    let mut ok = false;
+    for _ in 0..3 {
+        let r: Result<Option<String>, _> = async {
+            let mut c = state.conn().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok::<_, anyhow::Error>(redis::cmd("GET").arg(&key).query_async(&mut *c).await?)
+        }
+        .await;
+        match r {
+            Ok(_) => {
+                ok = true;
+                break;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    println!("after a Redis restart: {failed} command(s) failed before one succeeded");
+    assert!(ok && failed <= 1, "failed {failed} times");
+    redis_server.stop().await?;
+    base.cleanup().await;
+    Ok(())
+}
