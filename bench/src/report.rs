@@ -183,6 +183,21 @@ fn per_cert(total: f64, ok: usize) -> f64 {
     if ok == 0 { 0.0 } else { total / ok as f64 }
 }
 
+/// `instant C=64`, with [`variant`].
+fn run_label(t: &Throughput) -> String {
+    format!("{} C={}{}", t.mode.as_str(), t.concurrency, variant(t))
+}
+
+/// What sets a certfleet run apart from the main one: `, S3 on moto`,
+/// `, 2 workers`, or nothing.
+fn variant(t: &Throughput) -> String {
+    match (t.workers, t.s3.as_str()) {
+        (1, "moto") => ", S3 on moto".to_string(),
+        (1, _) => String::new(),
+        (w, _) => format!(", {w} workers"),
+    }
+}
+
 fn client_label(t: &Throughput) -> String {
     match t.tool {
         Tool::Certfleet => format!(
@@ -551,14 +566,8 @@ fn where_time_goes(inp: &Inputs) -> String {
         let s3_cpu = t.cpu_s.get("s3").copied().unwrap_or(0.0);
         let _ = writeln!(
             md,
-            "| {} C={}{} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} / {:.2} |",
-            t.mode.as_str(),
-            t.concurrency,
-            match (t.workers, t.s3.as_str()) {
-                (1, "moto") => ", S3 on moto".to_string(),
-                (1, _) => String::new(),
-                (w, _) => format!(", {w} workers"),
-            },
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} % | {} | {} / {:.2} |",
+            run_label(t),
             rate(t.certs_per_s),
             ms("worker"),
             ms("pebble"),
@@ -714,8 +723,12 @@ fn phases(inp: &Inputs) -> String {
     runs.sort_by_key(|t| (t.mode, t.concurrency, t.workers, t.s3.clone()));
     let _ = writeln!(
         md,
-        "Where a job's time goes, mean ms per phase (the worker's          `certfleet_job_phase_duration_seconds`): queued = published → delivered, lease, read =          the pointer, order = the CA (what the ceiling measures as a whole), store = bundle and          pointer writes, announce = the event until the broker confirmed it, complete = Redis          bookkeeping after the event (not in the measured latency):
-"
+        "Where a job's time goes, mean ms per phase (the worker's \
+         `certfleet_job_phase_duration_seconds`): queued = published → delivered, lease, \
+         read = the pointer, order = the CA (what the ceiling measures as a whole), store = \
+         bundle and pointer writes, announce = the event until the broker confirmed it, \
+         complete = Redis bookkeeping after the event (not in the measured latency). \
+         Beside it, the mean of the ceiling's whole order at the same concurrency:\n"
     );
     let _ = writeln!(
         md,
@@ -739,14 +752,8 @@ fn phases(inp: &Inputs) -> String {
         );
         let _ = writeln!(
             md,
-            "| {} C={}{} | {} | {sum:.1} | {ceiling} |",
-            t.mode.as_str(),
-            t.concurrency,
-            match (t.workers, t.s3.as_str()) {
-                (1, "moto") => ", S3 on moto".to_string(),
-                (1, _) => String::new(),
-                (w, _) => format!(", {w} workers"),
-            },
+            "| {} | {} | {sum:.1} | {ceiling} |",
+            run_label(t),
             cells.join(" | ")
         );
     }

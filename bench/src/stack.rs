@@ -374,11 +374,24 @@ impl Slice {
         // Keys as the documented deployment stores them: encrypted to a
         // server group's recipient (the subscribers hold its identity), the
         // workers' own key for account and order keys.
+        // Kept per slice: a step run again on a restarted CA (same label,
+        // same slice) must open what its first try stored (the ACME
+        // account, order records) with the same workers' key.
         let keys = std::env::temp_dir().join(format!("certfleet-bench-keys-{id}"));
         std::fs::create_dir_all(&keys)?;
-        let (identity, recipient) = certfleet_common::seal::recipients::generate();
-        std::fs::write(keys.join("identity"), format!("{}\n", identity.expose()))?;
-        std::fs::write(keys.join("recipients"), format!("* {recipient}\n"))?;
+        if !keys.join("encryption-key").exists() {
+            let (identity, recipient) = certfleet_common::seal::recipients::generate();
+            std::fs::write(keys.join("identity"), format!("{}\n", identity.expose()))?;
+            std::fs::write(keys.join("recipients"), format!("* {recipient}\n"))?;
+            std::fs::write(
+                keys.join("encryption-key"),
+                certfleet_common::seal::new_encryption_key()?.expose(),
+            )?;
+            use std::os::unix::fs::PermissionsExt as _;
+            for f in ["identity", "encryption-key"] {
+                std::fs::set_permissions(keys.join(f), std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
         for (k, v) in [
             (
                 "CERTFLEET_IDENTITY_FILE",
@@ -390,9 +403,7 @@ impl Slice {
             ),
             (
                 "CERTFLEET_ENCRYPTION_KEY",
-                certfleet_common::seal::new_encryption_key()?
-                    .expose()
-                    .clone(),
+                std::fs::read_to_string(keys.join("encryption-key"))?,
             ),
         ] {
             vars.insert(k.into(), v);
