@@ -9,6 +9,8 @@
 //!   notBefore and serial give the version id (`storage::version_id`), so a
 //!   bundle whose certificate was swapped does not pass;
 //! - the private key is the certificate's (their public keys are equal);
+//!   a bundle without one passes only when the pointer says the certificate
+//!   was ordered with the operator's CSR (`issue --csr`), which holds it;
 //! - the certificate covers every domain of the pointer (SAN dNSName
 //!   entries; a `*.` entry covers one label);
 //! - it is valid now: notBefore − [`CLOCK_SKEW`] ≤ now ≤ notAfter;
@@ -109,8 +111,16 @@ pub(crate) fn check(
     check_domains(leaf, &pointer.domains)?;
     // None: the operator holds the key (`issue --csr`); the CA checked the
     // CSR's signature, so the certificate carries the operator's public key.
-    if let Some(key_pem) = key_pem {
-        check_key(leaf, key_pem)?;
+    // Any other certificate comes with its key.
+    match key_pem {
+        Some(key_pem) => check_key(leaf, key_pem)?,
+        None if pointer.csr.is_some() => {}
+        None => {
+            return Err(
+                "the bundle holds no private key, and the certificate was not ordered with the operator's CSR"
+                    .into(),
+            );
+        }
     }
     check_chain(&parsed)?;
     Ok(Checked { serial })

@@ -106,6 +106,17 @@ fn version(spec: Spec<'_>, issuer: &CertifiedIssuer<'static, KeyPair>) -> Versio
     }
 }
 
+#[test]
+fn no_key_passes_only_for_a_certificate_of_the_operators_csr() {
+    let ca = ca("test CA");
+    let mut v = version(Spec::default(), &ca);
+    let now = OffsetDateTime::now_utc();
+    let refused = check(&v.pointer, &v.bundle, None, now).expect_err("accepted");
+    assert!(refused.contains("holds no private key"), "{refused}");
+    v.pointer.csr = Some("MIIB".into());
+    assert!(check(&v.pointer, &v.bundle, None, now).is_ok());
+}
+
 fn run(v: &Version) -> Result<Checked, String> {
     check(
         &v.pointer,
