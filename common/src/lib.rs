@@ -41,6 +41,7 @@ pub mod event;
 pub mod exporter;
 pub mod job;
 pub mod logging;
+pub mod net;
 pub mod redis_keys;
 pub mod redis_pool;
 pub mod report;

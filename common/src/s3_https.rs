@@ -92,7 +92,7 @@ pub fn client(tls: &TlsFiles) -> Result<SharedHttpClient, String> {
         .with_tls_config(config)
         .https_or_http()
         .enable_http1()
-        .build();
+        .wrap_connector(crate::net::tcp_connector());
     let connector = SharedHttpConnector::new(Connector {
         client: Client::builder(TokioExecutor::new()).build(https),
     });

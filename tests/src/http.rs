@@ -101,9 +101,11 @@ pub fn connector(
         .https_or_http()
         .enable_http1();
     Ok(if http2 {
-        builder.enable_http2().build()
+        builder
+            .enable_http2()
+            .wrap_connector(certfleet_common::net::tcp_connector())
     } else {
-        builder.build()
+        builder.wrap_connector(certfleet_common::net::tcp_connector())
     })
 }
 

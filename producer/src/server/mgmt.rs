@@ -77,7 +77,7 @@ impl Mgmt {
             .map_err(|e| format!("TLS setup: {e}"))?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(certfleet_common::net::tcp_connector());
         let mut shown = base.clone();
         let _ = shown.set_username("");
         let _ = shown.set_password(None);

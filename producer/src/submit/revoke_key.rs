@@ -269,7 +269,7 @@ pub(crate) async fn revoke_with_key(
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .build();
+        .wrap_connector(certfleet_common::net::tcp_connector());
     let client: HttpsClient = Client::builder(TokioExecutor::new()).build(connector);
 
     let dir_url = endpoint.directory.as_str();

@@ -188,9 +188,13 @@ impl AcmeHttp {
                 .https_or_http()
                 .enable_http1()
                 .enable_http2()
-                .build()
+                .wrap_connector(certfleet_common::net::tcp_connector())
         } else {
-            builder.https_only().enable_http1().enable_http2().build()
+            builder
+                .https_only()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(certfleet_common::net::tcp_connector())
         };
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
