@@ -154,9 +154,13 @@ pub fn acme_client(ca_certs: &Path) -> anyhow::Result<Box<dyn instant_acme::Http
 }
 
 /// SIGQUIT to the process in `pid_file`; waits up to 10 s for it to exit
-/// and returns its log (`pebble.log` in the same directory).
+/// and returns what it wrote to its log (`pebble.log` in the same
+/// directory) from then on: the dump. The log is appended to across
+/// restarts, so reading it whole counted every earlier dump's goroutines.
 async fn dump_goroutines(pid_file: &Path) -> anyhow::Result<String> {
     let pid: u32 = std::fs::read_to_string(pid_file)?.trim().parse()?;
+    let log = pid_file.with_file_name("pebble.log");
+    let before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let sent = tokio::process::Command::new("kill")
         .args(["-QUIT", &pid.to_string()])
         .status()
@@ -168,8 +172,9 @@ async fn dump_goroutines(pid_file: &Path) -> anyhow::Result<String> {
             break;
         }
     }
-    let log = pid_file.with_file_name("pebble.log");
-    Ok(std::fs::read_to_string(&log)?)
+    let text = std::fs::read(&log)?;
+    let start = usize::try_from(before).unwrap_or(0).min(text.len());
+    Ok(String::from_utf8_lossy(&text[start..]).into_owned())
 }
 
 /// Whether `pid` has exited and waits to be reaped (Pebble's parent is

@@ -158,13 +158,29 @@ impl Reconnect {
 /// two intervals, instead of RabbitMQ's default of a minute or more.
 pub const HEARTBEAT_SECS: u16 = 10;
 
-/// `url` with `heartbeat=HEARTBEAT_SECS` added unless it has one.
-fn with_heartbeat(url: &str) -> String {
-    if url.contains("heartbeat=") {
-        return url.to_string();
+/// Largest AMQP frame asked for when the URL names none (`?frame_max=N`).
+/// lapin keeps a receive and a send buffer of 32 frames per connection,
+/// zeroed up front: with RabbitMQ's default of 128 KiB that is 8 MiB
+/// resident per connection whether used or not, 16 MiB of a worker's two
+/// (its idle RSS was 35 MiB). certfleet's messages are a few KiB (jobs,
+/// events; a larger report is sent as several body frames), so 16 KiB
+/// frames cost nothing and the buffers take 1 MiB per connection.
+pub const FRAME_MAX: u32 = 16 * 1024;
+
+/// `url` with `heartbeat=HEARTBEAT_SECS` and `frame_max=FRAME_MAX` added,
+/// each unless it has one.
+fn with_defaults(url: &str) -> String {
+    let mut out = url.to_string();
+    for (key, value) in [
+        ("heartbeat", HEARTBEAT_SECS.to_string()),
+        ("frame_max", FRAME_MAX.to_string()),
+    ] {
+        if !out.contains(&format!("{key}=")) {
+            let sep = if out.contains('?') { '&' } else { '?' };
+            out = format!("{out}{sep}{key}={value}");
+        }
     }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}heartbeat={HEARTBEAT_SECS}")
+    out
 }
 
 /// The broker's nodes: `CERTFLEET_AMQP_URL`, one URL or a comma-separated
@@ -284,7 +300,7 @@ async fn connect_node(
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(connection_name.as_bytes().to_vec()));
     let timeout = RECONNECT.connect_timeout;
-    let uri = with_heartbeat(url.expose());
+    let uri = with_defaults(url.expose());
     let connect = async {
         if !tls.is_set() {
             return Connection::connect(&uri, props).await;
@@ -562,18 +578,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn heartbeat_is_asked_for_unless_given() {
+    fn heartbeat_and_frame_max_are_asked_for_unless_given() {
         assert_eq!(
-            with_heartbeat("amqp://u:p@h:5672/%2f"),
-            "amqp://u:p@h:5672/%2f?heartbeat=10"
+            with_defaults("amqp://u:p@h:5672/%2f"),
+            "amqp://u:p@h:5672/%2f?heartbeat=10&frame_max=16384"
         );
         assert_eq!(
-            with_heartbeat("amqp://h/v?frame_max=8192"),
+            with_defaults("amqp://h/v?frame_max=8192"),
             "amqp://h/v?frame_max=8192&heartbeat=10"
         );
         assert_eq!(
-            with_heartbeat("amqp://h/v?heartbeat=3"),
-            "amqp://h/v?heartbeat=3"
+            with_defaults("amqp://h/v?heartbeat=3"),
+            "amqp://h/v?heartbeat=3&frame_max=16384"
+        );
+        assert_eq!(
+            with_defaults("amqp://h/v?heartbeat=3&frame_max=131072"),
+            "amqp://h/v?heartbeat=3&frame_max=131072"
         );
     }
 

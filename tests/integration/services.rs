@@ -16,6 +16,12 @@ use lapin::types::FieldTable;
 async fn rabbitmq_topic_publish_confirm_consume() -> anyhow::Result<()> {
     let env = TestEnv::new("svc-amqp").await?;
     let conn = env.connect().await?;
+    // Small frames unless the URL asks otherwise (lapin's buffers are 32
+    // frames each, zeroed up front).
+    assert_eq!(
+        conn.configuration().frame_max(),
+        certfleet_common::amqp::FRAME_MAX
+    );
     let publisher = Publisher::new(&conn).await?;
     topology::declare_events(publisher.channel()).await?;
     let ch = conn.create_channel().await?;
@@ -77,6 +83,28 @@ async fn rabbitmq_topic_publish_confirm_consume() -> anyhow::Result<()> {
         .await?
         .ok_or_else(|| anyhow::anyhow!("no delivery"))??;
     assert_eq!(d.data, b"cert.issued.www.example.com");
+    d.ack(BasicAckOptions::default()).await?;
+    // A message of many frames arrives whole.
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    publisher
+        .publish(Outgoing {
+            exchange: topology::EVENTS_EXCHANGE,
+            routing_key: "cert.issued.big.example.com",
+            body: &big,
+            content_type: "application/octet-stream",
+            message_id: None,
+            headers: None,
+            mandatory: true,
+        })
+        .await?;
+    let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no delivery of the large message"))??;
+    assert!(
+        d.data == big,
+        "the large message arrived changed ({} bytes)",
+        d.data.len()
+    );
     d.ack(BasicAckOptions::default()).await?;
     assert!(
         tokio::time::timeout(Duration::from_millis(500), consumer.next())
