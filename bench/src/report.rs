@@ -128,6 +128,13 @@ impl Inputs {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The machine's CPUs (`nproc` of the run; 2 if not recorded).
+    fn cores(&self) -> f64 {
+        self.setting("nproc")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2.0)
+    }
 }
 
 fn f1(x: f64) -> String {
@@ -522,10 +529,7 @@ pub fn render(inp: &Inputs, verdicts: &[Verdict]) -> String {
 fn where_time_goes(inp: &Inputs) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "## Where the time goes\n");
-    let cores: f64 = inp
-        .setting("nproc")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2.0);
+    let cores = inp.cores();
     let _ = writeln!(
         md,
         "CPU milliseconds per certificate of each process during certfleet's runs (from /proc; \
@@ -1032,21 +1036,43 @@ pub fn verdicts(inp: &Inputs) -> Vec<Verdict> {
 
 /// certfleet's instant-mode rate at concurrency `c` against the ceiling's
 /// at the same concurrency: met at `share` or more.
+/// The machine's CPU per certificate in a run (ms, every process) and the
+/// rate its cores would carry at that cost, all of them busy.
+fn cpu_cap(inp: &Inputs, t: &Throughput) -> Option<(f64, f64)> {
+    let busy = t.cpu_s.get("machine_busy").copied()?;
+    let ms = 1000.0 * per_cert(busy, t.ok);
+    (ms > 0.0).then(|| (ms, inp.cores() * 1000.0 / ms))
+}
+
 fn of_ceiling(inp: &Inputs, c: u32, share: f64, target: String) -> Verdict {
     match (
         inp.find(Tool::Certfleet, Mode::Instant, c),
         inp.find(Tool::Ceiling, Mode::Instant, c),
     ) {
-        (Some(t), Some(ce)) if ce.certs_per_s > 0.0 => Verdict {
-            target,
-            measured: format!(
-                "{:.0} % ({} of {} certs/s)",
-                100.0 * t.certs_per_s / ce.certs_per_s,
-                rate(t.certs_per_s),
-                rate(ce.certs_per_s)
-            ),
-            met: Some(t.certs_per_s >= share * ce.certs_per_s),
-        },
+        (Some(t), Some(ce)) if ce.certs_per_s > 0.0 => {
+            // What limits it: the CPU the whole path costs (CA, S3,
+            // broker, Redis, worker) against what the cores carry.
+            let cap = match (cpu_cap(inp, t), cpu_cap(inp, ce)) {
+                (Some((ms, most)), Some((ce_ms, _))) => format!(
+                    "; CPU per certificate {ms:.1} ms machine-wide (ceiling {ce_ms:.1}): {:.0} cores carry at most {}/s, {share_pct:.0} % of the ceiling is {}/s",
+                    inp.cores(),
+                    rate(most),
+                    rate(share * ce.certs_per_s),
+                    share_pct = 100.0 * share,
+                ),
+                _ => String::new(),
+            };
+            Verdict {
+                target,
+                measured: format!(
+                    "{:.0} % ({} of {} certs/s){cap}",
+                    100.0 * t.certs_per_s / ce.certs_per_s,
+                    rate(t.certs_per_s),
+                    rate(ce.certs_per_s)
+                ),
+                met: Some(t.certs_per_s >= share * ce.certs_per_s),
+            }
+        }
         _ => missing(&target),
     }
 }
