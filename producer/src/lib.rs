@@ -46,6 +46,7 @@ mod dlq;
 mod exporter;
 mod keys;
 mod output;
+mod private_key;
 mod rollout;
 mod schedule;
 mod server;

@@ -25,7 +25,6 @@
 
 use std::time::Duration;
 
-use aws_lc_rs::signature::{self, KeyPair as _};
 use certfleet_common::Secret;
 use certfleet_common::storage::version_id;
 use certfleet_common::{Bundle, Pointer};
@@ -33,6 +32,8 @@ use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
+
+use crate::private_key::PrivateKey;
 
 /// How far in the future a certificate's notBefore may be: webserver and CA
 /// clocks differ by seconds, sometimes minutes. notAfter gets no grace: an
@@ -213,48 +214,14 @@ fn check_domains(leaf: &X509Certificate<'_>, domains: &[String]) -> Result<(), S
 /// The public key (as in a certificate's SubjectPublicKeyInfo bit string)
 /// of a PEM private key: PKCS#8, SEC 1 or PKCS#1; ECDSA P-256/P-384, RSA or
 /// Ed25519.
-fn public_key_of(key_pem: &Secret<String>) -> Result<Vec<u8>, String> {
-    let block = Pem::iter_from_buffer(key_pem.expose().as_bytes())
-        .next()
-        .ok_or("the private key is not PEM")?
-        .map_err(|e| format!("the private key PEM does not parse: {e}"))?;
-    if !block.label.ends_with("PRIVATE KEY") {
-        return Err(format!(
-            "the private key PEM holds a {:?} block",
-            block.label
-        ));
-    }
-    let der = block.contents.as_slice();
-    if let Ok(k) = signature::EcdsaKeyPair::from_private_key_der(
-        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        der,
-    ) {
-        return Ok(k.public_key().as_ref().to_vec());
-    }
-    if let Ok(k) = signature::EcdsaKeyPair::from_private_key_der(
-        &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
-        der,
-    ) {
-        return Ok(k.public_key().as_ref().to_vec());
-    }
-    if let Ok(k) =
-        signature::RsaKeyPair::from_pkcs8(der).or_else(|_| signature::RsaKeyPair::from_der(der))
-    {
-        return Ok(k.public_key().as_ref().to_vec());
-    }
-    if let Ok(k) = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
-        return Ok(k.public_key().as_ref().to_vec());
-    }
-    Err("the private key cannot be read (not an ECDSA P-256/P-384, RSA or Ed25519 key)".into())
-}
-
 /// Whether `key_pem` is the private key of `leaf` (also used by `import`).
 pub(crate) fn check_key(
     leaf: &X509Certificate<'_>,
     key_pem: &Secret<String>,
 ) -> Result<(), String> {
-    let public = public_key_of(key_pem)?;
-    if public.as_slice() == leaf.public_key().subject_public_key.data.as_ref() {
+    let key = PrivateKey::from_pem(key_pem.expose().as_bytes())
+        .map_err(|e| format!("the private key {e}"))?;
+    if key.public_key() == leaf.public_key().subject_public_key.data.as_ref() {
         Ok(())
     } else {
         Err("the private key does not match the certificate".into())

@@ -24,6 +24,7 @@ use certfleet_common::{CertName, Secret};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 
 use super::error::SubmitError;
+use crate::private_key::{self, PemKeyError};
 
 /// The most bytes read from a CSR or key file (an RSA 4096 key is 3.2 KiB).
 const MAX_FILE_LEN: u64 = 64 * 1024;
@@ -53,23 +54,6 @@ pub(crate) fn read_csr(path: &Path) -> Result<Csr, SubmitError> {
         .map_err(|why| SubmitError::Usage(format!("--csr {}: {why}", path.display())))
 }
 
-/// The private key block of a PEM file: its label and DER.
-fn key_block(bytes: &[u8], file: &str) -> Result<(String, Secret<Vec<u8>>), SubmitError> {
-    let bad = |why: &str| SubmitError::Usage(format!("--key-file {file}: {why}"));
-    for block in x509_parser::pem::Pem::iter_from_buffer(bytes) {
-        let block = block.map_err(|_| bad("the PEM does not parse"))?;
-        if block.label == "ENCRYPTED PRIVATE KEY" {
-            return Err(bad(
-                "the key is encrypted with a passphrase: decrypt it first (`openssl pkey -in KEY -out PLAIN`); certfleet stores it encrypted as configured",
-            ));
-        }
-        if block.label.ends_with("PRIVATE KEY") {
-            return Ok((block.label, Secret::new(block.contents)));
-        }
-    }
-    Err(bad("no PRIVATE KEY block (PEM: PKCS#8, SEC 1 or PKCS#1)"))
-}
-
 /// Reads `--key-file FILE`, makes the CSR for `domains` with it, and seals
 /// the key for `name` as `storage` says bundles' keys are sealed.
 ///
@@ -93,7 +77,14 @@ pub(crate) fn from_key_file(
         ));
     }
     let bytes = Secret::new(read_limited("--key-file", path)?);
-    let (label, der) = key_block(bytes.expose(), &file)?;
+    let (label, der) = private_key::key_block(bytes.expose()).map_err(|e| {
+        usage(match e {
+            PemKeyError::Encrypted => {
+                format!("the key {e}; certfleet stores it encrypted as configured")
+            }
+            e => format!("the key {e}"),
+        })
+    })?;
     let pair = KeyPair::try_from(der.expose().as_slice()).map_err(|_| {
         usage("the key cannot be read (not an ECDSA P-256/P-384 or RSA key)".into())
     })?;
@@ -199,7 +190,7 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         )?;
         let m = refused(&path, &storage(true));
-        assert!(m.contains("no PRIVATE KEY block"), "{m}");
+        assert!(m.contains("no private key"), "{m}");
         let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
         std::fs::write(&path, ed.serialize_pem())?;
         let m = refused(&path, &storage(true));

@@ -27,6 +27,8 @@ use x509_parser::pem::Pem;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
+use crate::private_key::PrivateKey;
+
 /// One request to the CA may take this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -99,32 +101,14 @@ impl Signer {
 
 /// The signer of `key_pem` (PKCS#8, SEC1 or PKCS#1 PEM).
 fn signer(key_pem: &Secret<String>, file: &str) -> Result<Signer, RevokeKeyError> {
-    let bad = |why: &str| RevokeKeyError::Key(format!("--key-file {file}: {why}"));
-    let block = Pem::iter_from_buffer(key_pem.expose().as_bytes())
-        .next()
-        .ok_or_else(|| bad("not PEM"))?
-        .map_err(|_| bad("the PEM does not parse"))?;
-    if !block.label.ends_with("PRIVATE KEY") {
-        return Err(bad(&format!(
-            "a {:?} block, not a private key",
-            block.label
-        )));
+    let bad = |why: String| RevokeKeyError::Key(format!("--key-file {file}: the key {why}"));
+    match PrivateKey::from_pem(key_pem.expose().as_bytes()).map_err(|e| bad(e.to_string()))? {
+        PrivateKey::Ecdsa(k, alg) => Ok(Signer::Ecdsa(k, alg)),
+        PrivateKey::Rsa(k) => Ok(Signer::Rsa(k)),
+        PrivateKey::Ed25519(_) => Err(bad(
+            "is an Ed25519 key: a revocation is signed here with ECDSA P-256/P-384 or RSA".into(),
+        )),
     }
-    let der = block.contents.as_slice();
-    for (alg, name) in [
-        (&signature::ECDSA_P256_SHA256_FIXED_SIGNING, "ES256"),
-        (&signature::ECDSA_P384_SHA384_FIXED_SIGNING, "ES384"),
-    ] {
-        if let Ok(k) = signature::EcdsaKeyPair::from_private_key_der(alg, der) {
-            return Ok(Signer::Ecdsa(k, name));
-        }
-    }
-    if let Ok(k) =
-        signature::RsaKeyPair::from_pkcs8(der).or_else(|_| signature::RsaKeyPair::from_der(der))
-    {
-        return Ok(Signer::Rsa(k));
-    }
-    Err(bad("not an ECDSA P-256/P-384 or RSA private key"))
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -358,7 +342,7 @@ mod tests {
         );
         assert!(matches!(
             signer(&cert, "c.pem"),
-            Err(RevokeKeyError::Key(m)) if m.contains("not a private key")
+            Err(RevokeKeyError::Key(m)) if m.contains("no private key")
         ));
     }
 }
