@@ -743,3 +743,78 @@ async fn attempts_exhausted_are_dead_lettered_with_the_problem() -> anyhow::Resu
     env.cleanup().await;
     Ok(())
 }
+
+/// A worker started with another `CERTFLEET_ENCRYPTION_KEY` than the one
+/// the fleet's ACME account was sealed with: its jobs are deferred, none
+/// fails or is dead-lettered, `/readyz` answers 503 naming the key ids; a
+/// worker with the fleet's key then issues the deferred job.
+#[tokio::test]
+async fn a_worker_with_another_encryption_key_defers_jobs_and_is_not_ready() -> anyhow::Result<()> {
+    use base64::Engine as _;
+
+    use crate::silent_broker::wait_probe;
+    init_logging();
+    let env = TestEnv::new("key-fault").await?;
+    let mut events = env.events("cert.#").await?;
+    // The fleet's account, sealed with the fleet's key.
+    let good = env.start_worker(&[]).await?;
+    let first = issue_job(&[env.domain("kf0").await?])?;
+    env.publish_job(&first).await?;
+    let ev = events.next(Duration::from_secs(60)).await?;
+    assert_eq!(
+        (ev.kind, &ev.name),
+        (EventKind::Issued, &first.job.name),
+        "{:?}",
+        ev.error
+    );
+    good.stop().await;
+
+    let mut other = [0u8; 32];
+    other[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    other[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let other = base64::engine::general_purpose::STANDARD.encode(other);
+    let bad = env
+        .start_worker(&[("CERTFLEET_ENCRYPTION_KEY", &other)])
+        .await?;
+    let job = issue_job(&[env.domain("kf1").await?])?;
+    env.publish_job(&job).await?;
+    wait_probe(
+        &env,
+        bad.metrics_addr,
+        "/readyz",
+        503,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let (_, why) = env
+        .http
+        .send(
+            ::http::Method::GET,
+            &format!("http://{}/readyz", bad.metrics_addr),
+            None,
+        )
+        .await?;
+    assert!(why.contains("key id"), "{why}");
+    // Deferred, not failed: no event, nothing dead-lettered (10 s: the
+    // job came back from its delay queue and was deferred again).
+    let quiet = events.quiet_for(Duration::from_secs(12)).await;
+    assert!(quiet.is_none(), "an event with the wrong key: {quiet:?}");
+    assert_eq!(
+        env.queue_len(certfleet_common::topology::DEAD_QUEUE)
+            .await?,
+        0
+    );
+    bad.stop().await;
+
+    let good = env.start_worker(&[]).await?;
+    let ev = events.next(Duration::from_secs(60)).await?;
+    assert_eq!(
+        (ev.kind, &ev.name),
+        (EventKind::Issued, &job.job.name),
+        "{:?}",
+        ev.error
+    );
+    good.stop().await;
+    env.cleanup().await;
+    Ok(())
+}

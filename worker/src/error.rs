@@ -251,6 +251,22 @@ impl From<crate::dns01::SolveError> for JobError {
     }
 }
 
+/// How long a job waits when this worker's encryption key does not open
+/// what the fleet sealed (the shortest delay queue).
+pub(crate) const KEY_FAULT_DEFER: Duration = Duration::from_secs(10);
+
+impl JobError {
+    /// Whether the worker's own encryption key is wrong or missing for
+    /// records it sealed (the ACME account, an order): a fault of this
+    /// worker's configuration, not of the job.
+    pub(crate) fn is_key_fault(&self) -> bool {
+        matches!(
+            self,
+            JobError::Seal(SealError::WrongKey { .. } | SealError::NoKey(_))
+        )
+    }
+}
+
 impl Classify for JobError {
     fn disposition(&self) -> Disposition {
         match self {
@@ -262,6 +278,13 @@ impl Classify for JobError {
             JobError::Storage(e) => e.disposition(),
             JobError::State(e) => e.disposition(),
             JobError::Broker(e) => e.disposition(),
+            // This worker's CERTFLEET_ENCRYPTION_KEY is not the fleet's (or
+            // is missing): no job of it can go right, and any of them would
+            // fail the same way. Not the job's fault: put back, not counted,
+            // while the worker says it is not ready (see `is_key_fault`).
+            JobError::Seal(_) if self.is_key_fault() => Disposition::Defer {
+                after: KEY_FAULT_DEFER,
+            },
             JobError::Seal(_) | JobError::Invalid(_) | JobError::Panicked(_) => Disposition::Fail,
             // Credentials or permissions refused, an unknown zone, a bad
             // setting: no retry can fix them. Timeouts, SERVFAIL, 5xx and
@@ -347,6 +370,26 @@ mod tests {
                 after: Some(Duration::from_secs(5))
             }
         );
+    }
+
+    #[test]
+    fn a_wrong_or_missing_encryption_key_defers_a_corrupt_record_fails() {
+        let wrong = JobError::Seal(SealError::WrongKey {
+            stored: "k1".into(),
+            configured: "k2".into(),
+        });
+        assert!(wrong.is_key_fault());
+        assert_eq!(
+            wrong.disposition(),
+            Disposition::Defer {
+                after: KEY_FAULT_DEFER
+            }
+        );
+        let missing = JobError::Seal(SealError::NoKey("k1".into()));
+        assert!(missing.is_key_fault());
+        let corrupt = JobError::Seal(SealError::Corrupt);
+        assert!(!corrupt.is_key_fault());
+        assert_eq!(corrupt.disposition(), Disposition::Fail);
     }
 
     #[test]

@@ -131,6 +131,10 @@ pub(crate) struct Ctx {
     pub(crate) connection_name: String,
     /// Whether the consumer is connected (for `/readyz` and [`Running::ready`]).
     pub(crate) broker_ready: tokio::sync::watch::Sender<bool>,
+    /// Set when this worker's encryption key did not open what the fleet
+    /// sealed: `/readyz` answers 503 with it until a restart (the key is
+    /// configuration), and jobs meeting it are deferred, not dead-lettered.
+    pub(crate) key_fault: std::sync::Mutex<Option<String>>,
 }
 
 /// A running worker.
@@ -272,6 +276,7 @@ pub async fn start(
         metrics,
         worker_id: id.clone(),
         broker_ready: tokio::sync::watch::Sender::new(false),
+        key_fault: std::sync::Mutex::new(None),
     });
     let ready = ctx.broker_ready.subscribe();
     {
@@ -412,6 +417,19 @@ async fn ops(path: &str, ctx: &Ctx, registry: &Registry) -> Response<Full<Bytes>
         "/readyz" => {
             if !*ctx.broker_ready.borrow() {
                 return serve::text(StatusCode::SERVICE_UNAVAILABLE, "broker not connected\n");
+            }
+            let key_fault = ctx
+                .key_fault
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some(reason) = key_fault {
+                return serve::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "encryption key: {reason} (fix CERTFLEET_ENCRYPTION_KEY and restart; jobs are deferred, none is failed)\n"
+                    ),
+                );
             }
             match ctx.state.ping().await {
                 Ok(()) => serve::text(StatusCode::OK, "ready\n"),

@@ -237,6 +237,16 @@ async fn dispose(ctx: &Arc<Ctx>, outbox: &Outbox, env: &Envelope, e: JobError) -
     if matches!(e, JobError::LostLease(_)) {
         ctx.metrics.jobs.leases_lost.inc();
     }
+    if e.is_key_fault() {
+        let mut fault = ctx
+            .key_fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if fault.is_none() {
+            tracing::error!(error = %e, "this worker's encryption key does not open what the fleet sealed: not ready, deferring jobs until it is fixed and the worker restarted");
+            *fault = Some(e.to_string());
+        }
+    }
     let kind = env.kind.as_str();
     let disposition = e.disposition();
     let requeue = Handled {
