@@ -86,6 +86,18 @@ fn counter(reg: &Registry, name: &str, help: &str) -> Result<IntCounter, Registe
     Ok(c)
 }
 
+fn histogram_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> Result<HistogramVec, RegisterError> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+    reg.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
 fn counter_vec(
     reg: &Registry,
     name: &str,
@@ -130,24 +142,20 @@ impl JobMetrics {
     /// # Errors
     /// A name registered twice.
     pub fn register(reg: &Registry) -> Result<Self, RegisterError> {
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "certfleet_jobs_duration_seconds",
-                "Time from delivery to outcome",
-            )
-            .buckets(exponential_buckets(0.05, 2.0, 14)?),
+        let duration = histogram_vec(
+            reg,
+            "certfleet_jobs_duration_seconds",
+            "Time from delivery to outcome",
+            exponential_buckets(0.05, 2.0, 14)?,
             &["kind", "challenge", "outcome"],
         )?;
-        reg.register(Box::new(duration.clone()))?;
-        let phase = HistogramVec::new(
-            HistogramOpts::new(
-                "certfleet_job_phase_duration_seconds",
-                "Time an issue or renew job spends in each phase: queued (published to delivered, first attempts), lease, read (the pointer), order (the CA), store (bundle and pointer), announce (the event, confirmed), complete (Redis bookkeeping)",
-            )
-            .buckets(exponential_buckets(0.001, 2.0, 16)?),
+        let phase = histogram_vec(
+            reg,
+            "certfleet_job_phase_duration_seconds",
+            "Time an issue or renew job spends in each phase: queued (published to delivered, first attempts), lease, read (the pointer), order (the CA), store (bundle and pointer), announce (the event, confirmed), complete (Redis bookkeeping)",
+            exponential_buckets(0.001, 2.0, 16)?,
             &["phase"],
         )?;
-        reg.register(Box::new(phase.clone()))?;
         let in_flight = IntGauge::with_opts(Opts::new(
             "certfleet_jobs_in_flight",
             "Jobs being worked on",
@@ -234,24 +242,20 @@ impl AcmeMetrics {
     /// # Errors
     /// A name registered twice.
     pub fn register(reg: &Registry) -> Result<Self, RegisterError> {
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "certfleet_acme_client_request_duration_seconds",
-                "Duration of HTTP requests to the ACME server",
-            )
-            .buckets(exponential_buckets(0.005, 2.0, 14)?),
+        let duration = histogram_vec(
+            reg,
+            "certfleet_acme_client_request_duration_seconds",
+            "Duration of HTTP requests to the ACME server",
+            exponential_buckets(0.005, 2.0, 14)?,
             &["host", "action", "status"],
         )?;
-        reg.register(Box::new(duration.clone()))?;
-        let propagation = HistogramVec::new(
-            HistogramOpts::new(
-                "certfleet_dns01_propagation_seconds",
-                "Time from presenting an order's dns-01 TXT values until every authoritative server answers them",
-            )
-            .buckets(exponential_buckets(0.25, 2.0, 12)?),
+        let propagation = histogram_vec(
+            reg,
+            "certfleet_dns01_propagation_seconds",
+            "Time from presenting an order's dns-01 TXT values until every authoritative server answers them",
+            exponential_buckets(0.25, 2.0, 12)?,
             &["provider"],
         )?;
-        reg.register(Box::new(propagation.clone()))?;
         Ok(Self {
             propagation,
             requests: counter_vec(
